@@ -1,0 +1,242 @@
+"""Label-smoothing losses against torch, a dense soft-target formula and fairseq's formula (restated)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ls_seq import (
+    LabelSmoothedCrossEntropy,
+    confidence_penalty_loss,
+    distillation_loss,
+    label_smoothed_cross_entropy,
+)
+
+IGNORE = -100
+
+
+def _batch(b=3, t=5, v=11, pad_frac=0.3, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(b, t, v, generator=g)).to(dtype)
+    labels = torch.randint(0, v, (b, t), generator=g)
+    labels[torch.rand(b, t, generator=g) < pad_frac] = IGNORE
+    return logits, labels
+
+
+def _dense_reference(logits, labels, alpha, prior=None, reduction="mean"):
+    """Cross-entropy against an explicit dense smoothed target (the definition, in float64)."""
+    v = logits.shape[-1]
+    z = logits.reshape(-1, v).double()
+    y = labels.reshape(-1)
+    mask = y != IGNORE
+    q = torch.full((v,), 1.0 / v, dtype=torch.float64) if prior is None else prior.double()
+    target = alpha * q.expand(len(y), v).clone()
+    target[mask, y[mask]] += 1 - alpha
+    per = -(target * F.log_softmax(z, -1)).sum(-1) * mask
+    if reduction == "none":
+        return per.reshape(labels.shape)
+    return per.sum() if reduction == "sum" else per.sum() / mask.sum()
+
+
+def _fairseq_reference(logits, labels, epsilon):
+    """fairseq's ``label_smoothed_nll_loss`` (criterions/label_smoothed_cross_entropy.py), restated, reduce=True."""
+    lprobs = F.log_softmax(logits.reshape(-1, logits.shape[-1]).double(), -1)
+    target = labels.reshape(-1, 1)
+    pad_mask = target.eq(IGNORE)
+    safe = target.masked_fill(pad_mask, 0)
+    nll_loss = -lprobs.gather(dim=-1, index=safe).masked_fill(pad_mask, 0.0)
+    smooth_loss = -lprobs.sum(dim=-1, keepdim=True).masked_fill(pad_mask, 0.0)
+    eps_i = epsilon / (lprobs.size(-1) - 1)
+    loss = (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss
+    return loss.sum(), nll_loss.sum()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_uniform_equals_torch_cross_entropy(alpha, reduction):
+    logits, labels = _batch()
+    ours = label_smoothed_cross_entropy(logits, labels, alpha, reduction=reduction)
+    ref = F.cross_entropy(logits.transpose(1, 2), labels, label_smoothing=alpha, reduction=reduction)
+    if reduction == "none":  # torch leaves 0 at ignored positions too
+        ref = ref * (labels != IGNORE)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_equals_torch_cross_entropy():
+    logits, labels = _batch()
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    label_smoothed_cross_entropy(a, labels, 0.2).backward()
+    F.cross_entropy(b.transpose(1, 2), labels, label_smoothing=0.2).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_prior_equals_dense_soft_target(reduction):
+    logits, labels = _batch(v=13)
+    prior = torch.distributions.Dirichlet(torch.ones(13)).sample()
+    ours = label_smoothed_cross_entropy(logits, labels, 0.3, prior=prior, reduction=reduction)
+    torch.testing.assert_close(ours.double(), _dense_reference(logits, labels, 0.3, prior, reduction), rtol=1e-5, atol=1e-5)
+
+
+def test_uniform_prior_equals_no_prior():
+    logits, labels = _batch()
+    uniform = torch.full((11,), 1 / 11)
+    torch.testing.assert_close(
+        label_smoothed_cross_entropy(logits, labels, 0.1, prior=uniform), label_smoothed_cross_entropy(logits, labels, 0.1)
+    )
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_fairseq_convention_equals_fairseq_formula(eps):
+    logits, labels = _batch()
+    loss, nll = label_smoothed_cross_entropy(logits, labels, eps, convention="fairseq", reduction="sum", return_nll=True)
+    ref_loss, ref_nll = _fairseq_reference(logits, labels, eps)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(nll.double(), ref_nll, rtol=1e-5, atol=1e-4)
+
+
+def test_fairseq_equals_uniform_with_rescaled_alpha():
+    """1 - eps on the true class and eps/(V-1) elsewhere is uniform smoothing with alpha = eps V / (V - 1)."""
+    logits, labels = _batch(v=11)
+    eps = 0.1
+    torch.testing.assert_close(
+        label_smoothed_cross_entropy(logits, labels, eps, convention="fairseq"),
+        label_smoothed_cross_entropy(logits, labels, eps * 11 / 10),
+    )
+
+
+def test_alpha_zero_is_nll_and_return_nll_is_nll():
+    logits, labels = _batch()
+    nll_ref = F.cross_entropy(logits.transpose(1, 2), labels)
+    torch.testing.assert_close(label_smoothed_cross_entropy(logits, labels, 0.0), nll_ref)
+    _, nll = label_smoothed_cross_entropy(logits, labels, 0.4, return_nll=True)
+    torch.testing.assert_close(nll, nll_ref)
+
+
+def test_all_ignored_gives_zero_loss_and_zero_gradient():
+    logits, _ = _batch()
+    labels = torch.full(logits.shape[:-1], IGNORE)
+    x = logits.clone().requires_grad_()
+    loss = label_smoothed_cross_entropy(x, labels, 0.1)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(x.grad) == 0
+
+
+def test_padding_changes_nothing():
+    """Adding padded positions (with arbitrary logits) leaves the mean loss and the real gradients unchanged."""
+    logits, labels = _batch(pad_frac=0.0)
+    extra = 100 * torch.randn(3, 4, 11)
+    padded_logits = torch.cat([logits, extra], dim=1).requires_grad_()
+    padded_labels = torch.cat([labels, torch.full((3, 4), IGNORE)], dim=1)
+    x = logits.clone().requires_grad_()
+    a = label_smoothed_cross_entropy(x, labels, 0.1)
+    b = label_smoothed_cross_entropy(padded_logits, padded_labels, 0.1)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(padded_logits.grad[:, :5], x.grad)
+    assert torch.count_nonzero(padded_logits.grad[:, 5:]) == 0
+
+
+def test_num_items_in_batch_makes_accumulation_exact():
+    """Summing the losses of micro-batches, each divided by the total token count, equals the full-batch mean."""
+    logits, labels = _batch(b=8)
+    full = label_smoothed_cross_entropy(logits, labels, 0.1)
+    n = int((labels != IGNORE).sum())
+    parts = sum(
+        label_smoothed_cross_entropy(logits[i : i + 2], labels[i : i + 2], 0.1, num_items_in_batch=torch.tensor(n))
+        for i in range(0, 8, 2)
+    )
+    torch.testing.assert_close(parts, full)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_input_is_computed_in_float32(dtype):
+    logits, labels = _batch(dtype=dtype)
+    ours = label_smoothed_cross_entropy(logits, labels, 0.1)
+    ref = F.cross_entropy(logits.float().transpose(1, 2), labels, label_smoothing=0.1)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_extreme_logits_stay_finite():
+    logits, labels = _batch()
+    logits = torch.sign(logits) * 1e4
+    x = logits.clone().requires_grad_()
+    loss = label_smoothed_cross_entropy(x, labels, 0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(loss.double(), _dense_reference(logits, labels, 0.1), rtol=1e-5, atol=1e-2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 4),
+    v=st.integers(2, 40),
+    alpha=st.floats(0.0, 1.0),
+    pad=st.floats(0.0, 0.9),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_dense_reference_property(b, v, alpha, pad, seed):
+    logits, labels = _batch(b=b, t=3, v=v, pad_frac=pad, seed=seed)
+    if not (labels != IGNORE).any():
+        labels[0, 0] = 0
+    ours = label_smoothed_cross_entropy(logits, labels, alpha)
+    torch.testing.assert_close(ours.double(), _dense_reference(logits, labels, alpha), rtol=1e-5, atol=1e-5)
+
+
+def test_module_equals_function():
+    logits, labels = _batch()
+    prior = torch.softmax(torch.randn(11), 0)
+    module = LabelSmoothedCrossEntropy(0.2, prior=prior, reduction="sum")
+    torch.testing.assert_close(
+        module(logits, labels), label_smoothed_cross_entropy(logits, labels, 0.2, prior=prior, reduction="sum")
+    )
+    assert "alpha=0.2" in repr(module)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_confidence_penalty_against_dense_formula(beta):
+    logits, labels = _batch()
+    log_p = F.log_softmax(logits.double(), -1)
+    mask = labels != IGNORE
+    nll = -log_p.gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    ref = ((nll - beta * entropy) * mask).sum() / mask.sum()
+    torch.testing.assert_close(confidence_penalty_loss(logits, labels, beta).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+@pytest.mark.parametrize("t2_scaling", [False, True])
+def test_distillation_against_dense_formula(temperature, beta, t2_scaling):
+    student, labels = _batch()
+    teacher = 2 * torch.randn_like(student)
+    mask = labels != IGNORE
+    p_t = F.softmax(teacher.double() / temperature, -1)
+    soft = -(p_t * F.log_softmax(student.double() / temperature, -1)).sum(-1)
+    if t2_scaling:
+        soft = soft * temperature**2
+    hard = F.cross_entropy(student.double().transpose(1, 2), labels, reduction="none")
+    ref = ((beta * soft + (1 - beta) * hard) * mask).sum() / mask.sum()
+    ours = distillation_loss(student, teacher, labels, temperature=temperature, beta=beta, t2_scaling=t2_scaling)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_distillation_gives_no_gradient_to_teacher_and_equals_soft_target_ls():
+    """Distilling from a teacher whose softmax is the LS target equals label smoothing (up to the target entropy)."""
+    student = torch.randn(6, 5, requires_grad=True)
+    teacher = torch.randn(6, 5, requires_grad=True)
+    distillation_loss(student, teacher, temperature=2.0).backward()
+    assert teacher.grad is None and student.grad is not None
+    labels = torch.randint(0, 5, (6,))
+    target = torch.full((6, 5), 0.1 / 5)
+    target[torch.arange(6), labels] += 0.9
+    torch.testing.assert_close(
+        distillation_loss(student, target.log(), labels), label_smoothed_cross_entropy(student, labels, 0.1)
+    )
