@@ -1,0 +1,123 @@
+"""Bad input across the public API, as one table: every refusal is a clear error naming the argument.
+
+Each row is ``(id, call, exception type, pattern the message must contain)``. Rows for the HuggingFace
+integration and the recipes live in their own test modules' tables and are collected here when importable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ls_seq import (
+    LabelSmoothedCrossEntropy,
+    confidence_penalty_loss,
+    distillation_loss,
+    expected_calibration_error,
+    fit_temperature,
+    gaussian_mutual_information,
+    label_smoothed_cross_entropy,
+    smoothness_index,
+)
+from ls_seq.metrics import TokenCalibration
+
+Z = torch.randn(2, 3, 5)  # (B, T, V)
+Y = torch.randint(0, 5, (2, 3))
+NAN_Z = Z.clone().index_fill_(-1, torch.tensor([1]), math.nan)
+
+
+def _metric_update(logits, labels, **kwargs):
+    TokenCalibration(**kwargs).update(logits, labels)
+
+
+ROWS = [
+    # losses: alpha, prior, convention, reduction, shapes, dtypes, label range
+    ("alpha>1", lambda: label_smoothed_cross_entropy(Z, Y, 1.5), ValueError, r"`alpha` must be in \[0, 1\], got 1.5"),
+    ("alpha<0", lambda: label_smoothed_cross_entropy(Z, Y, -0.1), ValueError, "`alpha` must be in"),
+    ("alpha nan", lambda: label_smoothed_cross_entropy(Z, Y, math.nan), ValueError, "`alpha` must be in"),
+    ("alpha str", lambda: label_smoothed_cross_entropy(Z, Y, "0.1"), TypeError, "`alpha` must be a real number"),
+    ("prior length", lambda: label_smoothed_cross_entropy(Z, Y, prior=torch.ones(4) / 4), ValueError, r"`prior` must have shape \(5,\)"),
+    ("prior negative", lambda: label_smoothed_cross_entropy(Z, Y, prior=torch.tensor([1.5, -0.5, 0, 0, 0])), ValueError, "non-negative"),
+    ("prior sum", lambda: label_smoothed_cross_entropy(Z, Y, prior=torch.ones(5) / 4), ValueError, "`prior` must sum to 1"),
+    ("prior+fairseq", lambda: label_smoothed_cross_entropy(Z, Y, prior=torch.ones(5) / 5, convention="fairseq"), ValueError, "only defined for convention='uniform'"),
+    ("convention", lambda: label_smoothed_cross_entropy(Z, Y, convention="hinton"), ValueError, "`convention` must be one of 'uniform', 'fairseq', got 'hinton'"),
+    ("reduction", lambda: label_smoothed_cross_entropy(Z, Y, reduction="avg"), ValueError, "`reduction` must be one of"),
+    ("labels out of range", lambda: label_smoothed_cross_entropy(Z, Y.clone().fill_(5)), ValueError, r"`labels` must be in \[0, 5\)"),
+    ("labels negative", lambda: label_smoothed_cross_entropy(Z, Y.clone().fill_(-1)), ValueError, "ignore_index=-100"),
+    ("shape mismatch", lambda: label_smoothed_cross_entropy(Z, Y[:, :2]), ValueError, "expected \\(2, 3\\), got \\(2, 2\\)"),
+    ("integer logits", lambda: label_smoothed_cross_entropy(Z.long(), Y), TypeError, "`logits` must be a floating-point tensor"),
+    ("float labels", lambda: label_smoothed_cross_entropy(Z, Y.float()), TypeError, "`labels` must be an integer tensor"),
+    ("numpy logits", lambda: label_smoothed_cross_entropy(Z.numpy(), Y), TypeError, "`logits` must be a torch.Tensor"),
+    ("num_items negative", lambda: label_smoothed_cross_entropy(Z, Y, num_items_in_batch=-3), ValueError, "`num_items_in_batch` must be >= 0"),
+    ("fairseq V=1", lambda: label_smoothed_cross_entropy(torch.randn(3, 1), torch.zeros(3, dtype=torch.long), convention="fairseq"), ValueError, "at least 2 classes"),
+    ("module alpha", lambda: LabelSmoothedCrossEntropy(alpha=2.0), ValueError, "`alpha` must be in"),
+    ("module convention", lambda: LabelSmoothedCrossEntropy(convention="x"), ValueError, "`convention` must be one of"),
+    ("penalty beta", lambda: confidence_penalty_loss(Z, Y, -1.0), ValueError, "`beta` must be finite and >= 0"),
+    ("distill T", lambda: distillation_loss(Z, Z, Y, temperature=0.0), ValueError, "`temperature` must be finite and > 0"),
+    ("distill T inf", lambda: distillation_loss(Z, Z, Y, temperature=math.inf), ValueError, "`temperature` must be finite"),
+    ("distill beta", lambda: distillation_loss(Z, Z, Y, beta=1.2), ValueError, "`beta` must be in"),
+    ("distill no labels", lambda: distillation_loss(Z, Z, beta=0.5), ValueError, "`labels` are required"),
+    ("distill shapes", lambda: distillation_loss(Z, Z[..., :4], Y), ValueError, "`teacher_logits` must have the shape"),
+    # metrics core
+    ("ece norm", lambda: expected_calibration_error(Z, Y, norm="l3"), ValueError, "`norm` must be one of 'l1', 'l2', 'max'"),
+    ("ece n_bins 0", lambda: expected_calibration_error(Z, Y, n_bins=0), ValueError, "`n_bins` must be an int >= 1, got 0"),
+    ("ece n_bins float", lambda: expected_calibration_error(Z, Y, n_bins=1.5), TypeError, "`n_bins` must be an int"),
+    ("ece nan logits", lambda: expected_calibration_error(NAN_Z, Y), ValueError, "`logits` must be finite"),
+    ("metric n_bins", lambda: TokenCalibration(n_bins=0), ValueError, "`n_bins` must be an int >= 1"),
+    ("metric temperature 0", lambda: TokenCalibration(temperatures=[1.0, 0.0]), ValueError, r"`temperatures\[1\]` must be finite and > 0, got 0.0"),
+    ("metric temperature nan", lambda: TokenCalibration(temperatures=[math.nan]), ValueError, "must be finite and > 0"),
+    ("metric temperature inf", lambda: TokenCalibration(temperatures=[math.inf]), ValueError, "must be finite and > 0"),
+    ("metric temperatures empty", lambda: TokenCalibration(temperatures=[]), ValueError, "at least one temperature"),
+    ("metric temperatures str", lambda: TokenCalibration(temperatures="1.0"), TypeError, "`temperatures` must be a sequence"),
+    ("metric nan logits", lambda: _metric_update(NAN_Z, Y), ValueError, "`logits` must be finite"),
+    ("metric inf logits", lambda: _metric_update(Z.clone().fill_(math.inf), Y), ValueError, "`logits` must be finite"),
+    ("metric int logits", lambda: _metric_update(Z.long(), Y), TypeError, "floating-point"),
+    ("metric shape", lambda: _metric_update(Z, Y.flatten()), ValueError, "`labels` must have the shape"),
+    ("fit_temperature bounds", lambda: fit_temperature(Z, Y, bounds=(2.0, 1.0)), ValueError, "`bounds` must be"),
+    ("smoothness T", lambda: smoothness_index(Z, Y, temperature=-1.0), ValueError, "`temperature` must be finite and > 0"),
+    ("smoothness K=1", lambda: smoothness_index(torch.randn(3, 1), torch.zeros(3, dtype=torch.long)), ValueError, "at least 2 classes"),
+    ("mi shape", lambda: gaussian_mutual_information(torch.randn(5)), ValueError, r"`samples` must have shape \(N, L\)"),
+    ("mi one draw", lambda: gaussian_mutual_information(torch.randn(5, 1)), ValueError, "L >= 2"),
+    ("mi zero variance", lambda: gaussian_mutual_information(torch.arange(4.0)[:, None].expand(4, 3)), ValueError, "zero within-example variance"),
+    ("mi nan", lambda: gaussian_mutual_information(torch.full((3, 3), math.nan)), ValueError, "`samples` must be finite"),
+    ("mi int", lambda: gaussian_mutual_information(torch.ones(3, 3, dtype=torch.long)), TypeError, "floating-point"),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "pattern"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_bad_input_is_refused_with_a_clear_message(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_are_accepted_and_computed_in_float32(dtype):
+    loss = label_smoothed_cross_entropy(Z.to(dtype), Y, 0.1)
+    torch.testing.assert_close(loss, label_smoothed_cross_entropy(Z.to(dtype).float(), Y, 0.1))
+    metric = TokenCalibration()
+    metric.update(Z.to(dtype), Y)
+    assert torch.isfinite(metric.compute()["ece"])
+
+
+def test_large_vocabulary_works_in_chunks():
+    """A 250k vocabulary: the metric reads it in row chunks and agrees with the dense softmax reference."""
+    v = 250_000
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(80, v, generator=g)
+    logits[torch.arange(80), torch.arange(80)] += 12.0  # confident, mostly right predictions
+    labels = torch.arange(80)
+    labels[::7] = 3
+    metric = TokenCalibration(n_bins=10)
+    metric.update(logits, labels)
+    out = metric.compute()
+    probs = torch.softmax(logits.double(), -1)
+    torch.testing.assert_close(out["mean_confidence"], probs.max(-1).values.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["nll"], torch.nn.functional.cross_entropy(logits.double(), labels), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        label_smoothed_cross_entropy(logits, labels, 0.1).double(),
+        torch.nn.functional.cross_entropy(logits.double(), labels, label_smoothing=0.1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
