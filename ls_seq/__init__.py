@@ -20,15 +20,50 @@ from ls_seq.metrics import TokenCalibration
 
 __version__ = "0.1.0"
 
+# The HuggingFace surface imports transformers (seconds); it loads on first use so that the losses and
+# metrics stay cheap to import.
+_LAZY = {
+    "LabelSmoothingSeq2SeqTrainer": "ls_seq.trainer",
+    "LabelSmoothingSeq2SeqTrainingArguments": "ls_seq.trainer",
+    "label_smoothing_loss_func": "ls_seq.trainer",
+    "estimate_unigram_prior": "ls_seq.trainer",
+    "CalibrationCallback": "ls_seq.callbacks",
+    "BeamSearchTemperature": "ls_seq.generation",
+    "generate_with_temperature": "ls_seq.generation",
+    "fused_linear_label_smoothed_cross_entropy": "ls_seq.functional.fused",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ls_seq' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
+
 __all__ = [
+    "BeamSearchTemperature",
+    "CalibrationCallback",
     "LabelSmoothedCrossEntropy",
+    "LabelSmoothingSeq2SeqTrainer",
+    "LabelSmoothingSeq2SeqTrainingArguments",
     "TokenCalibration",
     "confidence_penalty_loss",
     "distillation_loss",
+    "estimate_unigram_prior",
     "expected_calibration_error",
     "fit_temperature",
+    "fused_linear_label_smoothed_cross_entropy",
+    "generate_with_temperature",
     "gaussian_mutual_information",
     "label_smoothed_cross_entropy",
+    "label_smoothing_loss_func",
     "smoothing_weights",
     "smoothness_index",
 ]
