@@ -1,0 +1,1 @@
+"""Tests that start several processes (torchrun, gloo, CPU), and the tiny models they share with in-process tests."""
