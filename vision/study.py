@@ -1,0 +1,424 @@
+"""The vision study: train, measure and plot the paper's image experiments, and write the results.
+
+:func:`run_study` wires the pieces together (it holds no math of its own):
+
+1. load the data (:mod:`vision.data`);
+2. for ``projection``, ``calibration`` and ``mutual_info``: train the base network twice with one training
+   function (:func:`vision.train.train_model`), with hard targets (``alpha = 0``) and with label smoothing
+   (``alpha``); the mutual-information callback rides along when that study is asked for;
+3. projection (:mod:`vision.projection`), calibration (:mod:`vision.calibration`), distillation
+   (:mod:`vision.distillation`), each plotted by :mod:`vision.plots` or ``ls_seq.plots``;
+4. ``results.json``, ``report.md`` and the PNG figures in ``output_dir``, each written atomically.
+
+Checkpoints live in ``output_dir/runs/<run>/``; running the same command again resumes every run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ls_seq._validation import check_alpha, check_choice, check_positive_int, check_temperatures
+from ls_seq.io import atomic_savefig, atomic_write_json, atomic_write_text
+from ls_seq.plots import plot_reliability_diagram
+
+from vision.calibration import HARD, HARD_TS, SMOOTHED, calibration_table
+from vision.data import DATASETS, HFImageDataset, VisionData, check_data_dir, load_vision_data
+from vision.distillation import FROM_HARD, FROM_LS, STUDENT, TEACHER, DistillationPoint, distillation_study
+from vision.information import MutualInformationCallback, select_two_class_indices
+from vision.models import MODELS
+from vision.plots import plot_distillation, plot_mutual_information, plot_projection
+from vision.projection import check_classes, cluster_tightness, template_plane_basis, template_plane_projection
+from vision.train import TrainConfig, TrainResult, collect_outputs, train_model
+
+__all__ = ["PRESETS", "STUDIES", "VisionStudyConfig", "run_study"]
+
+STUDIES = ("projection", "calibration", "distillation", "mutual_info", "all")
+
+# Per-dataset defaults: the paper's architectures (AlexNet on CIFAR-10, ResNet-56 on CIFAR-100,
+# Inception-v4 on ImageNet, a ResNet-56 teacher for an AlexNet student) and standard SGD schedules.
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": dict(model="digits_cnn", teacher_model="digits_cnn", student_model="digits_mlp",
+                   epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, num_classes=10),
+    "cifar10": dict(model="alexnet_cifar", teacher_model="resnet56", student_model="alexnet_cifar",
+                    epochs=160, batch_size=128, lr=0.05, weight_decay=5e-4, num_classes=10),
+    "cifar100": dict(model="resnet56", teacher_model="resnet56", student_model="alexnet_cifar",
+                     epochs=160, batch_size=128, lr=0.1, weight_decay=1e-4, num_classes=100),
+    "imagenet": dict(model="inception_v4", teacher_model="inception_v4", student_model="resnet56",
+                     epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, num_classes=None),
+}
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class VisionStudyConfig:
+    """Arguments of the vision study (also the recipe's command line). ``None`` means the dataset's preset."""
+
+    dataset: str = _help(f"one of {', '.join(DATASETS)}", default="digits")
+    study: str = _help(f"one of {', '.join(STUDIES)}", default="all")
+    output_dir: str = _help("where results.json, report.md, the figures and runs/ are written", default="outputs/vision")
+    epochs: int | None = _help("training epochs of every network (preset: digits 30, CIFAR 160)", default=None)
+    batch_size: int | None = _help("training batch size", default=None)
+    lr: float | None = _help("initial SGD learning rate (x0.1 at 50% and 75% of training)", default=None)
+    weight_decay: float | None = _help("SGD weight decay", default=None)
+    alpha: float = _help("label-smoothing strength of the smoothed network (paper: 0.1)", default=0.1)
+    model: str | None = _help(f"network of projection/calibration/MI, one of {', '.join(MODELS)}", default=None)
+    teacher_model: str | None = _help("distillation teacher network", default=None)
+    student_model: str | None = _help("distillation student network", default=None)
+    projection_classes: list[int] | None = _help("three distinct classes for the projection (default 0 1 2)", default=None)
+    mi_classes: list[int] | None = _help("two distinct classes for the mutual information (default 0 1)", default=None)
+    mi_examples: int = _help("N: training examples (of the two classes) in the MI estimate", default=60)
+    mi_augmentations: int = _help("L: augmentations of each example in the MI estimate", default=32)
+    distill_alphas: list[float] = _help(
+        "label smoothing of the teachers and plain students (0 is always added)",
+        default_factory=lambda: [0.1, 0.2, 0.4, 0.6],
+    )
+    distill_temperatures: list[float] = _help(
+        "temperatures at which the hard-target teacher is distilled", default_factory=lambda: [1.0, 2.0, 4.0, 8.0]
+    )
+    distill_t2_scaling: bool = _help("multiply the distillation term by T^2 (Hinton et al.)", default=True)
+    n_bins: int = _help("confidence bins of ECE and reliability diagrams (paper: 15)", default=15)
+    max_train_samples: int | None = _help("train on a stratified subset of this size (quick runs)", default=None)
+    val_size: int | None = _help("held-out training images for temperature fitting (CIFAR 5000, ImageNet 10000)", default=None)
+    max_plot_points: int = _help("examples per projection panel", default=1500)
+    data_dir: str | None = _help("local data: a CIFAR save_to_disk/parquet folder, or the ImageNet train/ val/ tree", default=None)
+    cache_dir: str | None = _help("datasets cache directory", default=None)
+    seed: int = _help("seed of splits, initialisation, shuffling and augmentation", default=0)
+    mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", default="no")
+    cpu: bool = _help("train on the CPU even when a GPU is present", default=False)
+    progress: bool = _help("show tqdm progress bars", default=True)
+
+    def __post_init__(self) -> None:
+        check_choice(self.dataset, "dataset", DATASETS)
+        check_choice(self.study, "study", STUDIES)
+        if not isinstance(self.output_dir, (str, os.PathLike)) or not os.fspath(self.output_dir):
+            raise ValueError(f"`output_dir` must be a non-empty path, got {self.output_dir!r}")
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise ValueError(f"`output_dir` must be a directory, got {os.fspath(self.output_dir)!r}, an existing file")
+        preset = PRESETS[self.dataset]
+        for name in ("epochs", "batch_size", "lr", "weight_decay", "model", "teacher_model", "student_model"):
+            if getattr(self, name) is None:
+                setattr(self, name, preset[name])
+        for name in ("model", "teacher_model", "student_model"):
+            check_choice(getattr(self, name), name, tuple(MODELS))
+        for name in ("epochs", "batch_size", "mi_examples", "n_bins", "max_plot_points"):
+            check_positive_int(getattr(self, name), name)
+        check_positive_int(self.mi_augmentations, "mi_augmentations", minimum=2)
+        check_positive_int(self.seed, "seed", minimum=0)
+        for name in ("max_train_samples", "val_size"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), name)
+        self.alpha = check_alpha(self.alpha, "alpha", allow_one=False)
+        if self.alpha == 0:
+            raise ValueError("`alpha` must be > 0: the study compares alpha=0 with label smoothing alpha, got 0")
+        self.distill_alphas = [check_alpha(a, f"distill_alphas[{i}]", allow_one=False) for i, a in enumerate(self.distill_alphas)]
+        self.distill_temperatures = check_temperatures(self.distill_temperatures, "distill_temperatures")
+        check_choice(self.mixed_precision, "mixed_precision", ("no", "fp16", "bf16"))
+        check_data_dir(self.data_dir, required=self.dataset == "imagenet")
+        num_classes = preset["num_classes"] or _count_imagenet_classes(self.data_dir)
+        self.projection_classes = list(check_classes(self.projection_classes or [0, 1, 2], num_classes, 3, "projection_classes"))
+        self.mi_classes = list(check_classes(self.mi_classes or [0, 1], num_classes, 2, "mi_classes"))
+        # the base training config is built now so that its own checks also run before any work
+        self.train_config(0.0)
+
+    def studies(self) -> set[str]:
+        return set(STUDIES[:-1]) if self.study == "all" else {self.study}
+
+    def train_config(self, alpha: float, **overrides: Any) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, alpha=alpha,
+            seed=self.seed, mixed_precision=self.mixed_precision, cpu=self.cpu, **overrides,
+        )
+
+
+def _count_imagenet_classes(data_dir: str) -> int:
+    train = os.path.join(data_dir, "train")
+    if not os.path.isdir(train):
+        raise ValueError(f"`data_dir` must hold a train/ folder of class sub-folders, got {data_dir!r} without one")
+    n = sum(os.path.isdir(os.path.join(train, d)) for d in os.listdir(train))
+    if n < 3:
+        raise ValueError(f"`data_dir`/train must hold at least 3 class folders, got {n}")
+    return n
+
+
+def _labels(dataset: Any) -> torch.Tensor:
+    if isinstance(dataset, HFImageDataset):
+        return torch.as_tensor(dataset.hf_dataset.select(dataset.indices)[dataset.label_column]).long()
+    return dataset.labels
+
+
+def _images(dataset: Any, indices: torch.Tensor) -> torch.Tensor:
+    if hasattr(dataset, "images"):
+        return dataset.images[indices]
+    return torch.stack([dataset[int(i)][0] for i in indices])
+
+
+# ------------------------------------------------------------------------------------------------ studies
+
+
+def _projection(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> dict:
+    classes = cfg.projection_classes
+    g = torch.Generator().manual_seed(cfg.seed)
+    panels, tightness = {}, {}
+    for run_name, result in runs.items():
+        head = result.model.get_classifier()
+        weight, bias = head.weight.detach().cpu(), head.bias.detach().cpu()
+        origin, basis = template_plane_basis(weight, bias, classes)
+        tmpl = torch.cat([weight, bias[:, None]], dim=1).double()[classes]
+        tmpl_2d = (tmpl - origin) @ basis  # (3, 2)
+        tightness[run_name] = {}
+        for split_name, split in (("train", data.train), ("validation", data.val)):
+            labels = _labels(split)
+            idx = torch.nonzero(torch.isin(labels, torch.tensor(classes))).flatten()
+            if idx.numel() > cfg.max_plot_points:
+                idx = idx[torch.randperm(idx.numel(), generator=g)[: cfg.max_plot_points]]
+            subset = torch.utils.data.TensorDataset(_images(split, idx), labels[idx])
+            outputs = collect_outputs(result.model, subset, features=True)
+            points = template_plane_projection(outputs.features, weight, bias, classes)  # (n, 2)
+            full = torch.cat([outputs.features.double(), torch.ones(len(idx), 1, dtype=torch.float64)], dim=1)
+            tightness[run_name][split_name] = {
+                "plane": cluster_tightness(points, outputs.labels, classes),
+                "full": cluster_tightness(full, outputs.labels, classes),
+                "n_examples": int(idx.numel()),
+            }
+            panels[f"{run_name}, {split_name}"] = (points, outputs.labels, tmpl_2d)
+    names = [data.class_names[c] for c in classes]
+    fig = plot_projection(panels, classes, class_names=data.class_names)
+    fig.suptitle(f"{data.name}: penultimate layer on the plane of the templates of {', '.join(names)}", fontsize=9)
+    atomic_savefig(fig, os.path.join(out, "projection.png"), dpi=120)
+    return {"classes": classes, "tightness": tightness, "figure": "projection.png"}
+
+
+def _calibration(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> dict:
+    def outs(result: TrainResult, split: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        o = collect_outputs(result.model, split)
+        return o.logits, o.labels
+
+    rows = calibration_table(
+        outs(runs[HARD], data.val), outs(runs[HARD], data.test),
+        outs(runs[SMOOTHED], data.val), outs(runs[SMOOTHED], data.test), n_bins=cfg.n_bins,
+    )
+    fig = plot_reliability_diagram(
+        {f"{name} (T={row.temperature:.2f})": row.reliability for name, row in rows.items()},
+        title=f"{data.name}, test split, {cfg.n_bins} bins",
+    )
+    atomic_savefig(fig, os.path.join(out, "reliability.png"), dpi=120)
+    return {"rows": {name: row.as_dict() for name, row in rows.items()}, "figure": "reliability.png"}
+
+
+def _mutual_info_callback(cfg: VisionStudyConfig, data: VisionData) -> MutualInformationCallback:
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = select_two_class_indices(_labels(data.train), cfg.mi_classes, cfg.mi_examples, g)
+    augment = data.augment
+    if augment is None:
+        raise ValueError(f"dataset {data.name!r} has no augmentation; the MI study needs one")
+    return MutualInformationCallback(
+        _images(data.train, idx), cfg.mi_classes, augment, cfg.mi_augmentations, seed=cfg.seed
+    )
+
+
+def _mutual_info(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> dict:
+    log_n = math.log(cfg.mi_examples)
+    fig = plot_mutual_information(
+        {name: r.history for name, r in runs.items()}, upper_bound=log_n,
+        title=f"{data.name}: classes {cfg.mi_classes}, N={cfg.mi_examples}, L={cfg.mi_augmentations}",
+    )
+    atomic_savefig(fig, os.path.join(out, "mutual_information.png"), dpi=120)
+    curves = {
+        name: [[h["epoch"], h["mutual_information"]] for h in r.history if "mutual_information" in h]
+        for name, r in runs.items()
+    }
+    return {
+        "classes": cfg.mi_classes, "n_examples": cfg.mi_examples, "n_augmentations": cfg.mi_augmentations,
+        "log_n": log_n, "curves": curves, "figure": "mutual_information.png",
+    }
+
+
+def _distillation(cfg: VisionStudyConfig, data: VisionData, out: str) -> dict:
+    points = distillation_study(
+        data,
+        teacher_model=cfg.teacher_model,
+        student_model=cfg.student_model,
+        teacher_config=cfg.train_config(0.0),
+        student_config=cfg.train_config(0.0, t2_scaling=cfg.distill_t2_scaling),
+        alphas=cfg.distill_alphas,
+        temperatures=cfg.distill_temperatures,
+        run_root=os.path.join(out, "runs", "distillation"),
+        progress=cfg.progress,
+    )
+    fig = plot_distillation(points, title=f"{data.name}: {cfg.teacher_model} -> {cfg.student_model}")
+    atomic_savefig(fig, os.path.join(out, "distillation.png"), dpi=120)
+    return {"points": [asdict(p) for p in points], "figure": "distillation.png"}
+
+
+# ------------------------------------------------------------------------------------------------ claims
+
+
+def _claims(results: dict) -> list[dict]:
+    """The paper's claims, each with the numbers measured here and whether they agree."""
+    claims = []
+    if "projection" in results:
+        t = results["projection"]["tightness"]
+        for split in ("train", "validation"):
+            h, s = t[HARD][split]["plane"], t[SMOOTHED][split]["plane"]
+            claims.append({
+                "claim": f"Fig. 1: label smoothing makes the clusters tighter ({split}, template plane)",
+                "measured": f"tightness hard {h:.3f} vs LS {s:.3f} (lower = tighter)", "holds": s < h,
+            })
+    if "calibration" in results:
+        r = results["calibration"]["rows"]
+        claims.append({
+            "claim": "Fig. 2 / Table 3: label smoothing lowers the ECE of hard targets",
+            "measured": f"ECE hard {r[HARD]['ece']:.4f} vs LS {r[SMOOTHED]['ece']:.4f}",
+            "holds": r[SMOOTHED]["ece"] < r[HARD]["ece"],
+        })
+        claims.append({
+            "claim": "Table 3: label smoothing calibrates about as well as temperature scaling",
+            "measured": f"ECE temperature scaling {r[HARD_TS]['ece']:.4f} (T={r[HARD_TS]['temperature']:.2f}) "
+            f"vs LS {r[SMOOTHED]['ece']:.4f}",
+            "holds": r[SMOOTHED]["ece"] <= 2 * r[HARD_TS]["ece"] + 0.01,
+        })
+        claims.append({
+            "claim": "Sec. 3: a label-smoothed network needs little temperature scaling (fitted T near 1)",
+            "measured": f"T fitted to LS {r[SMOOTHED]['fitted_temperature']:.2f} vs hard "
+            f"{r[HARD]['fitted_temperature']:.2f}",
+            "holds": abs(math.log(r[SMOOTHED]["fitted_temperature"])) < abs(math.log(r[HARD]["fitted_temperature"])),
+        })
+    if "distillation" in results:
+        pts = [DistillationPoint(**p) for p in results["distillation"]["points"]]
+
+        def best(curve: str) -> DistillationPoint:
+            return max((p for p in pts if p.curve == curve), key=lambda p: p.accuracy)
+
+        hard_teacher = next(p for p in pts if p.curve == TEACHER and p.alpha == 0.0)
+        ls_teacher = best(TEACHER)
+        claims.append({
+            "claim": "Fig. 5: label smoothing improves the teacher's accuracy",
+            "measured": f"teacher alpha=0 {hard_teacher.accuracy:.4f} vs best alpha={ls_teacher.alpha:g} "
+            f"{ls_teacher.accuracy:.4f}",
+            "holds": ls_teacher.accuracy > hard_teacher.accuracy,
+        })
+        if any(p.curve == FROM_LS for p in pts):
+            fh, fl = best(FROM_HARD), best(FROM_LS)
+            claims.append({
+                "claim": "Fig. 5: students of a hard-target teacher (best T) beat students of LS teachers",
+                "measured": f"best from hard teacher {fh.accuracy:.4f} (T={fh.temperature:g}) vs best from LS teacher "
+                f"{fl.accuracy:.4f} (alpha={fl.alpha:g})",
+                "holds": fh.accuracy > fl.accuracy,
+            })
+        st = best(STUDENT)
+        fh = best(FROM_HARD)
+        claims.append({
+            "claim": "Fig. 5: distillation from the hard teacher beats training the student with label smoothing",
+            "measured": f"best distilled {fh.accuracy:.4f} vs best LS student {st.accuracy:.4f} (alpha={st.alpha:g})",
+            "holds": fh.accuracy > st.accuracy,
+        })
+    if "mutual_info" in results:
+        c = results["mutual_info"]["curves"]
+        h, s = c[HARD][-1][1], c[SMOOTHED][-1][1]
+        claims.append({
+            "claim": "Fig. 6: label smoothing lowers the mutual information between example and logits late in training",
+            "measured": f"final I(X;Y) hard {h:.3f} vs LS {s:.3f} nats (log N = {results['mutual_info']['log_n']:.3f})",
+            "holds": s < h,
+        })
+    return claims
+
+
+def _report(cfg: VisionStudyConfig, results: dict) -> str:
+    lines = [f"# Vision study: {cfg.dataset}, study={cfg.study}", ""]
+    d = results["data"]
+    lines += [
+        f"{d['num_classes']} classes; {d['n_train']} train / {d['n_val']} validation / {d['n_test']} test examples. "
+        f"Model {cfg.model}, {cfg.epochs} epochs, alpha={cfg.alpha:g}, seed {cfg.seed}.",
+        "",
+    ]
+    if "runs" in results:
+        lines += ["## Base networks", "", "| run | final train acc | val acc | val NLL |", "|---|---|---|---|"]
+        for name, hist in results["runs"].items():
+            last = hist[-1]
+            lines.append(f"| {name} | {last['train_accuracy']:.4f} | {last['eval_accuracy']:.4f} | {last['eval_nll']:.4f} |")
+        lines.append("")
+    if "calibration" in results:
+        lines += ["## Calibration (test split)", "", "| | accuracy | ECE | NLL | T applied | T fitted on val |", "|---|---|---|---|---|---|"]
+        for name, r in results["calibration"]["rows"].items():
+            lines.append(
+                f"| {name} | {r['accuracy']:.4f} | {r['ece']:.4f} | {r['nll']:.4f} | {r['temperature']:.2f} | "
+                f"{r['fitted_temperature']:.2f} |"
+            )
+        lines += ["", "![reliability](reliability.png)", ""]
+    if "projection" in results:
+        lines += ["## Projection", "", f"Classes {results['projection']['classes']}; tightness = mean distance to own "
+                  "class mean / mean distance between class means (lower = tighter).", "",
+                  "| run | split | plane | full (D+1) |", "|---|---|---|---|"]
+        for run, splits in results["projection"]["tightness"].items():
+            for split, t in splits.items():
+                lines.append(f"| {run} | {split} | {t['plane']:.3f} | {t['full']:.3f} |")
+        lines += ["", "![projection](projection.png)", ""]
+    if "distillation" in results:
+        lines += ["## Distillation", "", "| curve | alpha | T | gamma | test accuracy |", "|---|---|---|---|---|"]
+        for p in results["distillation"]["points"]:
+            lines.append(f"| {p['curve']} | {p['alpha']:g} | {p['temperature']:g} | {p['gamma']:.3f} | {p['accuracy']:.4f} |")
+        lines += ["", "![distillation](distillation.png)", ""]
+    if "mutual_info" in results:
+        mi = results["mutual_info"]
+        lines += ["## Mutual information", "", f"N={mi['n_examples']}, L={mi['n_augmentations']}, log N = {mi['log_n']:.3f} nats.", "",
+                  "| epoch | " + " | ".join(mi["curves"]) + " |", "|---" * (len(mi["curves"]) + 1) + "|"]
+        epochs = [e for e, _ in next(iter(mi["curves"].values()))]
+        for i, e in enumerate(epochs):
+            lines.append(f"| {e} | " + " | ".join(f"{c[i][1]:.3f}" for c in mi["curves"].values()) + " |")
+        lines += ["", "![mutual information](mutual_information.png)", ""]
+    lines += ["## The paper's claims against this run", "", "| claim | measured | agrees |", "|---|---|---|"]
+    for c in results["claims"]:
+        lines.append(f"| {c['claim']} | {c['measured']} | {'yes' if c['holds'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_study(cfg: VisionStudyConfig) -> dict:
+    """Run the studies of ``cfg`` and write ``results.json``, ``report.md`` and figures to ``cfg.output_dir``.
+
+    Returns the results dict written to ``results.json`` (history of the base runs, each study's numbers,
+    and ``claims``: the paper's claims with the measured numbers and whether they agree).
+    """
+    if not isinstance(cfg, VisionStudyConfig):
+        raise TypeError(f"`cfg` must be a VisionStudyConfig, got {type(cfg).__name__}")
+    studies = cfg.studies()
+    data = load_vision_data(
+        cfg.dataset, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, seed=cfg.seed,
+        max_train_samples=cfg.max_train_samples, val_size=cfg.val_size,
+    )
+    out = os.fspath(cfg.output_dir)
+    results: dict[str, Any] = {
+        "config": asdict(cfg),
+        "data": {"name": data.name, "num_classes": data.num_classes, "n_train": len(data.train),
+                 "n_val": len(data.val), "n_test": len(data.test)},
+    }
+    if studies & {"projection", "calibration", "mutual_info"}:
+        callbacks = [_mutual_info_callback(cfg, data)] if "mutual_info" in studies else []
+        runs = {}
+        for name, alpha in ((HARD, 0.0), (SMOOTHED, cfg.alpha)):
+            tag = "alpha0" if alpha == 0 else f"alpha{alpha:g}"
+            run_dir = os.path.join(out, "runs", f"{cfg.model}_{tag}" + ("_mi" if callbacks else ""))
+            runs[name] = train_model(
+                cfg.model, data, cfg.train_config(alpha), run_dir=run_dir, callbacks=callbacks,
+                progress=cfg.progress, description=f"{name}",
+            )
+        results["runs"] = {name: r.history for name, r in runs.items()}
+        if "projection" in studies:
+            results["projection"] = _projection(cfg, data, runs, out)
+        if "calibration" in studies:
+            results["calibration"] = _calibration(cfg, data, runs, out)
+        if "mutual_info" in studies:
+            results["mutual_info"] = _mutual_info(cfg, data, runs, out)
+    if "distillation" in studies:
+        results["distillation"] = _distillation(cfg, data, out)
+    results["claims"] = _claims(results)
+    atomic_write_json(os.path.join(out, "results.json"), results)
+    atomic_write_text(os.path.join(out, "report.md"), _report(cfg, results))
+    return results
