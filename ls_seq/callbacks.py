@@ -31,7 +31,7 @@ class CalibrationCallback(TrainerCallback):
     evaluation metrics (``<prefix>`` is ``eval``):
 
     * ``eval_ece``, ``eval_mce``, ``eval_rms_ce``, ``eval_nll``, ``eval_token_accuracy``,
-      ``eval_mean_confidence`` at temperature 1;
+      ``eval_mean_confidence`` at temperature 1, and ``eval_n_tokens`` (target tokens measured);
     * with ``temperatures``: ``eval_best_temperature`` (lowest NLL on the grid, 1.0 always included),
       ``eval_ece_at_best_temperature`` and ``eval_nll_at_best_temperature``.
 
@@ -169,6 +169,7 @@ class CalibrationCallback(TrainerCallback):
             f"{prefix}_nll": at("nll", i1),
             f"{prefix}_token_accuracy": at("accuracy", i1),
             f"{prefix}_mean_confidence": at("mean_confidence", i1),
+            f"{prefix}_n_tokens": int(values["n_tokens"].reshape(-1)[0]),
         }
         if best is not None:
             logs[f"{prefix}_best_temperature"] = float(metric.temperatures[best])

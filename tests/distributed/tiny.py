@@ -98,3 +98,17 @@ def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Teacher-forced logits computed directly (the reference the trainer and callback are checked against)."""
     dec = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=dec).logits
+
+
+# ---- shared by ddp_checks.py and test_two_processes.py: the 1-process reference uses the same data ----
+CALIB_SPLIT = 37  # rank 0 takes the first 37 tokens, rank 1 the other 83
+TEMPERATURES = [0.5, 1.0, 2.0]
+
+
+def calibration_tokens(n_tokens: int = 120, vocab: int = 20, seed: int = 5):
+    """Random logits/labels with every 7th label ignored."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n_tokens, vocab, generator=g) * 3
+    labels = torch.randint(0, vocab, (n_tokens,), generator=g)
+    labels[::7] = IGNORE
+    return logits, labels

@@ -1,0 +1,19 @@
+"""``evaluate`` metric modules shipped inside ls-seq, loadable offline by path.
+
+Example:
+    >>> import evaluate  # doctest: +SKIP
+    >>> from ls_seq.evaluate_metrics import token_ece_path
+    >>> token_ece = evaluate.load(token_ece_path())  # doctest: +SKIP
+    >>> token_ece.compute(predictions=logits, references=labels, n_bins=15)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["token_ece_path"]
+
+
+def token_ece_path() -> str:
+    """Directory of the ``token_ece`` metric (holds ``token_ece.py``), for ``evaluate.load(token_ece_path())``."""
+    return str(Path(__file__).resolve().parent / "token_ece")

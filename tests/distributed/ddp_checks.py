@@ -1,0 +1,80 @@
+"""Run under ``torchrun --nproc_per_node 2`` (gloo, CPU) by test_two_processes.py; rank 0 writes the results.
+
+Usage: ``torchrun --standalone --nproc_per_node 2 ddp_checks.py OUT_DIR``. Three checks share one launch
+(process start-up is the expensive part):
+
+1. ``TokenCalibration`` with an uneven split: the ranks update different numbers of tokens.
+2. One optimizer step of ``LabelSmoothingSeq2SeqTrainer`` with 2 ranks x batch 4 x 2 accumulation steps.
+3. ``CalibrationCallback`` on an evaluation set of 13 examples (not a multiple of 2 ranks x batch 4).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
+from tiny import CALIB_SPLIT, TEMPERATURES, calibration_tokens, collate, tiny_dataset, tiny_model, training_args
+
+from ls_seq.callbacks import CalibrationCallback
+from ls_seq.io import atomic_write_bytes, atomic_write_json
+from ls_seq.metrics import TokenCalibration
+from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
+
+def check_token_calibration(rank: int) -> dict:
+    logits, labels = calibration_tokens()
+    mine = slice(0, CALIB_SPLIT) if rank == 0 else slice(CALIB_SPLIT, None)  # 37 vs 83 tokens
+    metric = TokenCalibration(n_bins=10, temperatures=TEMPERATURES)
+    lg, lb = logits[mine], labels[mine]
+    half = lg.shape[0] // 3
+    metric.update(lg[:half], lb[:half])  # several updates of different sizes per rank
+    metric.update(lg[half:], lb[half:])
+    out = {k: v.tolist() for k, v in metric.compute().items()}
+    out["reliability_count"] = metric.reliability()["count"].tolist()
+    return out
+
+
+def check_trainer_step(out_dir: Path) -> dict:
+    model = tiny_model("marian", seed=2)
+    args = training_args(str(out_dir / "train"), cls=LabelSmoothingSeq2SeqTrainingArguments,
+                         per_device_train_batch_size=4, gradient_accumulation_steps=2, label_smoothing_factor=0.1)
+    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(16, seed=5),
+                                           data_collator=collate)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        buffer = io.BytesIO()
+        torch.save({n: p.detach() for n, p in model.named_parameters()}, buffer)
+        atomic_write_bytes(out_dir / "params.pt", buffer.getvalue())
+    return trainer.state.log_history[0]
+
+
+def check_callback(out_dir: Path) -> dict:
+    from transformers import Seq2SeqTrainer
+
+    model = tiny_model("marian", seed=3, scale=4.0)
+    args = training_args(str(out_dir / "calib"), per_device_eval_batch_size=4)
+    trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=tiny_dataset(13, seed=11), data_collator=collate)
+    CalibrationCallback(n_bins=10, temperatures=TEMPERATURES, plot=True).attach(trainer)
+    return trainer.evaluate()
+
+
+def main() -> None:
+    out_dir = Path(sys.argv[1])
+    state = PartialState(cpu=True)  # gloo process group, the one the Trainer will use too
+    assert state.num_processes == 2 and dist.is_initialized(), "run me with torchrun --nproc_per_node 2"
+    results = {
+        "world_size": state.num_processes,
+        "token_calibration": check_token_calibration(state.process_index),
+        "trainer_log": check_trainer_step(out_dir),
+        "callback_metrics": check_callback(out_dir),
+    }
+    if state.is_main_process:
+        atomic_write_json(out_dir / "results.json", results)
+    state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

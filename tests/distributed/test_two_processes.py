@@ -1,0 +1,98 @@
+"""2 processes equal 1: torchrun --nproc_per_node 2 (gloo, CPU) runs ddp_checks.py once; each test checks one part.
+
+References are computed here, in one process: TokenCalibration on all tokens, a hand-made SGD step on the
+whole batch, and CalibrationCallback under a 1-process Trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distributed.tiny import (
+    TEMPERATURES,
+    VOCAB,
+    calibration_tokens,
+    collate,
+    model_logits,
+    tiny_dataset,
+    tiny_examples,
+    tiny_model,
+    training_args,
+)
+from ls_seq.io import read_json
+from ls_seq.metrics import TokenCalibration
+
+pytestmark = pytest.mark.distributed
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "ddp_checks.py"), str(out)]
+    proc = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return {"results": read_json(out / "results.json"), "params": torch.load(out / "params.pt"),
+            "stdout": proc.stdout, "out": out}
+
+
+def test_token_calibration_uneven_split_equals_one_process(ddp_run):
+    got = ddp_run["results"]["token_calibration"]
+    logits, labels = calibration_tokens()
+    ref = TokenCalibration(n_bins=10, temperatures=TEMPERATURES)
+    ref.update(logits, labels)
+    for name, value in ref.compute().items():
+        torch.testing.assert_close(torch.tensor(got[name], dtype=torch.float64), value, rtol=1e-9, atol=1e-12, msg=name)
+    torch.testing.assert_close(torch.tensor(got["reliability_count"], dtype=torch.float64), ref.reliability()["count"])
+
+
+def test_trainer_step_on_two_ranks_equals_one_big_batch(ddp_run):
+    """2 ranks x batch 4 x 2 accumulation steps == one SGD step on the token-mean loss of all 16 examples."""
+    base = tiny_model("marian", seed=2)
+    ref = copy.deepcopy(base).train()
+    full = collate(tiny_examples(16, seed=5))
+    logits = model_logits(ref, full)
+    loss = F.cross_entropy(logits.reshape(-1, VOCAB), full["labels"].reshape(-1), label_smoothing=0.1)
+    loss.backward()
+    params = ddp_run["params"]
+    for name, p in ref.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(params[name], (p - 0.5 * p.grad).detach(), rtol=1e-5, atol=1e-6, msg=name)
+    log = ddp_run["results"]["trainer_log"]
+    nll = F.cross_entropy(logits.reshape(-1, VOCAB), full["labels"].reshape(-1))
+    assert log["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert log["nll_loss"] == pytest.approx(nll.item(), rel=1e-5)
+    assert ddp_run["stdout"].count("'nll_loss'") == 1, "only the main process prints the training log"
+
+
+def test_calibration_callback_on_two_ranks_equals_one_process(ddp_run, tmp_path):
+    from transformers import Seq2SeqTrainer
+
+    from ls_seq.callbacks import CalibrationCallback
+
+    val = tiny_dataset(13, seed=11)
+    model = tiny_model("marian", seed=3, scale=4.0)
+    trainer = Seq2SeqTrainer(model=model, args=training_args(str(tmp_path), per_device_eval_batch_size=4),
+                             eval_dataset=val, data_collator=collate)
+    CalibrationCallback(n_bins=10, temperatures=TEMPERATURES, plot=False).attach(trainer)
+    one = trainer.evaluate()
+    two = ddp_run["results"]["callback_metrics"]
+    n_tokens = sum(len(x) for x in val["labels"])
+    assert two["eval_n_tokens"] == one["eval_n_tokens"] == n_tokens, "padding samples counted twice"
+    for key, value in one.items():
+        if key.startswith("eval_") and key.split("_", 1)[1] in (
+            "ece", "mce", "rms_ce", "nll", "token_accuracy", "mean_confidence", "best_temperature",
+            "ece_at_best_temperature", "nll_at_best_temperature"):
+            assert two[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert (ddp_run["out"] / "calib" / "eval_reliability_step0.png").is_file()
