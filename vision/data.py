@@ -35,6 +35,7 @@ __all__ = [
     "load_imagenet",
     "load_vision_data",
     "stratified_split",
+    "stratified_subset",
 ]
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
@@ -227,12 +228,25 @@ def _normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]
     return [(t - mean) / std for t in (train, *others)]
 
 
+def stratified_subset(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Exactly ``n`` sorted indices with every class in proportion (within one example).
+
+    Each class's shuffled members get the keys ``(i + u) / count`` (``u`` uniform in [0, 1)); the ``n``
+    smallest keys are taken, so classes are interleaved in proportion and ``n`` is exact.
+    """
+    keys = torch.empty(labels.shape[0], dtype=torch.float64)
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=generator)]
+        u = torch.rand(idx.numel(), generator=generator, dtype=torch.float64)
+        keys[idx] = (torch.arange(idx.numel(), dtype=torch.float64) + u) / idx.numel()
+    return torch.sort(torch.argsort(keys)[:n]).values
+
+
 def _subsample(dataset: ImageTensorDataset, max_samples: int | None, generator: torch.Generator) -> ImageTensorDataset:
     if max_samples is None or max_samples >= len(dataset):
         return dataset
-    # stratified so that a small subset still holds every class
-    keep = stratified_split(dataset.labels, [max_samples / len(dataset), 1 - max_samples / len(dataset)], generator)[0]
-    return dataset.subset(keep)
+    return dataset.subset(stratified_subset(dataset.labels, max_samples, generator))
 
 
 def load_digits(*, seed: int = 0, max_train_samples: int | None = None) -> VisionData:
@@ -375,8 +389,7 @@ def load_imagenet(
     g = torch.Generator().manual_seed(seed)
     tr, va = stratified_split(labels, [1 - val_size / len(labels), val_size / len(labels)], g)
     if max_train_samples is not None and max_train_samples < len(tr):
-        keep = stratified_split(labels[tr], [max_train_samples / len(tr), 1 - max_train_samples / len(tr)], g)[0]
-        tr = tr[keep]
+        tr = tr[stratified_subset(labels[tr], max_train_samples, g)]
     names = train_hf.features["label"].names
 
     def make(hf: Any, indices: Any, train: bool) -> HFImageDataset:

@@ -84,8 +84,9 @@ def template_plane_projection(
     Example:
         >>> import torch
         >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]); b = torch.zeros(3)
-        >>> template_plane_projection(torch.tensor([[0.0, 1.0]]), w, b, (0, 1, 2))  # h = w_1: lands on t_1
-        tensor([[1.4142, 0.0000]], dtype=torch.float64)
+        >>> u = template_plane_projection(torch.tensor([[0.0, 1.0]]), w, b, (0, 1, 2))  # h = w_1: lands on t_1
+        >>> [round(v, 4) + 0.0 for v in u[0].tolist()]  # t_1 sits at (|t_1 - t_0|, 0)
+        [1.4142, 0.0]
     """
     if not isinstance(features, torch.Tensor) or features.dim() != 2:
         raise ValueError(f"`features` must be an (N, D) tensor, got {getattr(features, 'shape', type(features).__name__)}")

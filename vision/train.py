@@ -144,7 +144,7 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 def _lr_factor(step: int, total_steps: int, milestones: Sequence[float], gamma: float) -> float:
-    return gamma ** sum(step >= round(m * total_steps) for m in milestones)
+    return gamma ** sum(step >= m * total_steps for m in milestones)
 
 
 def _atomic_torch_save(obj: Any, path: str) -> None:
@@ -285,13 +285,13 @@ def train_classifier(
         teacher = teacher.to(accelerator.device).eval()
     # the schedule is ours (not accelerate's), stepped once per optimiser step over the sharded loader
     total_steps = config.epochs * len(loader)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     def set_lr(step: int) -> float:
-        factor = _lr_factor(step, total_steps, config.lr_milestones, config.lr_gamma)
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * factor
-        return config.lr * factor
+        # from config.lr, never from the param groups: a resumed optimiser holds the already-decayed rate
+        lr = config.lr * _lr_factor(step, total_steps, config.lr_milestones, config.lr_gamma)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     unwrapped = accelerator.unwrap_model(model)
     if start_epoch == 0:
@@ -304,7 +304,8 @@ def train_classifier(
         history.append(entry)
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
-        sampler.set_epoch(epoch)
+        # accelerate's loader re-sets the sampler's epoch from its own counter, which restarts at 0 on resume
+        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else sampler.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(config.seed, epoch, 1))  # dropout and any other global randomness
         aug_gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch, 2))
         model.train()

@@ -1,0 +1,118 @@
+"""The study and its recipe: arguments checked before any work, and a digits run end to end (CI scale)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from ls_seq.io import read_json
+from vision.calibration import HARD, HARD_TS, SMOOTHED
+from vision.data import load_digits
+from vision.study import VisionStudyConfig, run_study
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "vision_study.py"
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("vision_study_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "argv, error, match",
+    [
+        (["--dataset", "mnist"], ValueError, "`dataset` must be one of"),
+        (["--study", "pca"], ValueError, "`study` must be one of"),
+        (["--projection_classes", "0", "1"], ValueError, "`projection_classes` must be 3 integer"),
+        (["--projection_classes", "0", "1", "1"], ValueError, "`projection_classes` must be 3 distinct"),
+        (["--projection_classes", "0", "1", "10"], ValueError, r"`projection_classes` must be class indices in \[0, 10\)"),
+        (["--dataset", "cifar100", "--projection_classes", "0", "1", "100"], ValueError, r"\[0, 100\)"),
+        (["--mi_classes", "3", "3"], ValueError, "`mi_classes` must be 2 distinct"),
+        (["--alpha", "1.2"], ValueError, r"`alpha` must be in \[0, 1\)"),
+        (["--alpha", "0"], ValueError, "`alpha` must be > 0"),
+        (["--distill_alphas", "0.1", "-0.2"], ValueError, r"`distill_alphas\[1\]`"),
+        (["--distill_temperatures", "0"], ValueError, r"`distill_temperatures\[0\]`"),
+        (["--epochs", "0"], ValueError, "`epochs`"),
+        (["--model", "vgg"], ValueError, "`model` must be one of"),
+        (["--dataset", "imagenet"], ValueError, "`data_dir` is required"),
+        (["--dataset", "cifar10", "--data_dir", "/nonexistent/cifar"], ValueError, "`data_dir` must be an existing directory"),
+    ],
+)
+def test_bad_arguments_fail_before_anything_is_written(tmp_path, argv, error, match):
+    out = tmp_path / "out"
+    with pytest.raises(error, match=match):
+        _recipe().main(["--output_dir", str(out), *argv])
+    assert not out.exists()
+
+
+def test_recipe_parses_lists_and_presets():
+    cfg = _recipe().parse_args(["--dataset", "cifar100", "--projection_classes", "3", "4", "5", "--distill_alphas", "0.2"])
+    assert cfg.projection_classes == [3, 4, 5] and cfg.distill_alphas == [0.2]
+    assert (cfg.model, cfg.teacher_model, cfg.student_model) == ("resnet56", "resnet56", "alexnet_cifar")
+    assert cfg.mi_classes == [0, 1] and cfg.n_bins == 15 and cfg.alpha == 0.1
+
+
+def test_imagenet_classes_are_checked_against_the_folder(tmp_path):
+    for c in ("a", "b", "c"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+    VisionStudyConfig(dataset="imagenet", data_dir=str(tmp_path), output_dir=str(tmp_path / "o"))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        VisionStudyConfig(dataset="imagenet", data_dir=str(tmp_path), projection_classes=[0, 1, 3])
+
+
+def _small(out: Path, **kw) -> VisionStudyConfig:
+    args = dict(
+        dataset="digits", study="all", output_dir=str(out), epochs=3, max_train_samples=400, mi_examples=20,
+        mi_augmentations=8, distill_alphas=[0.3], distill_temperatures=[2.0], progress=False, cpu=True,
+    )
+    return VisionStudyConfig(**{**args, **kw})
+
+
+def test_digits_end_to_end_writes_results_report_and_figures_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    results = run_study(_small(out))
+    for name in ("results.json", "report.md", "projection.png", "reliability.png", "distillation.png", "mutual_information.png"):
+        assert (out / name).is_file(), name
+    assert read_json(out / "results.json") == json.loads(json.dumps(results))
+
+    full = load_digits(seed=0)
+    assert results["data"] == {
+        "name": "digits", "num_classes": 10, "n_train": 400, "n_val": len(full.val), "n_test": len(full.test)
+    }
+    rows = results["calibration"]["rows"]
+    assert rows[HARD_TS]["temperature"] == rows[HARD]["fitted_temperature"] != 1.0
+    assert rows[SMOOTHED]["temperature"] == 1.0
+    assert rows[HARD]["accuracy"] == rows[HARD_TS]["accuracy"]  # a temperature never changes the argmax
+    tight = results["projection"]["tightness"]
+    assert all(0 < t[s][k] < math.inf for t in tight.values() for s in t for k in ("plane", "full"))
+    mi = results["mutual_info"]
+    for curve in mi["curves"].values():
+        assert [e for e, _ in curve] == [0, 1, 2, 3]
+        assert all(0 <= v <= mi["log_n"] + 1e-9 for _, v in curve)
+    assert len(results["distillation"]["points"]) == 2 + 2 + 1 + 1
+    # every claim of the paper is confronted with a measured number
+    assert len(results["claims"]) == 2 + 3 + 3 + 1
+    report = (out / "report.md").read_text()
+    assert report.count("| yes |") + report.count("| no |") == len(results["claims"])
+
+    # the same command again resumes every run from its checkpoint and reproduces the numbers
+    mtime = os.path.getmtime(out / "runs" / "distillation" / "teacher_alpha0" / "checkpoint.pt")
+    again = run_study(_small(out))
+    assert os.path.getmtime(out / "runs" / "distillation" / "teacher_alpha0" / "checkpoint.pt") == mtime
+    assert again["claims"] == results["claims"]
+    assert again["calibration"] == results["calibration"]
+
+
+def test_single_study_trains_only_what_it_needs(tmp_path):
+    out = tmp_path / "cal"
+    results = run_study(_small(out, study="calibration", epochs=1))
+    assert {"calibration", "runs"} <= set(results) and not {"projection", "distillation", "mutual_info"} & set(results)
+    assert sorted(os.listdir(out / "runs")) == ["digits_cnn_alpha0", "digits_cnn_alpha0.1"]
+    assert len(results["claims"]) == 3
