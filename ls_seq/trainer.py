@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
@@ -41,6 +42,12 @@ __all__ = [
 ]
 
 PRIOR_CHOICES = ("uniform", "unigram")
+# accelerate's plain data-parallel modes, where the training model must be a DistributedDataParallel.
+_DDP_TYPES = {
+    getattr(DistributedType, name)
+    for name in ("MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_SDAA", "MULTI_MUSA", "MULTI_HPU")
+    if hasattr(DistributedType, name)
+}
 
 
 def _check_beta(beta: Any, name: str) -> float:
@@ -435,6 +442,8 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         if inputs.get("labels") is None:
             raise ValueError("LabelSmoothingSeq2SeqTrainer needs `labels` in every batch; this batch has none")
+        if model.training:
+            self._check_ddp_wrapped(model)
         inputs = dict(inputs)  # never edit the caller's batch
         labels = inputs.pop("labels")
         inputs = self._decoder_inputs(model, inputs, labels)
@@ -462,6 +471,20 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
         # Normalised by the whole accumulated batch: training_step must not divide by the accumulation steps again.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         return (loss, outputs) if return_outputs else loss
+
+    def _check_ddp_wrapped(self, model: nn.Module) -> None:
+        """Refuse to train an unwrapped model under DDP: its gradients would never be all-reduced.
+
+        transformers 5.24 leaves the model unwrapped for training when ``evaluate()`` ran before ``train()``
+        under several processes; the ranks then drift apart silently.
+        """
+        if self.accelerator.num_processes > 1 and self.accelerator.distributed_type in _DDP_TYPES:
+            if not isinstance(model, nn.parallel.DistributedDataParallel):
+                raise RuntimeError(
+                    f"training step under {self.accelerator.num_processes} processes with a model not wrapped in "
+                    "DistributedDataParallel, so gradients would not be synchronised (transformers does this when "
+                    "evaluate() runs before train()); use eval_on_start=True instead of an evaluate() call before train()"
+                )
 
     def _fused_loss_sum(
         self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor

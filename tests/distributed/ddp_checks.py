@@ -6,6 +6,8 @@ Usage: ``torchrun --standalone --nproc_per_node 2 ddp_checks.py OUT_DIR``. Three
 1. ``TokenCalibration`` with an uneven split: the ranks update different numbers of tokens.
 2. One optimizer step of ``LabelSmoothingSeq2SeqTrainer`` with 2 ranks x batch 4 x 2 accumulation steps.
 3. ``CalibrationCallback`` on an evaluation set of 13 examples (not a multiple of 2 ranks x batch 4).
+4. ``fused_linear_loss=True``, and training after ``evaluate()`` (transformers then skips the DDP wrapper),
+   raise instead of silently skipping the gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -48,7 +50,47 @@ def check_trainer_step(out_dir: Path) -> dict:
         buffer = io.BytesIO()
         torch.save({n: p.detach() for n, p in model.named_parameters()}, buffer)
         atomic_write_bytes(out_dir / "params.pt", buffer.getvalue())
-    return trainer.state.log_history[0]
+    return next(entry for entry in trainer.state.log_history if "loss" in entry)
+
+
+def check_eval_loss(out_dir: Path) -> float:
+    """16 examples = 2 global batches of 2 ranks x 4, the same batches as 1 process x 8.
+
+    A trainer of its own: in transformers 5.24, evaluate() before train() under DDP leaves the model
+    unwrapped for training (no gradient all-reduce), so it must not share the trainer of the step check.
+    """
+    model = tiny_model("marian", seed=2)
+    args = training_args(str(out_dir / "eval"), cls=LabelSmoothingSeq2SeqTrainingArguments, label_smoothing_factor=0.1)
+    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, data_collator=collate)
+    return trainer.evaluate(eval_dataset=tiny_dataset(16, seed=9))["eval_loss"]
+
+
+def check_evaluate_then_train_is_refused(out_dir: Path) -> str:
+    """transformers leaves the model without DDP when evaluate() precedes train(); the trainer must say so."""
+    model = tiny_model("marian", seed=2)
+    args = training_args(str(out_dir / "evalfirst"), cls=LabelSmoothingSeq2SeqTrainingArguments, label_smoothing_factor=0.1)
+    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(16, seed=5),
+                                           eval_dataset=tiny_dataset(8, seed=9), data_collator=collate)
+    trainer.evaluate()
+    try:
+        trainer.train()
+    except RuntimeError as err:
+        return str(err)
+    return "no error"
+
+
+def check_fused_refuses_ddp(out_dir: Path) -> str:
+    """The fused path calls the base model directly, which would skip DDP's gradient all-reduce."""
+    model = tiny_model("marian", seed=2)
+    args = training_args(str(out_dir / "fused"), cls=LabelSmoothingSeq2SeqTrainingArguments,
+                         label_smoothing_factor=0.1, fused_linear_loss=True)
+    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(16, seed=5),
+                                           data_collator=collate)
+    try:
+        trainer.train()
+    except ValueError as err:
+        return str(err)
+    return "no error"
 
 
 def check_callback(out_dir: Path) -> dict:
@@ -69,7 +111,10 @@ def main() -> None:
         "world_size": state.num_processes,
         "token_calibration": check_token_calibration(state.process_index),
         "trainer_log": check_trainer_step(out_dir),
+        "eval_loss": check_eval_loss(out_dir),
         "callback_metrics": check_callback(out_dir),
+        "fused_error": check_fused_refuses_ddp(out_dir),
+        "evaluate_then_train_error": check_evaluate_then_train_is_refused(out_dir),
     }
     if state.is_main_process:
         atomic_write_json(out_dir / "results.json", results)

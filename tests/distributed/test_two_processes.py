@@ -76,6 +76,25 @@ def test_trainer_step_on_two_ranks_equals_one_big_batch(ddp_run):
     assert ddp_run["stdout"].count("'nll_loss'") == 1, "only the main process prints the training log"
 
 
+def test_trainer_eval_loss_on_two_ranks_is_the_one_process_loss(ddp_run):
+    """HF's eval_loss is the sample-weighted mean of per-batch losses; a global batch is 2 ranks x 4 examples."""
+    model = tiny_model("marian", seed=2).eval()
+    examples = tiny_examples(16, seed=9)
+    with torch.no_grad():
+        per_batch = []
+        for i in (0, 8):
+            batch = collate(examples[i : i + 8])
+            logits = model_logits(model, batch)
+            per_batch.append(F.cross_entropy(logits.reshape(-1, VOCAB), batch["labels"].reshape(-1), label_smoothing=0.1))
+    expected = float(torch.stack(per_batch).mean())
+    assert ddp_run["results"]["eval_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_unsynchronised_training_is_refused(ddp_run):
+    assert "single process" in ddp_run["results"]["fused_error"]
+    assert "DistributedDataParallel" in ddp_run["results"]["evaluate_then_train_error"]
+
+
 def test_calibration_callback_on_two_ranks_equals_one_process(ddp_run, tmp_path):
     from transformers import Seq2SeqTrainer
 
