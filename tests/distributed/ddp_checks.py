@@ -26,6 +26,7 @@ from ls_seq.io import atomic_write_bytes, atomic_write_json
 from ls_seq.metrics import TokenCalibration
 from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
 
+
 def check_token_calibration(rank: int) -> dict:
     logits, labels = calibration_tokens()
     mine = slice(0, CALIB_SPLIT) if rank == 0 else slice(CALIB_SPLIT, None)  # 37 vs 83 tokens
@@ -39,16 +40,28 @@ def check_token_calibration(rank: int) -> dict:
     return out
 
 
+def ls_trainer(out_dir: Path, name: str, **overrides) -> LabelSmoothingSeq2SeqTrainer:
+    """The trainer under test on the tiny Marian (seed 2) and the 16 training examples (seed 5)."""
+    args = training_args(str(out_dir / name), cls=LabelSmoothingSeq2SeqTrainingArguments, label_smoothing_factor=0.1,
+                         **overrides)
+    return LabelSmoothingSeq2SeqTrainer(model=tiny_model("marian", seed=2), args=args,
+                                        train_dataset=tiny_dataset(16, seed=5), data_collator=collate)
+
+
+def error_of(fn, kind: type[Exception]) -> str:
+    try:
+        fn()
+    except kind as err:
+        return str(err)
+    return "no error"
+
+
 def check_trainer_step(out_dir: Path) -> dict:
-    model = tiny_model("marian", seed=2)
-    args = training_args(str(out_dir / "train"), cls=LabelSmoothingSeq2SeqTrainingArguments,
-                         per_device_train_batch_size=4, gradient_accumulation_steps=2, label_smoothing_factor=0.1)
-    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(16, seed=5),
-                                           data_collator=collate)
+    trainer = ls_trainer(out_dir, "train", per_device_train_batch_size=4, gradient_accumulation_steps=2)
     trainer.train()
     if trainer.is_world_process_zero():
         buffer = io.BytesIO()
-        torch.save({n: p.detach() for n, p in model.named_parameters()}, buffer)
+        torch.save({n: p.detach() for n, p in trainer.model.named_parameters()}, buffer)
         atomic_write_bytes(out_dir / "params.pt", buffer.getvalue())
     return next(entry for entry in trainer.state.log_history if "loss" in entry)
 
@@ -59,38 +72,19 @@ def check_eval_loss(out_dir: Path) -> float:
     A trainer of its own: in transformers 5.24, evaluate() before train() under DDP leaves the model
     unwrapped for training (no gradient all-reduce), so it must not share the trainer of the step check.
     """
-    model = tiny_model("marian", seed=2)
-    args = training_args(str(out_dir / "eval"), cls=LabelSmoothingSeq2SeqTrainingArguments, label_smoothing_factor=0.1)
-    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, data_collator=collate)
-    return trainer.evaluate(eval_dataset=tiny_dataset(16, seed=9))["eval_loss"]
+    return ls_trainer(out_dir, "eval").evaluate(eval_dataset=tiny_dataset(16, seed=9))["eval_loss"]
 
 
 def check_evaluate_then_train_is_refused(out_dir: Path) -> str:
     """transformers leaves the model without DDP when evaluate() precedes train(); the trainer must say so."""
-    model = tiny_model("marian", seed=2)
-    args = training_args(str(out_dir / "evalfirst"), cls=LabelSmoothingSeq2SeqTrainingArguments, label_smoothing_factor=0.1)
-    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(16, seed=5),
-                                           eval_dataset=tiny_dataset(8, seed=9), data_collator=collate)
-    trainer.evaluate()
-    try:
-        trainer.train()
-    except RuntimeError as err:
-        return str(err)
-    return "no error"
+    trainer = ls_trainer(out_dir, "evalfirst")
+    trainer.evaluate(eval_dataset=tiny_dataset(8, seed=9))
+    return error_of(trainer.train, RuntimeError)
 
 
 def check_fused_refuses_ddp(out_dir: Path) -> str:
     """The fused path calls the base model directly, which would skip DDP's gradient all-reduce."""
-    model = tiny_model("marian", seed=2)
-    args = training_args(str(out_dir / "fused"), cls=LabelSmoothingSeq2SeqTrainingArguments,
-                         label_smoothing_factor=0.1, fused_linear_loss=True)
-    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(16, seed=5),
-                                           data_collator=collate)
-    try:
-        trainer.train()
-    except ValueError as err:
-        return str(err)
-    return "no error"
+    return error_of(ls_trainer(out_dir, "fused", fused_linear_loss=True).train, ValueError)
 
 
 def check_callback(out_dir: Path) -> dict:
