@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> VisionStudyConfig:
 def main(argv: list[str] | None = None) -> dict:
     results = run_study(parse_args(argv))
     for claim in results["claims"]:
-        print(f"[{'agrees' if claim['holds'] else 'differs'}] {claim['claim']}: {claim['measured']}")
+        print(f"[{claim['verdict']}] {claim['claim']}: {claim['measured']}")
     return results
 
 

@@ -21,6 +21,7 @@ def plot_projection(
     *,
     class_names: Sequence[str] | None = None,
     ncols: int = 2,
+    title: str | None = None,
 ):
     """Scatter plots of template-plane projections (Fig. 1), one panel per entry.
 
@@ -29,6 +30,7 @@ def plot_projection(
             hard targets/label smoothing; the templates are drawn as black crosses.
         classes: the three classes, in the order of ``template_points``.
         class_names: legend names per class index.
+        title: figure title above the panels.
 
     Returns:
         The matplotlib ``Figure``.
@@ -51,7 +53,9 @@ def plot_projection(
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     return fig
 
 

@@ -190,8 +190,8 @@ def _projection(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainR
             }
             panels[f"{run_name}, {split_name}"] = (points, outputs.labels, tmpl_2d)
     names = [data.class_names[c] for c in classes]
-    fig = plot_projection(panels, classes, class_names=data.class_names)
-    fig.suptitle(f"{data.name}: penultimate layer on the plane of the templates of {', '.join(names)}", fontsize=9)
+    title = f"{data.name}: penultimate layer on the plane of the templates of classes {', '.join(names)}"
+    fig = plot_projection(panels, classes, class_names=data.class_names, title=title)
     atomic_savefig(fig, os.path.join(out, "projection.png"), dpi=120)
     return {"classes": classes, "tightness": tightness, "figure": "projection.png"}
 
@@ -261,73 +261,80 @@ def _distillation(cfg: VisionStudyConfig, data: VisionData, out: str) -> dict:
 # ------------------------------------------------------------------------------------------------ claims
 
 
+AGREES, DISAGREES, INCONCLUSIVE = "agrees", "disagrees", "inconclusive"
+
+
+def _smaller(expected_smaller: float, other: float, tolerance: float) -> str:
+    """Verdict on the claim ``expected_smaller < other``; differences within ``tolerance`` are noise."""
+    if abs(other - expected_smaller) <= tolerance:
+        return INCONCLUSIVE
+    return AGREES if expected_smaller < other else DISAGREES
+
+
+def _more_accurate(expected_better: float, other: float, n: int) -> str:
+    """Verdict on ``expected_better > other`` for two accuracies on ``n`` test examples: within 2 binomial
+    standard errors of the difference (``sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n)``) is noise."""
+    se = math.sqrt((expected_better * (1 - expected_better) + other * (1 - other)) / n)
+    return _smaller(-expected_better, -other, max(2 * se, 0.5 / n))
+
+
 def _claims(results: dict) -> list[dict]:
-    """The paper's claims, each with the numbers measured here and whether they agree."""
+    """The paper's claims, each with the numbers measured here and a verdict (agrees, disagrees, inconclusive).
+
+    Noise rules: tightness and mutual information differing by less than 5% of their mean, ECE by less than
+    0.01, ``|log T|`` by less than 0.05, accuracies by less than two binomial standard errors are inconclusive.
+    """
     claims = []
+
+    def add(claim: str, measured: str, verdict: str) -> None:
+        claims.append({"claim": claim, "measured": measured, "verdict": verdict})
+
     if "projection" in results:
         t = results["projection"]["tightness"]
         for split in ("train", "validation"):
             h, s = t[HARD][split]["plane"], t[SMOOTHED][split]["plane"]
-            claims.append({
-                "claim": f"Fig. 1: label smoothing makes the clusters tighter ({split}, template plane)",
-                "measured": f"tightness hard {h:.3f} vs LS {s:.3f} (lower = tighter)", "holds": s < h,
-            })
+            add(f"Fig. 1: label smoothing makes the clusters tighter ({split}, template plane)",
+                f"tightness hard {h:.3f} vs LS {s:.3f} (lower = tighter)", _smaller(s, h, 0.025 * (h + s)))
     if "calibration" in results:
         r = results["calibration"]["rows"]
-        claims.append({
-            "claim": "Fig. 2 / Table 3: label smoothing lowers the ECE of hard targets",
-            "measured": f"ECE hard {r[HARD]['ece']:.4f} vs LS {r[SMOOTHED]['ece']:.4f}",
-            "holds": r[SMOOTHED]["ece"] < r[HARD]["ece"],
-        })
-        claims.append({
-            "claim": "Table 3: label smoothing calibrates about as well as temperature scaling",
-            "measured": f"ECE temperature scaling {r[HARD_TS]['ece']:.4f} (T={r[HARD_TS]['temperature']:.2f}) "
-            f"vs LS {r[SMOOTHED]['ece']:.4f}",
-            "holds": r[SMOOTHED]["ece"] <= 2 * r[HARD_TS]["ece"] + 0.01,
-        })
-        claims.append({
-            "claim": "Sec. 3: a label-smoothed network needs little temperature scaling (fitted T near 1)",
-            "measured": f"T fitted to LS {r[SMOOTHED]['fitted_temperature']:.2f} vs hard "
-            f"{r[HARD]['fitted_temperature']:.2f}",
-            "holds": abs(math.log(r[SMOOTHED]["fitted_temperature"])) < abs(math.log(r[HARD]["fitted_temperature"])),
-        })
+        add("Fig. 2 / Table 3: label smoothing lowers the ECE of hard targets",
+            f"ECE hard {r[HARD]['ece']:.4f} vs LS {r[SMOOTHED]['ece']:.4f}", _smaller(r[SMOOTHED]["ece"], r[HARD]["ece"], 0.01))
+        ts, ls = r[HARD_TS]["ece"], r[SMOOTHED]["ece"]
+        add("Table 3: label smoothing calibrates about as well as temperature scaling",
+            f"ECE temperature scaling {ts:.4f} (T={r[HARD_TS]['temperature']:.2f}) vs LS {ls:.4f}",
+            AGREES if abs(ls - ts) <= 0.01 else DISAGREES)
+        t_ls, t_hard = r[SMOOTHED]["fitted_temperature"], r[HARD]["fitted_temperature"]
+        add("Sec. 3: a label-smoothed network needs less temperature scaling (fitted T nearer 1)",
+            f"T fitted to LS {t_ls:.2f} vs hard {t_hard:.2f}", _smaller(abs(math.log(t_ls)), abs(math.log(t_hard)), 0.05))
     if "distillation" in results:
         pts = [DistillationPoint(**p) for p in results["distillation"]["points"]]
+        n = results["data"]["n_test"]
 
-        def best(curve: str) -> DistillationPoint:
-            return max((p for p in pts if p.curve == curve), key=lambda p: p.accuracy)
+        def best(curve: str, exclude_alpha0: bool = False) -> DistillationPoint:
+            return max((p for p in pts if p.curve == curve and not (exclude_alpha0 and p.alpha == 0)),
+                       key=lambda p: p.accuracy)
 
         hard_teacher = next(p for p in pts if p.curve == TEACHER and p.alpha == 0.0)
-        ls_teacher = best(TEACHER)
-        claims.append({
-            "claim": "Fig. 5: label smoothing improves the teacher's accuracy",
-            "measured": f"teacher alpha=0 {hard_teacher.accuracy:.4f} vs best alpha={ls_teacher.alpha:g} "
-            f"{ls_teacher.accuracy:.4f}",
-            "holds": ls_teacher.accuracy > hard_teacher.accuracy,
-        })
-        if any(p.curve == FROM_LS for p in pts):
-            fh, fl = best(FROM_HARD), best(FROM_LS)
-            claims.append({
-                "claim": "Fig. 5: students of a hard-target teacher (best T) beat students of LS teachers",
-                "measured": f"best from hard teacher {fh.accuracy:.4f} (T={fh.temperature:g}) vs best from LS teacher "
-                f"{fl.accuracy:.4f} (alpha={fl.alpha:g})",
-                "holds": fh.accuracy > fl.accuracy,
-            })
-        st = best(STUDENT)
+        ls_teacher = best(TEACHER, exclude_alpha0=True)
+        add("Fig. 5: label smoothing improves the teacher's accuracy",
+            f"teacher alpha=0 {hard_teacher.accuracy:.4f} vs best alpha={ls_teacher.alpha:g} {ls_teacher.accuracy:.4f}",
+            _more_accurate(ls_teacher.accuracy, hard_teacher.accuracy, n))
         fh = best(FROM_HARD)
-        claims.append({
-            "claim": "Fig. 5: distillation from the hard teacher beats training the student with label smoothing",
-            "measured": f"best distilled {fh.accuracy:.4f} vs best LS student {st.accuracy:.4f} (alpha={st.alpha:g})",
-            "holds": fh.accuracy > st.accuracy,
-        })
+        if any(p.curve == FROM_LS for p in pts):
+            fl = best(FROM_LS)
+            add("Fig. 5: students of a hard-target teacher (best T) beat students of LS teachers",
+                f"best from hard teacher {fh.accuracy:.4f} (T={fh.temperature:g}) vs best from LS teacher "
+                f"{fl.accuracy:.4f} (alpha={fl.alpha:g})", _more_accurate(fh.accuracy, fl.accuracy, n))
+        st = best(STUDENT)
+        add("Fig. 5: distillation from the hard teacher beats training the student with label smoothing",
+            f"best distilled {fh.accuracy:.4f} vs best LS student {st.accuracy:.4f} (alpha={st.alpha:g})",
+            _more_accurate(fh.accuracy, st.accuracy, n))
     if "mutual_info" in results:
         c = results["mutual_info"]["curves"]
         h, s = c[HARD][-1][1], c[SMOOTHED][-1][1]
-        claims.append({
-            "claim": "Fig. 6: label smoothing lowers the mutual information between example and logits late in training",
-            "measured": f"final I(X;Y) hard {h:.3f} vs LS {s:.3f} nats (log N = {results['mutual_info']['log_n']:.3f})",
-            "holds": s < h,
-        })
+        add("Fig. 6: label smoothing lowers the mutual information between example and logits late in training",
+            f"final I(X;Y) hard {h:.3f} vs LS {s:.3f} nats (log N = {results['mutual_info']['log_n']:.3f})",
+            _smaller(s, h, 0.025 * (h + s)))
     return claims
 
 
@@ -374,9 +381,14 @@ def _report(cfg: VisionStudyConfig, results: dict) -> str:
         for i, e in enumerate(epochs):
             lines.append(f"| {e} | " + " | ".join(f"{c[i][1]:.3f}" for c in mi["curves"].values()) + " |")
         lines += ["", "![mutual information](mutual_information.png)", ""]
-    lines += ["## The paper's claims against this run", "", "| claim | measured | agrees |", "|---|---|---|"]
+    lines += [
+        "## The paper's claims against this run", "",
+        "Inconclusive: tightness or mutual information within 5% of each other, ECE within 0.01, |log T| within "
+        "0.05, accuracies within two binomial standard errors (one run, one seed).", "",
+        "| claim | measured | verdict |", "|---|---|---|",
+    ]
     for c in results["claims"]:
-        lines.append(f"| {c['claim']} | {c['measured']} | {'yes' if c['holds'] else 'no'} |")
+        lines.append(f"| {c['claim']} | {c['measured']} | {c['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -384,7 +396,7 @@ def run_study(cfg: VisionStudyConfig) -> dict:
     """Run the studies of ``cfg`` and write ``results.json``, ``report.md`` and figures to ``cfg.output_dir``.
 
     Returns the results dict written to ``results.json`` (history of the base runs, each study's numbers,
-    and ``claims``: the paper's claims with the measured numbers and whether they agree).
+    and ``claims``: the paper's claims with the measured numbers and a verdict).
     """
     if not isinstance(cfg, VisionStudyConfig):
         raise TypeError(f"`cfg` must be a VisionStudyConfig, got {type(cfg).__name__}")

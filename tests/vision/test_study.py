@@ -100,7 +100,9 @@ def test_digits_end_to_end_writes_results_report_and_figures_and_resumes(tmp_pat
     # every claim of the paper is confronted with a measured number
     assert len(results["claims"]) == 2 + 3 + 3 + 1
     report = (out / "report.md").read_text()
-    assert report.count("| yes |") + report.count("| no |") == len(results["claims"])
+    verdicts = [c["verdict"] for c in results["claims"]]
+    assert set(verdicts) <= {"agrees", "disagrees", "inconclusive"}
+    assert sum(report.count(f"| {v} |") for v in ("agrees", "disagrees", "inconclusive")) == len(verdicts)
 
     # the same command again resumes every run from its checkpoint and reproduces the numbers
     mtime = os.path.getmtime(out / "runs" / "distillation" / "teacher_alpha0" / "checkpoint.pt")
@@ -116,3 +118,15 @@ def test_single_study_trains_only_what_it_needs(tmp_path):
     assert {"calibration", "runs"} <= set(results) and not {"projection", "distillation", "mutual_info"} & set(results)
     assert sorted(os.listdir(out / "runs")) == ["digits_cnn_alpha0", "digits_cnn_alpha0.1"]
     assert len(results["claims"]) == 3
+
+
+def test_claim_verdicts_call_small_differences_inconclusive():
+    from vision.study import _more_accurate, _smaller
+
+    assert _smaller(0.10, 0.20, 0.01) == "agrees"
+    assert _smaller(0.20, 0.10, 0.01) == "disagrees"
+    assert _smaller(0.100, 0.105, 0.01) == "inconclusive"
+    # 0.96 vs 0.95 on 359 examples: 2 SE = 2 * sqrt((0.96*0.04 + 0.95*0.05) / 359) = 0.031 > 0.01
+    assert _more_accurate(0.96, 0.95, 359) == "inconclusive"
+    assert _more_accurate(0.96, 0.95, 100000) == "agrees"
+    assert _more_accurate(0.90, 0.99, 359) == "disagrees"
