@@ -197,7 +197,7 @@ class CalibrationCallback(TrainerCallback):
             curves = {"T=1": {k: v[i1] for k, v in reliability.items()}}
             if best != i1:
                 t = float(metric.temperatures[best])
-                curves[f"T={t:g} (best NLL)"] = {k: v[best] for k, v in reliability.items()}
+                curves[f"T={t:g}, best NLL"] = {k: v[best] for k, v in reliability.items()}
         fig = plot_reliability_diagram(curves, title=f"{prefix}, step {state.global_step}")
         path = os.path.join(args.output_dir, f"{prefix}_reliability_step{state.global_step}.png")
         atomic_savefig(fig, path, dpi=120)

@@ -43,7 +43,7 @@ def ddp_run(tmp_path_factory):
     proc = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return {"results": read_json(out / "results.json"), "params": torch.load(out / "params.pt"),
+    return {"results": read_json(out / "results.json"), "params": torch.load(out / "params.pt", weights_only=True),
             "stdout": proc.stdout, "out": out}
 
 
