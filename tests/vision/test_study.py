@@ -130,3 +130,13 @@ def test_claim_verdicts_call_small_differences_inconclusive():
     assert _more_accurate(0.96, 0.95, 359) == "inconclusive"
     assert _more_accurate(0.96, 0.95, 100000) == "agrees"
     assert _more_accurate(0.90, 0.99, 359) == "disagrees"
+
+
+def test_recipe_reads_its_arguments_from_a_json_file(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"dataset": "digits", "study": "projection", "epochs": 2, "projection_classes": [7, 8, 9]}))
+    cfg = _recipe().parse_args([str(path)])
+    assert (cfg.dataset, cfg.study, cfg.epochs, cfg.projection_classes) == ("digits", "projection", 2, [7, 8, 9])
+    path.write_text(json.dumps({"dataset": "digits", "projection_classes": [7, 8, 8]}))
+    with pytest.raises(ValueError, match="`projection_classes` must be 3 distinct"):
+        _recipe().parse_args([str(path)])
