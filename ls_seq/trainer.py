@@ -357,8 +357,8 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
     Args:
         *args, **kwargs: those of ``Seq2SeqTrainer`` (``compute_loss_func`` is not allowed: this trainer is
             the loss).
-        prior: an explicit length-V smoothing prior (tensor); overrides nothing, conflicts with
-            ``args.label_smoothing_prior != "uniform"``.
+        prior: an explicit length-V smoothing prior (tensor), for when it does not come from
+            ``args.label_smoothing_prior`` (giving both is a ``ValueError``).
 
     The loss of a micro-batch is ``sum of token losses / num_items_in_batch`` (all tokens of the accumulated
     batch on all ranks), times the number of processes because DDP averages gradients over ranks -- the same

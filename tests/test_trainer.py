@@ -34,6 +34,12 @@ def dense_smoothed_ce(logits, labels, target_fn):
     return -(target_fn(y[keep]) * logp).sum(-1).mean()
 
 
+def fairseq_target(y, eps):
+    """fairseq's target: 1 - eps on the true class, eps / (V - 1) on every other class."""
+    t = torch.full((y.numel(), VOCAB), eps / (VOCAB - 1), dtype=torch.float64)
+    return t.scatter(1, y[:, None], 1 - eps)
+
+
 @pytest.fixture
 def batch():
     return collate(tiny_examples(6, seed=1))
@@ -68,11 +74,10 @@ def test_fairseq_convention_and_unigram_prior_match_dense_targets(tmp_path, batc
     alpha = 0.2
 
     fairseq = make_trainer(tmp_path, model, label_smoothing_factor=alpha, label_smoothing_convention="fairseq")
-    def fairseq_target(y):  # 1 - eps on the true class, eps / (V - 1) elsewhere
-        t = torch.full((y.numel(), VOCAB), alpha / (VOCAB - 1), dtype=torch.float64)
-        return t.scatter(1, y[:, None], 1 - alpha)
     torch.testing.assert_close(
-        fairseq.compute_loss(model, dict(batch)).double(), dense_smoothed_ce(logits, batch["labels"], fairseq_target), **TOL
+        fairseq.compute_loss(model, dict(batch)).double(),
+        dense_smoothed_ce(logits, batch["labels"], lambda y: fairseq_target(y, alpha)),
+        **TOL,
     )
 
     train = tiny_dataset(20, seed=3)
@@ -86,6 +91,20 @@ def test_fairseq_convention_and_unigram_prior_match_dense_targets(tmp_path, batc
     torch.testing.assert_close(
         unigram.compute_loss(model, dict(batch)).double(), dense_smoothed_ce(logits, batch["labels"], unigram_target), **TOL
     )
+
+
+def test_generate_evaluation_loss_uses_ls_seq_loss(tmp_path):
+    """predict_with_generate computes eval_loss with `label_smoother`: it must be ls-seq's (here fairseq's) loss."""
+    model = tiny_model("marian").eval()
+    val = tiny_dataset(4, seed=8)
+    args = training_args(str(tmp_path), cls=ARGS, label_smoothing_factor=0.2, label_smoothing_convention="fairseq",
+                         predict_with_generate=True, generation_max_length=6, per_device_eval_batch_size=4)
+    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, eval_dataset=val, data_collator=collate)
+    batch = collate(list(val))
+    with torch.no_grad():
+        logits = model_logits(model, batch)
+    expected = dense_smoothed_ce(logits, batch["labels"], lambda y: fairseq_target(y, 0.2))
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_confidence_penalty_adds_minus_beta_entropy(tmp_path, batch):
