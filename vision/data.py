@@ -140,7 +140,6 @@ class HFImageDataset(Dataset):
         mean: Sequence[float] = _IMAGENET_MEAN,
         std: Sequence[float] = _IMAGENET_STD,
         indices: Sequence[int] | None = None,
-        seed: int = 0,
     ) -> None:
         self.hf_dataset = hf_dataset
         self.image_column = image_column
@@ -151,7 +150,6 @@ class HFImageDataset(Dataset):
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
         self.indices = list(range(len(hf_dataset))) if indices is None else list(indices)
-        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -165,10 +163,10 @@ class HFImageDataset(Dataset):
         w, h = image.size
         s = self.image_size
         if self.train:
-            # a per-item generator keeps crops reproducible whatever the worker count
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            left = int(torch.randint(0, w - s + 1, (1,), generator=g))
-            top = int(torch.randint(0, h - s + 1, (1,), generator=g))
+            # torch's global RNG: train_classifier seeds it per epoch (and DataLoader workers derive their
+            # seeds from it), so crops change every epoch yet a resumed run draws the same ones
+            left = int(torch.randint(0, w - s + 1, (1,)))
+            top = int(torch.randint(0, h - s + 1, (1,)))
         else:
             left, top = (w - s) // 2, (h - s) // 2
         image = image.crop((left, top, left + s, top + s))
@@ -394,7 +392,7 @@ def load_imagenet(
 
     def make(hf: Any, indices: Any, train: bool) -> HFImageDataset:
         idx = None if indices is None else indices.tolist()
-        return HFImageDataset(hf, image_column, "label", image_size, train=train, indices=idx, seed=seed)
+        return HFImageDataset(hf, image_column, "label", image_size, train=train, indices=idx)
 
     return VisionData(
         name="imagenet",
