@@ -12,7 +12,17 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from distributed.tiny import IGNORE, VOCAB, collate, model_logits, tiny_dataset, tiny_examples, tiny_model, training_args
+from distributed.tiny import (
+    IGNORE,
+    VOCAB,
+    collate,
+    model_logits,
+    tiny_dataset,
+    tiny_examples,
+    tiny_model,
+    tiny_tokenizer,
+    training_args,
+)
 from transformers import Seq2SeqTrainer
 
 from ls_seq.trainer import (
@@ -156,7 +166,28 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
         assert log["nll_loss"] == pytest.approx(ref_nll, rel=1e-5)
 
 
+def test_hf_seq2seq_collator_path_is_exact_under_accumulation(tmp_path):
+    """The documented few-lines setup: DataCollatorForSeq2Seq builds decoder_input_ids, the trainer uses them."""
+    from transformers import DataCollatorForSeq2Seq
+
+    train = tiny_dataset(16, seed=5)
+    base = tiny_model("marian", seed=2)
+    ref, _, _ = sgd_reference(base, tiny_examples(16, seed=5), 0.1, 0.5)
+    model = copy.deepcopy(base)
+    tok = tiny_tokenizer()
+    trainer = LabelSmoothingSeq2SeqTrainer(
+        model=model, args=training_args(str(tmp_path), cls=ARGS, label_smoothing_factor=0.1, gradient_accumulation_steps=4),
+        train_dataset=train, data_collator=DataCollatorForSeq2Seq(tok, model=model), processing_class=tok,
+    )
+    trainer.train()
+    params = dict(model.named_parameters())
+    for name, p_ref in ref.items():
+        torch.testing.assert_close(params[name], p_ref, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_compute_loss_func_for_plain_trainer_is_exact_under_accumulation(tmp_path):
+    from transformers import DataCollatorForSeq2Seq
+
     train = tiny_dataset(16, seed=5)
     base = tiny_model("marian", seed=2)
     ref, _, _ = sgd_reference(base, tiny_examples(16, seed=5), 0.1, 0.5)
@@ -165,8 +196,7 @@ def test_compute_loss_func_for_plain_trainer_is_exact_under_accumulation(tmp_pat
         model=model,
         args=training_args(str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=4),
         train_dataset=train,
-        data_collator=lambda f: {**collate(f), "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(
-            labels=collate(f)["labels"])},
+        data_collator=DataCollatorForSeq2Seq(tiny_tokenizer(), model=model),
         compute_loss_func=label_smoothing_loss_func(0.1),
     )
     trainer.train()

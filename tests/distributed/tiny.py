@@ -65,6 +65,17 @@ def tiny_dataset(n: int, seed: int = 0):
     return Dataset.from_dict({"input_ids": [e["input_ids"] for e in ex], "labels": [e["labels"] for e in ex]})
 
 
+def tiny_tokenizer():
+    """A word-level fast tokenizer over the tiny vocabulary ("t3" ... "t95"), for HF's own collators."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": PAD, "</s>": EOS, "<unk>": 2, **{f"t{i}": i for i in range(3, VOCAB)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
 def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Right-pad inputs with PAD and labels with -100; no decoder_input_ids (the trainer builds them)."""
     def pad(seqs, value):
