@@ -42,13 +42,13 @@ def plot_projection(
     nrows = (len(panels) + ncols - 1) // ncols
     fig = Figure(figsize=(4.2 * ncols, 4.0 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
-    for ax, (title, (points, labels, tmpl)) in zip(axes, panels.items()):
+    for ax, (panel_title, (points, labels, tmpl)) in zip(axes, panels.items()):
         for k in classes:
             mask = labels == k
             name = class_names[k] if class_names is not None else str(k)
             ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.5, label=f"class {name}")
         ax.scatter(tmpl[:, 0], tmpl[:, 1], marker="x", c="black", s=60, label="templates")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
         ax.set_aspect("equal", adjustable="datalim")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)

@@ -13,7 +13,9 @@ def test_projection_panels_plot_every_point_and_the_templates():
     g = torch.Generator().manual_seed(0)
     pts, labels = torch.randn(30, 2, generator=g), torch.arange(30) % 3
     tmpl = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]])
-    fig = plot_projection({"a": (pts, labels, tmpl), "b": (pts, labels, tmpl), "c": (pts, labels, tmpl)}, (0, 1, 2))
+    panels = {"a": (pts, labels, tmpl), "b": (pts, labels, tmpl), "c": (pts, labels, tmpl)}
+    fig = plot_projection(panels, (0, 1, 2), title="whole figure")
+    assert fig._suptitle.get_text() == "whole figure"
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["a", "b", "c"]
     offsets = [c.get_offsets() for c in visible[0].collections]
