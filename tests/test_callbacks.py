@@ -72,6 +72,28 @@ def test_temperature_grid_reports_nll_optimal_temperature(tmp_path):
     assert temps[best] != 1.0, "the peaky model should prefer a temperature above 1"
 
 
+def test_reliability_diagram_goes_to_a_tensorboard_writer(tmp_path):
+    """TensorBoard is not installed here: a stand-in with TensorBoardCallback's `tb_writer` attribute records the call."""
+    from transformers import TrainerCallback
+
+    class RecordingWriter:
+        def __init__(self):
+            self.figures = []
+
+        def add_figure(self, tag, figure, global_step=None):
+            self.figures.append((tag, type(figure).__name__, global_step))
+
+    class FakeTensorBoardCallback(TrainerCallback):
+        tb_writer = RecordingWriter()
+
+    model, val = tiny_model("marian", seed=3), tiny_dataset(N_EVAL, seed=11)
+    trainer = make_trainer(tmp_path, model, val)
+    trainer.add_callback(FakeTensorBoardCallback())
+    CalibrationCallback(plot=True).attach(trainer)
+    trainer.evaluate()
+    assert FakeTensorBoardCallback.tb_writer.figures == [("eval/reliability_diagram", "Figure", 0)]
+
+
 def test_unattached_callback_adds_to_evaluate_results(tmp_path):
     model, val = tiny_model("marian", seed=3), tiny_dataset(N_EVAL, seed=11)
     args = training_args(str(tmp_path))
