@@ -98,6 +98,7 @@ def estimate_unigram_prior(
     ignore_index: int = -100,
     smoothing: float = 1.0,
     label_key: str = "labels",
+    progress: bool = True,
 ) -> torch.Tensor:
     r"""Unigram distribution of the target tokens, with additive smoothing, for ``prior=`` smoothing.
 
@@ -107,6 +108,8 @@ def estimate_unigram_prior(
         vocab_size: V, the number of output classes (``lm_head`` rows).
         ignore_index: label value that is not a token (padding); not counted.
         smoothing: pseudo-count added to every class (Laplace smoothing for 1), so no class has zero mass.
+        label_key: the key of the labels in dataset items / the column name.
+        progress: show a tqdm progress bar (over sequences).
 
     Returns:
         float64 tensor ``(V,)``: ``q_k = (c_k + smoothing) / (sum_j c_j + V * smoothing)`` where ``c_k``
@@ -137,7 +140,8 @@ def estimate_unigram_prior(
             )
         counts.add_(torch.bincount(ids, minlength=vocab_size).to(torch.float64))
 
-    for seq in tqdm(_label_sequences(dataset_or_label_iterable, label_key), desc="unigram prior", unit="seq", mininterval=2.0):
+    sequences = _label_sequences(dataset_or_label_iterable, label_key)
+    for seq in tqdm(sequences, desc="unigram prior", unit="seq", mininterval=2.0, disable=not progress):
         chunk.append(torch.as_tensor(seq, dtype=torch.long).reshape(-1))
         if len(chunk) >= 4096:
             flush()
@@ -416,7 +420,10 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
             if self.train_dataset is None:
                 raise ValueError("label_smoothing_prior='unigram' is estimated from `train_dataset`, which is None")
             return estimate_unigram_prior(
-                self.train_dataset, vocab, smoothing=getattr(self.args, "unigram_prior_smoothing", 1.0)
+                self.train_dataset,
+                vocab,
+                smoothing=getattr(self.args, "unigram_prior_smoothing", 1.0),
+                progress=self.is_local_process_zero(),  # every process counts the same labels; one bar
             )
         return check_prior(_load_prior_file(choice), vocab, name="label_smoothing_prior")
 

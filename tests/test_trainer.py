@@ -117,6 +117,23 @@ def test_generate_evaluation_loss_uses_ls_seq_loss(tmp_path):
     assert trainer.evaluate()["eval_loss"] == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_prior_from_file_or_tensor(tmp_path):
+    from ls_seq.io import atomic_write_json
+
+    q = torch.softmax(torch.randn(VOCAB, dtype=torch.float64), dim=0)
+    atomic_write_json(tmp_path / "prior.json", q.tolist())
+    model = tiny_model("marian")
+    from_file = make_trainer(tmp_path, model, label_smoothing_factor=0.1, label_smoothing_prior=str(tmp_path / "prior.json"))
+    torch.testing.assert_close(from_file.loss_fn.prior, q)
+    from_tensor = LabelSmoothingSeq2SeqTrainer(model=model, args=training_args(str(tmp_path), cls=ARGS), prior=q)
+    torch.testing.assert_close(from_tensor.loss_fn.prior, q)
+    with pytest.raises(ValueError, match="not both"):
+        LabelSmoothingSeq2SeqTrainer(model=model, prior=q, args=training_args(
+            str(tmp_path), cls=ARGS, label_smoothing_prior=str(tmp_path / "prior.json")))
+    with pytest.raises(ValueError, match="shape"):
+        LabelSmoothingSeq2SeqTrainer(model=model, args=training_args(str(tmp_path), cls=ARGS), prior=q[:-1] / q[:-1].sum())
+
+
 def test_confidence_penalty_adds_minus_beta_entropy(tmp_path, batch):
     model = tiny_model("marian").eval()
     trainer = make_trainer(tmp_path, model, label_smoothing_factor=0.1, confidence_penalty=0.5)
