@@ -66,7 +66,7 @@ class VisionStudyConfig:
     output_dir: str = _help("where results.json, report.md, the figures and runs/ are written", default="outputs/vision")
     epochs: int | None = _help("training epochs of every network (preset: digits 30, CIFAR 160)", default=None)
     batch_size: int | None = _help("training batch size", default=None)
-    lr: float | None = _help("initial SGD learning rate (x0.1 at 50% and 75% of training)", default=None)
+    lr: float | None = _help("initial SGD learning rate (x0.1 at half and three quarters of training)", default=None)
     weight_decay: float | None = _help("SGD weight decay", default=None)
     alpha: float = _help("label-smoothing strength of the smoothed network (paper: 0.1)", default=0.1)
     model: str | None = _help(f"network of projection/calibration/MI, one of {', '.join(MODELS)}", default=None)

@@ -140,3 +140,12 @@ def test_recipe_reads_its_arguments_from_a_json_file(tmp_path):
     path.write_text(json.dumps({"dataset": "digits", "projection_classes": [7, 8, 8]}))
     with pytest.raises(ValueError, match="`projection_classes` must be 3 distinct"):
         _recipe().parse_args([str(path)])
+
+
+def test_recipe_help_lists_every_argument(capsys):
+    with pytest.raises(SystemExit) as info:
+        _recipe().parse_args(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("--dataset", "--study", "--projection_classes", "--distill_temperatures", "--data_dir", "--lr"):
+        assert name in text
