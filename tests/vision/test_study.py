@@ -149,3 +149,19 @@ def test_recipe_help_lists_every_argument(capsys):
     text = capsys.readouterr().out
     for name in ("--dataset", "--study", "--projection_classes", "--distill_temperatures", "--data_dir", "--lr"):
         assert name in text
+
+
+# random pixels carry no label signal, so the NLL-optimal temperature runs to the search bound
+@pytest.mark.filterwarnings("ignore:the NLL-optimal temperature:RuntimeWarning")
+def test_imagenet_folder_end_to_end_with_lazily_decoded_images(fake_imagenet, tmp_path):
+    out = tmp_path / "inet"
+    results = run_study(VisionStudyConfig(
+        dataset="imagenet", data_dir=str(fake_imagenet), cache_dir=str(tmp_path / "cache"), study="all",
+        output_dir=str(out), epochs=1, batch_size=4, val_size=3, model="digits_mlp", teacher_model="digits_mlp",
+        student_model="digits_mlp", mi_examples=6, mi_augmentations=4, distill_alphas=[0.3],
+        distill_temperatures=[2.0], progress=False, cpu=True,
+    ))
+    assert results["data"] == {"name": "imagenet", "num_classes": 3, "n_train": 15, "n_val": 3, "n_test": 6}
+    assert results["projection"]["tightness"]["hard targets"]["validation"]["n_examples"] == 3
+    assert len(results["mutual_info"]["curves"]["label smoothing"]) == 2  # epoch 0 and 1
+    assert (out / "report.md").is_file() and (out / "projection.png").is_file()
