@@ -427,13 +427,16 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
             )
         return check_prior(_load_prior_file(choice), vocab, name="label_smoothing_prior")
 
-    def _decoder_inputs(self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> dict[str, Any]:
-        """Build ``decoder_input_ids`` from labels when the collator did not (the model never sees labels)."""
+    def _teacher_forcing_inputs(self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> dict[str, Any]:
+        """``decoder_input_ids`` from the labels when the collator did not build them.
+
+        An encoder-decoder builds them itself when it receives labels, which it no longer does here.
+        """
         unwrapped = self.accelerator.unwrap_model(model)
-        config = getattr(unwrapped, "config", None)
+        if not getattr(getattr(unwrapped, "config", None), "is_encoder_decoder", False):
+            return inputs
         if (
-            getattr(config, "is_encoder_decoder", False)
-            and inputs.get("decoder_input_ids") is None
+            inputs.get("decoder_input_ids") is None
             and inputs.get("decoder_inputs_embeds") is None
             and hasattr(unwrapped, "prepare_decoder_input_ids_from_labels")
         ):
@@ -453,7 +456,7 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
             self._check_ddp_wrapped(model)
         inputs = dict(inputs)  # never edit the caller's batch
         labels = inputs.pop("labels")
-        inputs = self._decoder_inputs(model, inputs, labels)
+        inputs = self._teacher_forcing_inputs(model, inputs, labels)
         shift = not getattr(getattr(self.accelerator.unwrap_model(model), "config", None), "is_encoder_decoder", True)
         if self.fused_linear_loss and model.training:
             loss_sum, n_tokens, outputs = self._fused_loss_sum(model, inputs, labels)
