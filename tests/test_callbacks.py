@@ -105,6 +105,20 @@ def test_unattached_callback_adds_to_evaluate_results(tmp_path):
     assert metrics["eval_ece"] == pytest.approx(float(ref.compute()["ece"]), rel=1e-5)
 
 
+def test_causal_lm_is_measured_on_shifted_tokens(tmp_path):
+    from distributed.tiny import tiny_causal_lm
+
+    model = tiny_causal_lm().eval()
+    rows = [{"input_ids": e["input_ids"], "labels": e["input_ids"]} for e in tiny_dataset(N_EVAL, seed=11)]
+    batch = collate(rows)
+    with torch.no_grad():
+        own = model(**batch).loss  # GPT-2 shifts internally: token-mean NLL of positions 1..T
+    args = training_args(str(tmp_path), per_device_eval_batch_size=N_EVAL)
+    metrics = CalibrationCallback(plot=False).measure(model, [batch], args).compute()
+    assert float(metrics["nll"]) == pytest.approx(float(own), rel=1e-5)
+    assert int(metrics["n_tokens"]) == int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
 def test_bad_input_is_reported(tmp_path):
     model = tiny_model("marian")
     with pytest.raises(ValueError, match="eval_dataset"):

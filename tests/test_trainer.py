@@ -17,6 +17,7 @@ from distributed.tiny import (
     VOCAB,
     collate,
     model_logits,
+    tiny_causal_lm,
     tiny_dataset,
     tiny_examples,
     tiny_model,
@@ -75,6 +76,20 @@ def test_trainer_loss_equals_torch_label_smoothing(tmp_path, batch, kind, args_c
     loss_n = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(3 * n_tokens))
     torch.testing.assert_close(loss_n, ref / 3, **TOL)
     assert "labels" in batch, "compute_loss must not pop from the caller's batch"
+
+
+def test_causal_lm_loss_is_shifted(tmp_path, batch):
+    model = tiny_causal_lm().eval()
+    trainer = make_trainer(tmp_path, model, label_smoothing_factor=0.1)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)}
+    with torch.no_grad():
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        own = model(**inputs).loss  # GPT-2's own (shifted) token-mean NLL
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), inputs["labels"][:, 1:].reshape(-1), label_smoothing=0.1)
+    torch.testing.assert_close(trainer.compute_loss(model, dict(inputs)), ref, **TOL)
+    unsmoothed = make_trainer(tmp_path, model, label_smoothing_factor=0.0)
+    torch.testing.assert_close(unsmoothed.compute_loss(model, dict(inputs)), own, **TOL)
 
 
 def test_fairseq_convention_and_unigram_prior_match_dense_targets(tmp_path, batch):

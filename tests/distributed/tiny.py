@@ -46,6 +46,16 @@ def tiny_model(kind: str = "marian", seed: int = 0, scale: float = 1.0):
     return model
 
 
+def tiny_causal_lm(seed: int = 0):
+    """A 1-layer GPT-2 with d_model 16: decoder-only, its logits at t predict the label at t + 1."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=64, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS)
+    return GPT2LMHeadModel(config)
+
+
 def tiny_examples(n: int, seed: int = 0, min_len: int = 2, max_len: int = 9) -> list[dict[str, list[int]]]:
     """``n`` (input_ids, labels) pairs of varied lengths; the target is a fixed function of the source."""
     g = torch.Generator().manual_seed(seed)
