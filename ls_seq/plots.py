@@ -76,7 +76,7 @@ def plot_reliability_diagram(
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="lower right", fontsize="small")  # the curves start at the lower left and rise
     if title:
         ax.set_title(title)
     if hist_ax is not None:
