@@ -24,6 +24,7 @@ from ls_seq._validation import (
     check_prior,
     check_temperature,
 )
+from ls_seq.functional._kernels import label_smoothed_ce_rows
 
 __all__ = [
     "CONVENTIONS",
@@ -111,20 +112,6 @@ def _validate_loss_args(logits, labels, alpha, ignore_index, prior, convention, 
     return alpha, prior
 
 
-def _label_smoothed_token_losses(
-    z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, w_hot: float, w_q: float, q: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token smoothed loss and NLL of 2-D logits, 0 where ``mask`` is False (autograd reference form)."""
-    z = z.float()  # (N, V); no copy for float32 input
-    lse = torch.logsumexp(z, dim=-1)  # (N,)
-    z_y = z.gather(1, y[:, None]).squeeze(1)  # (N,)
-    q_z = z.mean(dim=-1) if q is None else z @ q  # (N,)
-    nll = lse - z_y
-    loss = w_hot * nll + w_q * (lse - q_z)
-    zero = torch.zeros_like(loss)
-    return torch.where(mask, loss, zero), torch.where(mask, nll, zero)
-
-
 def label_smoothed_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -138,6 +125,9 @@ def label_smoothed_cross_entropy(
     return_nll: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Cross-entropy against label-smoothed targets, computed in float32 without a dense target.
+
+    A single chunked pass over the logits gives the loss, the NLL and (when the logits need one) the
+    gradient ``softmax - target``, written once in the logits' dtype; backward only scales it.
 
     Args:
         logits: ``(..., V)`` unnormalised scores, any float dtype (computed in float32).
@@ -175,8 +165,11 @@ def label_smoothed_cross_entropy(
     )
     z, y, mask = _flatten(logits, labels, ignore_index)
     w_hot, w_q = smoothing_weights(alpha, z.shape[-1], convention)
-    q = None if prior is None else prior.to(device=z.device, dtype=torch.float32)
-    loss_tok, nll_tok = _label_smoothed_token_losses(z, y, mask, w_hot, w_q, q)  # (N,), (N,)
+    # One chunked read of the logits and one (N, V) gradient write (ls_seq.functional._kernels), instead of
+    # autograd through log_softmax + gather + sum, which keeps three (N, V) tensors.
+    loss_tok, nll_tok = label_smoothed_ce_rows(  # (N,), (N,)
+        z, y, mask, w_hot, w_q, prior, compute_dtype=torch.float32
+    )
     loss = _reduce(loss_tok, mask, reduction, num_items_in_batch, labels.shape)
     if not return_nll:
         return loss

@@ -1,0 +1,203 @@
+"""Single-pass label-smoothed cross-entropy on 2-D logits, as a custom autograd Function.
+
+The per-row loss ``lse(z) - w_hot * z_y - w_q * <q, z>`` needs three row statistics, and its gradient is
+``softmax(z) - target`` with ``target = w_hot * onehot(y) + w_q * q``. Autograd over
+``log_softmax + gather + sum`` keeps the (N, V) log-probabilities for backward and then writes two more
+(N, V) tensors; here the logits are read in row chunks small enough to stay in cache, and the gradient is
+written once, in the logits' dtype, into one preallocated buffer. When the logits need a gradient it is
+computed during forward, while the chunk is hot (the exponentials are already there); backward only
+scales it by the incoming per-row gradient, in place.
+
+Private: ``ls_seq.functional.losses.label_smoothed_cross_entropy`` validates arguments and reduces; this
+module trusts its inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["chunk_rows_for", "compute_dtype_for", "label_smoothed_ce_rows", "softmax_target_chunk_"]
+
+# Elements per chunk: 2**25 (128 MiB of float32, 1048 rows at V = 32000). The softmax works row by row
+# (a 128 KiB row stays in L2), so large chunks cost little locality; what they save is the number of
+# parallel ops: on a shared 2-core machine every OpenMP op waits for its slowest thread, and N = 8192 in
+# 32-row chunks (~1000 parallel ops) measured 5-20x slower under load than in 1024-row chunks, while
+# both took 0.4 s on an idle machine.
+_CHUNK_ELEMENTS = 1 << 25
+
+
+def chunk_rows_for(n_rows: int, vocab_size: int, chunk_size: int | None = None) -> int:
+    """Rows per chunk: ``chunk_size`` when given, otherwise about 2**25 logits, at least one row."""
+    if chunk_size is not None:
+        return max(1, min(chunk_size, max(n_rows, 1)))
+    return max(1, min(_CHUNK_ELEMENTS // max(vocab_size, 1), max(n_rows, 1)))
+
+
+def compute_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64 (gradcheck); every other float dtype is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def softmax_target_chunk_(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    w_hot: float,
+    w_q: float,
+    q: torch.Tensor | None,
+    work: torch.Tensor,
+    grad_scale: float | torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row statistics of one chunk, and ``softmax(z)`` or ``(softmax(z) - target) * grad_scale`` in ``work``.
+
+    Args:
+        z: ``(c, V)`` logits of the chunk, any float dtype; only read (it may be ``work`` itself, then it is
+            overwritten after the statistics are taken).
+        y: ``(c,)`` labels, already valid indices (ignored rows carry a placeholder).
+        w_hot, w_q: target weights, ``target = w_hot * onehot(y) + w_q * q``.
+        q: ``(V,)`` prior in the compute dtype, or None for uniform ``1/V``.
+        work: ``(c, V)`` compute-dtype buffer for the softmax (and then the gradient).
+        grad_scale: multiply the gradient by this float, or row by row by a ``(c, 1)`` tensor; None leaves
+            the softmax in ``work`` (evaluation).
+
+    Returns:
+        ``lse (c,)``, ``z_y (c,)`` and ``<q, z> (c,)``, all in the compute dtype of ``work``.
+    """
+    vocab = z.shape[1]
+    z_y = z.gather(1, y[:, None]).squeeze(1).to(work.dtype)  # (c,)
+    # sum() accumulates pairwise, so V = 32k float32 terms keep ~1e-6 relative error, like torch's mean.
+    if q is None:
+        q_z = z.sum(1, dtype=work.dtype) / vocab  # (c,)
+    else:
+        q_z = torch.mv(z if z.dtype == work.dtype else z.to(work.dtype), q)  # (c,)
+    row_max, argmax = z.max(1, keepdim=True)  # (c, 1), (c, 1)
+    # Few large ops per chunk, not many small ones: on a shared CPU every parallel op waits for its
+    # slowest thread, so sub + exp + sum + div (4 ops) measured several times slower under load than one
+    # fused softmax. The largest probability is >= 1/V and never underflows, so lse = max - log p_max.
+    if z.dtype != work.dtype and z.data_ptr() != work.data_ptr():
+        work.copy_(z)  # the CPU softmax cannot write float32 from half input
+        z = work
+    torch.softmax(z, 1, out=work)  # in place when z is work: each element is read before it is written
+    p_max = work.gather(1, argmax)  # (c, 1)
+    lse = (row_max.to(work.dtype) - p_max.log()).squeeze(1)  # (c,)
+    if grad_scale is None:
+        return lse, z_y, q_z
+    # (softmax - w_hot * onehot - w_q * q) * s without a dense target: one shift, one scatter of c values.
+    if isinstance(grad_scale, torch.Tensor):  # (c, 1) per-row scale
+        work.mul_(grad_scale)
+        if q is None:
+            work.sub_(grad_scale * (w_q / vocab))
+        else:
+            work.addcmul_(grad_scale, q[None, :], value=-w_q)
+        if w_hot != 0.0:
+            work.scatter_add_(1, y[:, None], grad_scale * -w_hot)
+        return lse, z_y, q_z
+    if grad_scale != 1.0:
+        work.mul_(grad_scale)
+    if q is None:
+        work.sub_(w_q * grad_scale / vocab)
+    else:
+        work.sub_(q, alpha=w_q * grad_scale)
+    if w_hot != 0.0:
+        work.scatter_add_(1, y[:, None], work.new_full((y.shape[0], 1), -w_hot * grad_scale))
+    return lse, z_y, q_z
+
+
+def _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype):
+    """One chunked read of ``z``: per-row loss and NLL, and ``softmax - target`` when ``need_grad``."""
+    n_rows, vocab = z.shape
+    loss = torch.empty(n_rows, dtype=cdtype, device=z.device)  # (N,)
+    nll = torch.empty(n_rows, dtype=cdtype, device=z.device)  # (N,)
+    # The one (N, V) allocation: the gradient, in the logits' dtype (as autograd would produce it).
+    grad = torch.empty_like(z, memory_format=torch.contiguous_format) if need_grad else None
+    # float32/float64 logits with a gradient: exponentials go straight into the gradient rows, no
+    # scratch. Otherwise one chunk-sized scratch in the compute dtype is reused for every chunk.
+    direct = need_grad and z.dtype == cdtype
+    scratch = None if direct else torch.empty(min(chunk_rows, n_rows), vocab, dtype=cdtype, device=z.device)
+    for start in range(0, n_rows, chunk_rows):
+        stop = min(start + chunk_rows, n_rows)
+        work = grad[start:stop] if direct else scratch[: stop - start]  # (c, V)
+        lse, z_y, q_z = softmax_target_chunk_(
+            z[start:stop], y[start:stop], w_hot, w_q, q, work, 1.0 if need_grad else None
+        )
+        if need_grad and not direct:
+            grad[start:stop].copy_(work)  # one rounding to the logits' dtype
+        nll[start:stop] = lse - z_y
+        loss[start:stop] = lse - w_hot * z_y - w_q * q_z
+    zero = loss.new_zeros(())
+    loss = torch.where(mask, loss, zero)
+    nll = torch.where(mask, nll, zero)
+    if need_grad:
+        ignored = (~mask).nonzero().squeeze(1)  # (n_ignored,)
+        if ignored.numel():
+            grad.index_fill_(0, ignored, 0.0)  # touches only the ignored rows
+    return loss, nll, grad
+
+
+class _LabelSmoothedCE(torch.autograd.Function):
+    """Per-row smoothed loss and NLL of ``(N, V)`` logits; the gradient is computed in forward."""
+
+    @staticmethod
+    def forward(ctx, z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype):
+        loss, nll, grad = _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype)
+        # The precomputed gradient is kept on ctx, not saved: the first backward scales it in place and
+        # hands it over. A further backward through a retained graph (gradcheck, retain_graph=True)
+        # finds it gone and recomputes from the saved logits, which cost no memory (they are an input).
+        ctx.grad_buffer = grad
+        ctx.save_for_backward(z, y, mask, q)
+        ctx.w_hot, ctx.w_q, ctx.chunk_rows, ctx.cdtype = w_hot, w_q, chunk_rows, cdtype
+        ctx.set_materialize_grads(False)
+        return loss, nll
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, grad_nll):
+        z, y, mask, q = ctx.saved_tensors
+        grad, ctx.grad_buffer = ctx.grad_buffer, None
+        if grad_loss is None and grad_nll is None:
+            return (None,) * 9
+        if grad is None:
+            grad = _rows_pass(z, y, mask, ctx.w_hot, ctx.w_q, q, ctx.chunk_rows, True, ctx.cdtype)[2]
+        row_scale = grad_loss if grad_nll is None else (grad_nll if grad_loss is None else grad_loss + grad_nll)
+        grad.mul_(row_scale[:, None])  # (N, V), in place: the buffer is ours and used once
+        if grad_nll is not None and ctx.w_q != 0.0:
+            # d nll / dz = (softmax - target) + w_q * (q - onehot); only the second term is new.
+            g_nll = torch.where(mask, grad_nll, torch.zeros_like(grad_nll)) * ctx.w_q  # (N,)
+            if q is None:
+                grad.add_((g_nll / grad.shape[1])[:, None].to(grad.dtype))
+            else:
+                grad.add_(torch.outer(g_nll, q).to(grad.dtype))
+            grad.scatter_add_(1, y[:, None], (-g_nll)[:, None].to(grad.dtype))
+        return grad, None, None, None, None, None, None, None, None
+
+
+def label_smoothed_ce_rows(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    w_hot: float,
+    w_q: float,
+    prior: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row smoothed loss and NLL of 2-D logits, 0 where ``mask`` is False; differentiable in ``logits``.
+
+    Args:
+        logits: ``(N, V)`` any float dtype; float16/bfloat16 are computed in float32.
+        labels: ``(N,)`` int64 indices in ``[0, V)``; rows where ``mask`` is False may hold any valid index.
+        mask: ``(N,)`` bool, True for tokens that count.
+        w_hot, w_q: ``target = w_hot * onehot + w_q * q`` (see ``smoothing_weights``).
+        prior: ``(V,)`` distribution ``q``, or None for uniform.
+        chunk_size: rows per chunk (default: about 2**25 logits).
+        compute_dtype: dtype of the arithmetic and of the returned values; default float32, float64 for
+            float64 logits (the public loss passes float32 for every input, as documented there).
+
+    Returns:
+        ``(loss, nll)``, each ``(N,)`` in the compute dtype.
+    """
+    z = logits if logits.is_contiguous() else logits.contiguous()
+    cdtype = compute_dtype_for(z.dtype) if compute_dtype is None else compute_dtype
+    q = None if prior is None else prior.to(device=z.device, dtype=cdtype)
+    need_grad = torch.is_grad_enabled() and z.requires_grad
+    chunk_rows = chunk_rows_for(z.shape[0], z.shape[1], chunk_size)
+    return _LabelSmoothedCE.apply(z, labels, mask, float(w_hot), float(w_q), q, chunk_rows, need_grad, cdtype)
