@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import torch
 
 from ls_seq._validation import check_choice, check_logits_labels, check_positive_int
+from ls_seq.functional._kernels import chunk_rows_for
 
 __all__ = ["NORMS", "expected_calibration_error", "fit_temperature"]
 
@@ -71,45 +72,76 @@ def _calibration_update(
     Returns float64 tensors: ``bin_count``, ``bin_confidence``, ``bin_correct`` of shape ``(T, n_bins)``,
     ``nll_sum`` of shape ``(T,)``, and scalars ``n_tokens``, ``n_correct``.
     Raises ``ValueError`` if a non-ignored row holds NaN or an infinite logit.
+
+    One fused softmax over the logits per temperature, chunk by chunk, and no copy of them: the row max,
+    argmax, target logit and finiteness sum are taken once (every temperature shares them), and the
+    confidence is the softmax at the argmax. Padded rows of a chunk are computed along (selecting the
+    others would copy the chunk) and dropped from the per-row results; chunks of padding only are skipped.
+    Per-row results are ``O(T * N)`` floats, ``V`` times smaller than the logits, binned once at the end.
     """
     device = logits.device
+    vocab = logits.shape[-1]
+    z_all = logits.reshape(-1, vocab)  # (N, V), a view when possible
+    y_all = labels.reshape(-1)  # (N,)
+    n_rows = z_all.shape[0]
     n_temps = temperatures.numel()
-    inv_t = (1.0 / temperatures.to(device=device, dtype=torch.float32))[:, None]  # (T, 1)
-    stats = {
-        "bin_count": torch.zeros(n_temps, n_bins, dtype=torch.float64, device=device),
-        "bin_confidence": torch.zeros(n_temps, n_bins, dtype=torch.float64, device=device),
-        "bin_correct": torch.zeros(n_temps, n_bins, dtype=torch.float64, device=device),
-        "nll_sum": torch.zeros(n_temps, dtype=torch.float64, device=device),
-        "n_tokens": torch.zeros((), dtype=torch.float64, device=device),
-        "n_correct": torch.zeros((), dtype=torch.float64, device=device),
-    }
+    inv_t = (1.0 / temperatures.double()).tolist()
+    valid_all = y_all != ignore_index  # (N,)
+    y_safe = torch.where(valid_all, y_all, torch.zeros_like(y_all)).long()  # (N,)
+
+    confidence = torch.ones(n_temps, n_rows, dtype=torch.float32, device=device)  # (T, N)
+    shift_y = torch.zeros(n_rows, dtype=torch.float32, device=device)  # (N,) m - z_y
+    correct = torch.zeros(n_rows, dtype=torch.bool, device=device)  # (N,)
+    row_sum = torch.zeros(n_rows, dtype=torch.float32, device=device)  # (N,) finite iff the row is
+    # Large chunks, few parallel ops (see ls_seq.functional._kernels): the softmax works row by row anyway.
+    step = chunk_rows_for(n_rows, vocab, chunk_rows)
+    scratch = torch.empty(min(step, max(n_rows, 1)), vocab, dtype=torch.float32, device=device)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        if not bool(valid_all[start:stop].any()):
+            continue
+        z = z_all[start:stop]  # (c, V), any float dtype
+        m, pred = z.max(dim=-1)  # (c,), (c,)
+        correct[start:stop] = pred == y_all[start:stop]
+        shift_y[start:stop] = m.float() - z.gather(1, y_safe[start:stop, None]).squeeze(1).float()
+        row_sum[start:stop] = z.sum(dim=-1, dtype=torch.float32)
+        work = scratch[: stop - start]  # (c, V)
+        for i, b in enumerate(inv_t):
+            if z.dtype != torch.float32:
+                src = work.copy_(z)  # upcast first: scaling in half loses bits; CPU softmax can't upcast
+                if b != 1.0:
+                    src.mul_(b)
+            elif b != 1.0:
+                src = torch.mul(z, b, out=work)
+            else:
+                src = z
+            torch.softmax(src, 1, out=work)  # in place is safe: each element is read before it is written
+            torch.gather(work, 1, pred[:, None], out=confidence[i, start:stop, None])
+
+    valid = valid_all.nonzero().squeeze(1)  # (n,)
+    # The row sum is finite iff every logit is: checked on counted rows only, padding may hold anything.
+    if not bool(torch.isfinite(row_sum.index_select(0, valid)).all()):
+        raise ValueError("`logits` must be finite at non-ignored positions; got NaN or an infinite value")
+    confidence = confidence.index_select(1, valid)  # (T, n): p_max = exp(m/T - lse_T)
+    inv_t_col = torch.tensor(inv_t, dtype=torch.float32, device=device)[:, None]  # (T, 1)
+    # lse_T - z_y / T = (m - z_y) / T + (lse_T - m / T), and lse_T - m / T = -log p_max
+    nll = shift_y.index_select(0, valid)[None, :] * inv_t_col - confidence.log()  # (T, n)
+    correct = correct.index_select(0, valid).double()  # (n,)
+    bins = (confidence * n_bins).floor().long().clamp_(max=n_bins - 1)  # (T, n)
     offsets = (torch.arange(n_temps, device=device) * n_bins)[:, None]  # (T, 1)
-    for z, y in _iter_valid_chunks(logits, labels, ignore_index, chunk_rows):
-        # The row sum is finite iff every logit is: one cheap reduction instead of an isfinite mask.
-        if not bool(torch.isfinite(z.sum(dim=-1)).all()):
-            raise ValueError("`logits` must be finite at non-ignored positions; got NaN or an infinite value")
-        m, pred = z.max(dim=-1)  # (n,), (n,)
-        z_y = z.gather(1, y[:, None]).squeeze(1)  # (n,)
-        correct = (pred == y).double()  # (n,)
-        shifted = z - m[:, None]  # (n, V), <= 0
-        # (T, n): log sum_k exp((z_k - m) / T), one exp pass per temperature
-        log_s = torch.stack([torch.logsumexp(shifted * t, dim=-1) for t in inv_t[:, 0].tolist()])
-        confidence = torch.exp(-log_s)  # (T, n): exp(m/T - lse_T) = 1 / sum_k exp((z_k - m)/T)
-        nll = log_s + (m - z_y)[None, :] * inv_t  # (T, n): lse_T - z_y / T
-        bins = (confidence * n_bins).floor().long().clamp_(max=n_bins - 1)  # (T, n)
-        flat = (bins + offsets).flatten()
-        size = n_temps * n_bins
-        stats["bin_count"] += torch.bincount(flat, minlength=size).view(n_temps, n_bins).double()
-        stats["bin_confidence"] += torch.bincount(flat, weights=confidence.double().flatten(), minlength=size).view(
-            n_temps, n_bins
-        )
-        stats["bin_correct"] += torch.bincount(
-            flat, weights=correct.expand(n_temps, -1).flatten(), minlength=size
-        ).view(n_temps, n_bins)
-        stats["nll_sum"] += nll.double().sum(dim=-1)
-        stats["n_tokens"] += y.numel()
-        stats["n_correct"] += correct.sum()
-    return stats
+    flat = (bins + offsets).flatten()
+    size = n_temps * n_bins
+    shape = (n_temps, n_bins)
+    return {
+        "bin_count": torch.bincount(flat, minlength=size).view(shape).double(),
+        "bin_confidence": torch.bincount(flat, weights=confidence.double().flatten(), minlength=size).view(shape),
+        "bin_correct": torch.bincount(flat, weights=correct.expand(n_temps, -1).flatten(), minlength=size).view(
+            shape
+        ),
+        "nll_sum": nll.double().sum(dim=-1),
+        "n_tokens": torch.tensor(float(valid.numel()), dtype=torch.float64, device=device),
+        "n_correct": correct.sum(),
+    }
 
 
 def _calibration_compute(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
