@@ -1,0 +1,198 @@
+"""Parallel corpora for the EN-DE study: local files, Multi30k (downloaded with checksums), WMT14.
+
+A corpus on disk is a directory holding ``{split}.{lang}`` or ``{split}.{lang}.gz`` files, one sentence
+per line, line ``i`` of the source file aligned with line ``i`` of the target file (Multi30k's layout).
+Everything returns a :class:`ParallelCorpus`: two equally long lists of strings.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "MULTI30K_SHA256",
+    "MULTI30K_SPLITS",
+    "MULTI30K_URL",
+    "ParallelCorpus",
+    "download_multi30k",
+    "load_corpora",
+    "load_wmt14",
+    "read_parallel_split",
+]
+
+# Multi30k task 1 (Elliott et al., 2016), raw (untokenized) text as published by its authors.
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
+MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
+# sha256 of the gzipped files, so a truncated or altered download is refused instead of trained on.
+MULTI30K_SHA256 = {
+    "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+    "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
+    "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+    "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
+    "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+    "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
+}
+# WMT14 as the paper uses it: newstest2013 to validate, newstest2014 to test (the `datasets` split names).
+WMT14_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class ParallelCorpus:
+    """Aligned sentence pairs: ``source[i]`` translates to ``target[i]``."""
+
+    source: list[str]
+    target: list[str]
+
+    def __post_init__(self):
+        assert len(self.source) == len(self.target), "source and target must be aligned"
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def head(self, n: int | None) -> ParallelCorpus:
+        """The first ``n`` pairs (all of them when ``n`` is None), like run_translation's ``max_*_samples``."""
+        if n is None or n >= len(self):
+            return self
+        return ParallelCorpus(self.source[:n], self.target[:n])
+
+
+def _find_file(data_dir: Path, split: str, lang: str) -> Path:
+    for name in (f"{split}.{lang}", f"{split}.{lang}.gz"):
+        if (data_dir / name).is_file():
+            return data_dir / name
+    raise ValueError(
+        f"data_dir={str(data_dir)!r}: no file {split}.{lang} or {split}.{lang}.gz "
+        f"(expected one sentence per line, laid out as {{split}}.{{lang}}[.gz])"
+    )
+
+
+def _read_lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
+        # Only the line break is stripped: other whitespace is part of the sentence.
+        return [line.rstrip("\r\n") for line in f]
+
+
+def read_parallel_split(
+    data_dir: str | os.PathLike, split: str, src_lang: str = "en", tgt_lang: str = "de"
+) -> ParallelCorpus:
+    """Read ``{split}.{src_lang}[.gz]`` and ``{split}.{tgt_lang}[.gz]`` from ``data_dir``.
+
+    Raises:
+        ValueError: naming the path when the directory or a file is missing, the files differ in line
+            count, a split is empty, or a line is empty on either side (an empty target would train
+            the model to stop at once; an empty source makes the pair meaningless).
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ValueError(f"data_dir={str(data_dir)!r} is not a directory")
+    src_path, tgt_path = _find_file(data_dir, split, src_lang), _find_file(data_dir, split, tgt_lang)
+    source, target = _read_lines(src_path), _read_lines(tgt_path)
+    if len(source) != len(target):
+        raise ValueError(
+            f"misaligned corpus: {str(src_path)!r} has {len(source)} lines but {str(tgt_path)!r} "
+            f"has {len(target)}; line i of one must translate line i of the other"
+        )
+    if not source:
+        raise ValueError(f"empty corpus: {str(src_path)!r} and {str(tgt_path)!r} have no lines")
+    for path, lines in ((src_path, source), (tgt_path, target)):
+        for i, line in enumerate(lines):
+            if not line.strip():
+                raise ValueError(f"{str(path)!r} line {i + 1} is empty; remove the pair from both files")
+    return ParallelCorpus(source, target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_multi30k(cache_dir: str | os.PathLike) -> Path:
+    """Download Multi30k task 1 (EN, DE; train/val/test_2016_flickr) into ``cache_dir/multi30k``.
+
+    Each file is fetched into a temporary file, checked against :data:`MULTI30K_SHA256` and only then
+    renamed into place, so an interrupted or corrupted download never looks complete. Files already
+    present with the right checksum are not fetched again.
+
+    Returns:
+        The directory, readable by :func:`read_parallel_split`.
+    """
+    target_dir = Path(cache_dir) / "multi30k"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for name, expected in MULTI30K_SHA256.items():
+        path = target_dir / name
+        if path.is_file() and _sha256(path) == expected:
+            continue
+        fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(MULTI30K_URL.format(name=name), timeout=60) as r:
+                for block in iter(lambda: r.read(1 << 20), b""):
+                    out.write(block)
+            actual = _sha256(Path(tmp))
+            if actual != expected:
+                raise ValueError(f"checksum mismatch for {MULTI30K_URL.format(name=name)}: sha256 {actual}, expected {expected}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return target_dir
+
+
+def load_wmt14(split: str, cache_dir: str | os.PathLike | None = None, max_samples: int | None = None) -> ParallelCorpus:
+    """WMT14 EN-DE through ``datasets.load_dataset("wmt14", "de-en")`` (the paper's data).
+
+    ``split`` is ``train``, ``validation`` (newstest2013) or ``test`` (newstest2014). Pairs with an
+    empty side are dropped (the web-crawled training data has a few).
+    """
+    import datasets  # imported here: only this path needs it, and it is slow to import
+
+    selector = split if max_samples is None else f"{split}[:{max_samples}]"
+    ds = datasets.load_dataset("wmt14", "de-en", split=selector, cache_dir=None if cache_dir is None else str(cache_dir))
+    pairs = [(row["en"], row["de"]) for row in ds["translation"] if row["en"].strip() and row["de"].strip()]
+    return ParallelCorpus([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def load_corpora(
+    dataset: str = "multi30k",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    split_names: dict[str, str] | None = None,
+    max_samples: dict[str, int | None] | None = None,
+    src_lang: str = "en",
+    tgt_lang: str = "de",
+) -> dict[str, ParallelCorpus]:
+    """The ``train``/``validation``/``test`` corpora of the study.
+
+    Args:
+        dataset: ``"multi30k"`` or ``"wmt14"``; ignored when ``data_dir`` is given.
+        data_dir: a local corpus directory (see :func:`read_parallel_split`); takes precedence.
+        cache_dir: where Multi30k is downloaded / WMT14 is cached.
+        split_names: file names of the splits in a local directory, e.g.
+            ``{"train": "train", "validation": "val", "test": "test_2016_flickr"}`` (Multi30k's).
+        max_samples: per split, keep only the first n pairs (None: all).
+
+    Returns:
+        ``{"train": ParallelCorpus, "validation": ..., "test": ...}``.
+    """
+    max_samples = max_samples or {}
+    if data_dir is None and dataset == "wmt14":
+        return {s: load_wmt14(WMT14_SPLITS[s], cache_dir, max_samples.get(s)) for s in ("train", "validation", "test")}
+    if data_dir is None:
+        if dataset != "multi30k":
+            raise ValueError(f"dataset must be one of ['multi30k', 'wmt14'], got {dataset!r}")
+        data_dir = download_multi30k(cache_dir or Path.home() / ".cache" / "ls_seq")
+    names = {**MULTI30K_SPLITS, **(split_names or {})}
+    return {
+        s: read_parallel_split(data_dir, names[s], src_lang, tgt_lang).head(max_samples.get(s))
+        for s in ("train", "validation", "test")
+    }
