@@ -1,0 +1,681 @@
+"""The EN-DE study of Müller, Kornblith & Hinton (2019), Fig. 3, Fig. 4 and the EN-DE row of Table 3.
+
+For every alpha: train a Transformer (``LabelSmoothingSeq2SeqTrainer``), then on the test split measure
+
+* teacher-forced token NLL, ECE (15 bins) and accuracy, and the reliability diagram (Fig. 3);
+* a temperature sweep: beam-search BLEU at each T (:func:`ls_seq.sweeps.beam_search_sweep`) and
+  teacher-forced NLL/ECE at each T (:func:`ls_seq.sweeps.teacher_forced_sweep`) (Fig. 4);
+* whether the model uses its source: NLL with the sources shuffled against the targets (a translator
+  gets much worse, a language model does not) and the share of distinct beam outputs.
+
+Outputs (``output_dir``): ``results.json`` / ``results.csv`` (rewritten after every step of the sweep),
+``report.md``, ``reliability.png`` (Fig. 3), ``temperature_sweep.png`` (Fig. 4), ``table3.png``,
+``timings.json`` (wall-clock, kept apart so that ``results.json`` is a deterministic function of the seed),
+and per model ``alpha_<a>/`` with the checkpoints, the final model (safetensors), ``evaluation.json`` (the
+progress ``--resume`` continues from) and the test translations.
+
+Layout of the code: argument dataclasses (validated in ``__post_init__``), data preparation, training,
+evaluation, results/report; :func:`run_study` wires them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ls_seq._validation import check_alpha, check_choice, check_positive_int, check_temperatures
+from ls_seq.io import atomic_write_csv, atomic_write_json, atomic_write_text, read_json
+from ls_seq.sweeps import (
+    beam_search_sweep,
+    best_temperature,
+    corpus_bleu,
+    distinct_share,
+    teacher_forced_sweep,
+)
+from ls_seq.translation.data import ParallelCorpus, load_corpora
+from ls_seq.translation.presets import PRESETS, Preset, apply_overrides, build_model_config, get_preset
+from ls_seq.translation.tokenizer import load_or_train_tokenizer
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "StudyArguments",
+    "SOURCE_NLL_GAP_MIN",
+    "SOURCE_DISTINCT_MIN",
+    "check_source_use",
+    "resolve_preset",
+    "run_study",
+]
+
+# A model "uses its source" when shuffling the sources raises its token NLL by at least this much (nats) and
+# at least this share of its test translations differ. The collapsed reference run had a gap of 0.00 and
+# 1/1000 distinct outputs; the healthy one a gap of 2.57 and nearly all distinct.
+SOURCE_NLL_GAP_MIN = 0.25
+SOURCE_DISTINCT_MIN = 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+@dataclass
+class DataArguments:
+    """Which corpus, which splits, how much of it."""
+
+    dataset: str = field(default="multi30k", metadata={"help": "'multi30k' (downloaded with checksums) or 'wmt14'."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Local corpus: {split}.{en,de}[.gz], one sentence per line (overrides --dataset)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Download/cache directory (default ~/.cache/ls_seq)."})
+    train_split: str = field(default="train", metadata={"help": "File stem of the training split in --data_dir."})
+    validation_split: str = field(default="val", metadata={"help": "File stem of the validation split in --data_dir."})
+    test_split: str = field(default="test_2016_flickr", metadata={"help": "File stem of the test split in --data_dir."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first n training pairs."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep the first n test pairs for every test measurement."}
+    )
+    max_bleu_samples: int | None = field(
+        default=None, metadata={"help": "Beam-search BLEU sweep on the first n test pairs (default: the preset's)."}
+    )
+
+    def __post_init__(self):
+        check_choice(self.dataset, "dataset", ["multi30k", "wmt14"])
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise ValueError(f"`data_dir` must be an existing directory, got {self.data_dir!r}")
+        for name in ("max_train_samples", "max_eval_samples", "max_bleu_samples"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), name)
+
+
+@dataclass
+class ModelArguments:
+    """A preset and the fields to override in it (None keeps the preset's value)."""
+
+    preset: str = field(default="tiny", metadata={"help": f"One of {sorted(PRESETS)}."})
+    vocab_size: int | None = field(default=None, metadata={"help": "Joint BPE vocabulary size."})
+    d_model: int | None = field(default=None, metadata={"help": "Model width."})
+    encoder_layers: int | None = field(default=None, metadata={"help": "Encoder layers."})
+    decoder_layers: int | None = field(default=None, metadata={"help": "Decoder layers."})
+    attention_heads: int | None = field(default=None, metadata={"help": "Attention heads (encoder and decoder)."})
+    ffn_dim: int | None = field(default=None, metadata={"help": "Feed-forward width."})
+    dropout: float | None = field(default=None, metadata={"help": "Dropout probability."})
+
+    def __post_init__(self):
+        check_choice(self.preset, "preset", sorted(PRESETS))
+        for name in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), name)
+        if self.dropout is not None:
+            check_alpha(self.dropout, "dropout", allow_one=False)
+
+
+@dataclass
+class StudyArguments:
+    """Alphas, training schedule, temperature grid, output and resume."""
+
+    output_dir: str = field(default="outputs/ende", metadata={"help": "Where results, figures and models go."})
+    alphas: list[float] = field(
+        default_factory=lambda: [0.0, 0.1], metadata={"help": "Label-smoothing alphas, one model each, in [0, 1)."}
+    )
+    temperatures: list[float] | None = field(
+        default=None, metadata={"help": "Temperature grid of the sweep (default: the preset's)."}
+    )
+    num_beams: int | None = field(default=None, metadata={"help": "Beam size (default: the preset's, 4)."})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per model (default: the preset's)."})
+    learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate."})
+    warmup_steps: int | None = field(default=None, metadata={"help": "Linear warm-up steps before inverse-sqrt decay."})
+    batch_size: int | None = field(default=None, metadata={"help": "Sentences per optimizer step (all processes)."})
+    eval_batch_size: int | None = field(default=None, metadata={"help": "Sentences per evaluation batch."})
+    save_steps: int | None = field(default=None, metadata={"help": "Checkpoint every n steps (what --resume continues from)."})
+    n_bins: int = field(default=15, metadata={"help": "Calibration bins (the paper: 15)."})
+    seed: int = field(default=42, metadata={"help": "Seed of model initialisation, data order and dropout."})
+    resume: bool = field(default=False, metadata={"help": "Continue a killed run in output_dir: finished work is kept."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a non-empty output_dir."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on when a GPU supports it)."})
+    logging_steps: int = field(default=50, metadata={"help": "Log the training loss every n steps."})
+
+    def __post_init__(self):
+        if not self.alphas:
+            raise ValueError("`alphas` must hold at least one value in [0, 1)")
+        self.alphas = [check_alpha(a, f"alphas[{i}]", allow_one=False) for i, a in enumerate(self.alphas)]
+        if len(set(self.alphas)) != len(self.alphas):
+            raise ValueError(f"`alphas` must be distinct, got {self.alphas}")
+        if self.temperatures is not None:
+            self.temperatures = check_temperatures(self.temperatures)
+        for name in ("num_beams", "max_steps", "warmup_steps", "batch_size", "eval_batch_size", "save_steps"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), name, minimum=0 if name == "warmup_steps" else 1)
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
+        check_positive_int(self.n_bins, "n_bins")
+        check_positive_int(self.logging_steps, "logging_steps")
+        if self.resume and self.overwrite_output_dir:
+            raise ValueError("`resume` and `overwrite_output_dir` exclude each other: keep the run or start over")
+
+
+def resolve_preset(model_args: ModelArguments, study_args: StudyArguments, data_args: DataArguments) -> Preset:
+    """The preset named by ``model_args.preset`` with every flag that was given applied on top."""
+    overrides = {f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args) if f.name != "preset"}
+    for name in ("temperatures", "num_beams", "max_steps", "learning_rate", "warmup_steps", "batch_size", "eval_batch_size", "save_steps"):
+        overrides[name] = getattr(study_args, name)
+    overrides["max_bleu_samples"] = data_args.max_bleu_samples
+    return apply_overrides(get_preset(model_args.preset), **overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+
+def _tokenize(corpus: ParallelCorpus, tokenizer: Any, max_length: int):
+    """A ``datasets.Dataset`` of ``input_ids``, ``labels`` and ``length`` (for length-grouped batches)."""
+    import datasets
+
+    src = tokenizer(corpus.source, truncation=True, max_length=max_length)["input_ids"]
+    tgt = tokenizer(corpus.target, truncation=True, max_length=max_length)["input_ids"]
+    return datasets.Dataset.from_dict(
+        {"input_ids": src, "labels": tgt, "length": [max(len(s), len(t)) for s, t in zip(src, tgt)]}
+    )
+
+
+def _batches(dataset, indices: list[int], collator, batch_size: int):
+    """Collated batches of ``dataset[indices]`` in order (the evaluation set of this process)."""
+    for start in range(0, len(indices), batch_size):
+        rows = dataset.select(indices[start : start + batch_size])
+        yield collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+
+
+def _derangement(n: int, seed: int) -> list[int]:
+    """A seeded permutation without fixed points: ``perm[i] != i`` for every i (n >= 2)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    perm = [0] * n
+    for k in range(n):  # each element of the shuffled cycle takes the next one's place
+        perm[order[k]] = order[(k + 1) % n]
+    return perm
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _last_checkpoint(directory: Path) -> str | None:
+    checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def train_model(
+    alpha: float,
+    preset: Preset,
+    tokenizer: Any,
+    train_dataset,
+    model_dir: Path,
+    *,
+    seed: int,
+    resume: bool,
+    bf16: bool | None,
+    logging_steps: int,
+    state: Any,
+):
+    """Train one model (or load it when ``model_dir/model`` is complete) and return ``(model, summary)``.
+
+    Checkpoints go to ``model_dir/checkpoints`` every ``preset.save_steps``; with ``resume`` training restarts
+    from the last one (weights, optimizer, scheduler, RNG and data position, HF Trainer's resume). The final
+    model is written to a temporary directory and renamed, so ``model_dir/model`` exists only when complete.
+    """
+    from transformers import DataCollatorForSeq2Seq, MarianMTModel, set_seed
+
+    from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
+
+    final_dir, summary_path = model_dir / "model", model_dir / "train_summary.json"
+    if (final_dir / "model.safetensors").is_file() and summary_path.is_file():
+        return MarianMTModel.from_pretrained(str(final_dir)), read_json(summary_path)
+
+    set_seed(seed)
+    model = MarianMTModel(build_model_config(preset, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id))
+    use_gpu = torch.cuda.is_available()
+    if bf16 is None:
+        bf16 = use_gpu and torch.cuda.is_bf16_supported()
+    per_device = max(1, preset.batch_size // state.num_processes)
+    args = LabelSmoothingSeq2SeqTrainingArguments(
+        output_dir=str(model_dir / "checkpoints"),
+        label_smoothing_factor=alpha,
+        per_device_train_batch_size=per_device,
+        learning_rate=preset.learning_rate,
+        lr_scheduler_type="inverse_sqrt",
+        warmup_steps=preset.warmup_steps,
+        adam_beta1=0.9,
+        adam_beta2=0.98,
+        adam_epsilon=1e-9,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        max_steps=preset.max_steps,
+        train_sampling_strategy="group_by_length",  # less padding: ~1.4x faster on CPU
+        save_strategy="steps",
+        save_steps=preset.save_steps,
+        save_total_limit=1,
+        eval_strategy="no",
+        logging_steps=logging_steps,
+        report_to=[],
+        seed=seed,
+        bf16=bf16,
+        use_cpu=not use_gpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+    trainer = LabelSmoothingSeq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        processing_class=tokenizer,
+    )
+    checkpoint = _last_checkpoint(model_dir / "checkpoints") if resume else None
+    start = time.time()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    losses = [(h["step"], h["loss"], h.get("nll_loss")) for h in trainer.state.log_history if "loss" in h]
+    summary = {
+        "alpha": alpha,
+        "steps": trainer.state.global_step,
+        "epochs": round(float(trainer.state.epoch or 0.0), 4),
+        # The last logged window, not output.training_loss: that averages only the steps of this session.
+        "final_loss": losses[-1][1] if losses else float(output.training_loss),
+        "final_nll_loss": losses[-1][2] if losses else None,
+        "loss_curve": [{"step": s, "loss": l, "nll_loss": n} for s, l, n in losses],
+        "resumed_from": None if checkpoint is None else Path(checkpoint).name,
+        "seconds": round(time.time() - start, 1),
+    }
+    tmp_dir = model_dir / "model.tmp"
+    trainer.save_model(str(tmp_dir))  # safetensors; every process must call it, the main one writes
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.replace(tmp_dir, final_dir)
+        atomic_write_json(summary_path, summary)
+    state.wait_for_everyone()
+    return trainer.accelerator.unwrap_model(trainer.model), summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def check_source_use(nll: float, nll_shuffled: float, share_distinct: float) -> dict[str, Any]:
+    """Does a model translate or ignore its input? Gap and distinct-output thresholds at the top of this module."""
+    gap = nll_shuffled - nll
+    return {
+        "nll": nll,
+        "nll_shuffled_sources": nll_shuffled,
+        "nll_gap": gap,
+        "share_distinct_outputs": share_distinct,
+        "uses_source": bool(gap >= SOURCE_NLL_GAP_MIN and share_distinct >= SOURCE_DISTINCT_MIN),
+    }
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    test: ParallelCorpus,
+    test_dataset,
+    preset: Preset,
+    model_dir: Path,
+    *,
+    n_bins: int,
+    seed: int,
+    state: Any,
+    on_progress,
+) -> dict[str, Any]:
+    """Test metrics, source check and temperature sweep of one model; progress kept in ``evaluation.json``.
+
+    Stages run in order and each is saved when done (main process, atomically), so a resumed run skips
+    what is there: (1) one teacher-forced pass at all temperatures (and 1.0) gives NLL/ECE/accuracy and the
+    T=1 reliability diagram; (2) the same with sources deranged; (3) beam search at T=1 on the test set gives
+    BLEU and the distinct-output share; (4) the BLEU sweep, one temperature at a time, each point saved.
+    """
+    from transformers import DataCollatorForSeq2Seq
+
+    from ls_seq.sweeps import shard_indices
+
+    path = model_dir / "evaluation.json"
+    ev: dict[str, Any] = read_json(path) if path.is_file() else {}
+    grid = list(preset.temperatures)
+    tf_grid = sorted(set(grid) | {1.0})
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+    indices = shard_indices(len(test_dataset))
+    bs = preset.eval_batch_size
+
+    def save():
+        if state.is_main_process:
+            atomic_write_json(path, ev)
+        on_progress(ev)
+
+    if "teacher_forced" not in ev:
+        metric = teacher_forced_sweep(model, _batches(test_dataset, indices, collator, bs), tf_grid, n_bins=n_bins)
+        values = {k: torch.atleast_1d(v) for k, v in metric.compute().items()}
+        rel = {k: v.reshape(len(tf_grid), -1) for k, v in metric.reliability().items()}
+        i1 = tf_grid.index(1.0)
+        ev["teacher_forced"] = {
+            "temperatures": tf_grid,
+            **{k: values[k].tolist() for k in ("nll", "ece", "mce", "rms", "accuracy", "mean_confidence")},
+            "n_tokens": int(values["n_tokens"][i1]),
+        }
+        ev["reliability"] = {k: v[i1].tolist() for k, v in rel.items()}
+        save()
+
+    if "nll_shuffled_sources" not in ev:
+        perm = _derangement(len(test_dataset), seed)
+        shuffled = test_dataset.map(
+            lambda row, i: {"input_ids": test_dataset[perm[i]]["input_ids"]}, with_indices=True, desc=None
+        )
+        metric = teacher_forced_sweep(
+            model, _batches(shuffled, indices, collator, bs), [1.0], n_bins=n_bins, desc="shuffled sources"
+        )
+        ev["nll_shuffled_sources"] = float(metric.compute()["nll"].reshape(-1)[0])
+        save()
+
+    gen = dict(num_beams=preset.num_beams, batch_size=bs, max_source_length=preset.max_length, max_new_tokens=preset.max_length)
+    if "test_bleu" not in ev:
+        hyps = beam_search_sweep(model, tokenizer, test.source, [1.0], **gen)[1.0]
+        if state.is_main_process:
+            atomic_write_text(model_dir / "test_translations.txt", "\n".join(hyps) + "\n")
+        ev["test_bleu"] = corpus_bleu(hyps, test.target)
+        ev["share_distinct_outputs"] = distinct_share(hyps)
+        save()
+
+    n_bleu = len(test) if preset.max_bleu_samples is None else min(preset.max_bleu_samples, len(test))
+    ev.setdefault("sweep_bleu", {})
+    ev["sweep_bleu_sentences"] = n_bleu
+    todo = [t for t in grid if repr(float(t)) not in ev["sweep_bleu"]]
+    if 1.0 in todo:  # beam search at T=1 already translated the test set: score its first n_bleu sentences
+        hyps = (model_dir / "test_translations.txt").read_text(encoding="utf-8").split("\n")[:n_bleu]
+        ev["sweep_bleu"][repr(1.0)] = corpus_bleu(hyps, test.target[:n_bleu])
+        todo.remove(1.0)
+        save()
+    if todo:
+        def record(temperature: float, hyps: list[str]) -> None:
+            ev["sweep_bleu"][repr(float(temperature))] = corpus_bleu(hyps, test.target[:n_bleu])
+            save()
+
+        beam_search_sweep(model, tokenizer, test.source[:n_bleu], todo, on_temperature=record, **gen)
+    return ev
+
+
+def summarize_model(alpha: float, ev: dict[str, Any], train_summary: dict[str, Any] | None, grid: list[float]) -> dict[str, Any]:
+    """One entry of ``results.json["models"]`` from a (possibly partial) ``evaluation.json``."""
+    entry: dict[str, Any] = {"alpha": alpha}
+    if train_summary is not None:
+        entry["train"] = {k: train_summary.get(k) for k in ("steps", "epochs", "final_loss", "final_nll_loss")}
+    tf = ev.get("teacher_forced")
+    if tf is None:
+        return entry
+    at = {t: i for i, t in enumerate(tf["temperatures"])}
+    i1 = at[1.0]
+    entry["test"] = {
+        "bleu": ev.get("test_bleu"),
+        "nll": tf["nll"][i1],
+        "ece": tf["ece"][i1],
+        "mce": tf["mce"][i1],
+        "token_accuracy": tf["accuracy"][i1],
+        "mean_confidence": tf["mean_confidence"][i1],
+        "n_tokens": tf["n_tokens"],
+    }
+    entry["sweep"] = [
+        {
+            "temperature": t,
+            "bleu": ev.get("sweep_bleu", {}).get(repr(float(t))),
+            "nll": tf["nll"][at[t]],
+            "ece": tf["ece"][at[t]],
+        }
+        for t in grid
+    ]
+    entry["sweep_bleu_sentences"] = ev.get("sweep_bleu_sentences")
+    entry["best_nll_temperature"] = best_temperature(entry["sweep"], "nll")
+    entry["best_ece_temperature"] = best_temperature(entry["sweep"], "ece")
+    entry["best_ece"] = min(p["ece"] for p in entry["sweep"])
+    if "nll_shuffled_sources" in ev and "share_distinct_outputs" in ev:
+        entry["source_check"] = check_source_use(entry["test"]["nll"], ev["nll_shuffled_sources"], ev["share_distinct_outputs"])
+    entry["reliability"] = ev["reliability"]
+    return entry
+
+
+def table3_row(models: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Paper Table 3 for one dataset: baseline ECE (alpha=0, T=1); temperature scaling: the alpha=0 model's
+    lowest ECE over the grid and its T; label smoothing: the lowest T=1 ECE among alpha>0 models and its alpha.
+    """
+    base = next((m for m in models if m["alpha"] == 0.0 and "sweep" in m), None)
+    smoothed = [m for m in models if m["alpha"] > 0.0 and "test" in m]
+    if base is None:
+        return None
+    row = {
+        "baseline_ece": base["test"]["ece"],
+        "temperature_scaling_ece": base["best_ece"],
+        "temperature_scaling_T": base["best_ece_temperature"],
+    }
+    if smoothed:
+        best = min(smoothed, key=lambda m: m["test"]["ece"])
+        row.update(label_smoothing_ece=best["test"]["ece"], label_smoothing_alpha=best["alpha"])
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results and report
+
+
+def _write_results(output_dir: Path, results: dict[str, Any]) -> None:
+    atomic_write_json(output_dir / "results.json", results)
+    rows = []
+    for m in results["models"]:
+        for p in m.get("sweep", []):
+            rows.append({"alpha": m["alpha"], **p})
+    atomic_write_csv(output_dir / "results.csv", rows, fieldnames=["alpha", "temperature", "bleu", "nll", "ece"])
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import sacrebleu
+    import tokenizers
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "tokenizers": tokenizers.__version__,
+        "sacrebleu": sacrebleu.__version__,
+        "ls_seq": importlib.metadata.version("ls-seq"),
+    }
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def source_warnings(models: list[dict[str, Any]]) -> list[str]:
+    """One line per model that does not use its source (the first lines of the report)."""
+    lines = []
+    for m in models:
+        sc = m.get("source_check")
+        if sc is not None and not sc["uses_source"]:
+            lines.append(
+                f"WARNING: the alpha={m['alpha']} model IGNORES ITS SOURCE: shuffling the test sources changes its "
+                f"token NLL by {sc['nll_gap']:+.3f} nats (needs >= {SOURCE_NLL_GAP_MIN}) and "
+                f"{sc['share_distinct_outputs']:.1%} of its translations are distinct (needs >= {SOURCE_DISTINCT_MIN:.0%}). "
+                "Its BLEU/NLL/ECE describe a language model, not a translator; lower the learning rate or lengthen warm-up."
+            )
+    return lines
+
+
+def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, Any]) -> None:
+    """``report.md`` and the figures, from ``results.json``'s content."""
+    from ls_seq.translation.plots import plot_fig3, plot_fig4, plot_table3
+
+    models = [m for m in results["models"] if "sweep" in m]
+    warnings = source_warnings(models)
+    lines = ["# EN-DE label smoothing study (Müller et al. 2019, Fig. 3, Fig. 4, Table 3)", ""]
+    if warnings:
+        lines += [f"**{w}**" for w in warnings] + [""]
+    else:
+        checks = ", ".join(
+            f"alpha={m['alpha']}: NLL gap {m['source_check']['nll_gap']:+.2f}, "
+            f"{m['source_check']['share_distinct_outputs']:.0%} distinct outputs"
+            for m in models if "source_check" in m
+        )
+        lines += [f"Source check: every model uses its source ({checks}).", ""]
+    cfg = results["config"]
+    lines += [
+        f"Command: `{cfg['command']}`",
+        "",
+        f"Preset `{cfg['preset_name']}`; test split: {cfg['test_sentences']} sentences; BLEU sweep on the first "
+        f"{models[0]['sweep_bleu_sentences'] if models else '-'}; beam {cfg['preset']['num_beams']}; "
+        f"{cfg['n_bins']} calibration bins; seed {cfg['seed']}.",
+        "",
+        "## Test metrics (T = 1)",
+        "",
+        "| alpha | steps | epochs | BLEU | NLL | ECE | token acc. | NLL, shuffled sources | distinct outputs | best-NLL T | best-ECE T |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in models:
+        t, sc, tr = m["test"], m.get("source_check", {}), m.get("train", {})
+        lines.append(
+            f"| {m['alpha']} | {tr.get('steps', '-')} | {tr.get('epochs', '-')} | {_fmt(t['bleu'], 2)} | {_fmt(t['nll'])} | "
+            f"{_fmt(t['ece'], 4)} | {_fmt(t['token_accuracy'])} | {_fmt(sc.get('nll_shuffled_sources'))} | "
+            f"{_fmt(sc.get('share_distinct_outputs'))} | {m['best_nll_temperature']} | {m['best_ece_temperature']} |"
+        )
+    lines += ["", "## Temperature sweep (BLEU: beam search at T; NLL/ECE: teacher-forced at T)", ""]
+    lines += ["| alpha | T | BLEU | NLL | ECE |", "|---|---|---|---|---|"]
+    for m in models:
+        for p in m["sweep"]:
+            lines.append(f"| {m['alpha']} | {p['temperature']} | {_fmt(p['bleu'], 2)} | {_fmt(p['nll'])} | {_fmt(p['ece'], 4)} |")
+    row = results.get("table3")
+    if row:
+        lines += [
+            "",
+            "## Table 3 row (ECE; temperature chosen on the test sweep, as an upper bound of what scaling gives)",
+            "",
+            "| baseline ECE | temperature scaling ECE / T | label smoothing ECE / alpha |",
+            "|---|---|---|",
+            f"| {_fmt(row['baseline_ece'], 4)} | {_fmt(row['temperature_scaling_ece'], 4)} / {row['temperature_scaling_T']} | "
+            f"{_fmt(row.get('label_smoothing_ece'), 4)} / {row.get('label_smoothing_alpha', '-')} |",
+        ]
+    figures = []
+    if models and state_is_plottable(models):
+        from ls_seq.io import atomic_savefig
+
+        atomic_savefig(plot_fig3(models), output_dir / "reliability.png")
+        atomic_savefig(plot_fig4(models), output_dir / "temperature_sweep.png")
+        figures += ["![Fig. 3: reliability](reliability.png)", "![Fig. 4: temperature sweep](temperature_sweep.png)"]
+        if row:
+            atomic_savefig(plot_table3(row), output_dir / "table3.png")
+            figures.append("![Table 3 row](table3.png)")
+    lines += ["", "## Figures", ""] + figures
+    lines += ["", "## Wall-clock", "", "```", json.dumps(timings, indent=1), "```"]
+    lines += ["", "## Versions", "", "```", json.dumps(results["versions"], indent=1), "```", ""]
+    atomic_write_text(output_dir / "report.md", "\n".join(lines))
+
+
+def state_is_plottable(models: list[dict[str, Any]]) -> bool:
+    return all("reliability" in m for m in models)
+
+
+def run_study(
+    data_args: DataArguments, model_args: ModelArguments, study_args: StudyArguments, command: str | None = None
+) -> dict[str, Any]:
+    """Train one model per alpha, evaluate, and write the results; returns ``results.json``'s content.
+
+    Nothing is written before the data is read and checked, so bad input leaves ``output_dir`` untouched.
+    Under several processes (``accelerate launch --multi_gpu``, ``torchrun``) training is data-parallel,
+    evaluation is sharded without duplicates, and only the main process writes.
+    """
+    from accelerate import PartialState
+
+    study_start = time.time()
+    preset = resolve_preset(model_args, study_args, data_args)
+    corpora = load_corpora(
+        data_args.dataset,
+        data_dir=data_args.data_dir,
+        cache_dir=data_args.cache_dir,
+        split_names={"train": data_args.train_split, "validation": data_args.validation_split, "test": data_args.test_split},
+        max_samples={"train": data_args.max_train_samples, "test": data_args.max_eval_samples},
+    )
+    output_dir = Path(study_args.output_dir)
+    if (output_dir / "results.json").exists() and not (study_args.resume or study_args.overwrite_output_dir):
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} already holds results.json; pass --resume to continue it "
+            "or --overwrite_output_dir to start over"
+        )
+    state = PartialState()
+    if study_args.overwrite_output_dir and state.is_main_process and output_dir.exists():
+        shutil.rmtree(output_dir)
+    state.wait_for_everyone()
+
+    config = {
+        "command": command or " ".join(sys.argv),
+        "preset_name": model_args.preset,
+        "preset": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(preset).items()},
+        "alphas": study_args.alphas,
+        "seed": study_args.seed,
+        "n_bins": study_args.n_bins,
+        "train_sentences": len(corpora["train"]),
+        "test_sentences": len(corpora["test"]),
+        "num_processes": state.num_processes,
+    }
+    with state.main_process_first():  # the main process trains the tokenizer, the others load it
+        tokenizer = load_or_train_tokenizer(
+            output_dir / "tokenizer", corpora["train"].source + corpora["train"].target, preset.vocab_size
+        )
+    train_dataset = _tokenize(corpora["train"], tokenizer, preset.max_length)
+    test_dataset = _tokenize(corpora["test"], tokenizer, preset.max_length)
+
+    timings_path = output_dir / "timings.json"
+    timings: dict[str, Any] = read_json(timings_path) if (study_args.resume and timings_path.is_file()) else {}
+    results: dict[str, Any] = {"config": config, "versions": _versions(), "models": []}
+    grid = list(preset.temperatures)
+    for alpha in study_args.alphas:
+        model_dir = output_dir / f"alpha_{alpha}"
+        t0 = time.time()
+        model, summary = train_model(
+            alpha, preset, tokenizer, train_dataset, model_dir,
+            seed=study_args.seed, resume=study_args.resume, bf16=study_args.bf16,
+            logging_steps=study_args.logging_steps, state=state,
+        )  # fmt: skip
+        timings[f"alpha_{alpha}"] = {"train_seconds": summary["seconds"]}
+        results["models"].append({"alpha": alpha})
+
+        def on_progress(ev: dict[str, Any], alpha: float = alpha, summary: dict[str, Any] = summary) -> None:
+            results["models"][-1] = summarize_model(alpha, ev, summary, grid)
+            results["table3"] = table3_row(results["models"])
+            if state.is_main_process:
+                _write_results(output_dir, results)
+
+        t1 = time.time()
+        model.to(state.device)
+        ev = evaluate_model(
+            model, tokenizer, corpora["test"], test_dataset, preset, model_dir,
+            n_bins=study_args.n_bins, seed=study_args.seed, state=state, on_progress=on_progress,
+        )  # fmt: skip
+        state.wait_for_everyone()
+        on_progress(ev)
+        timings[f"alpha_{alpha}"]["eval_seconds_this_run"] = round(time.time() - t1, 1)
+        timings[f"alpha_{alpha}"]["train_and_eval_seconds_this_run"] = round(time.time() - t0, 1)
+        del model
+    timings["total_seconds_this_run"] = round(time.time() - study_start, 1)
+    if state.is_main_process:
+        atomic_write_json(timings_path, timings)
+        write_report(output_dir, results, timings)
+        for line in source_warnings(results["models"]):
+            print(line, file=sys.stderr)
+    state.wait_for_everyone()
+    return results

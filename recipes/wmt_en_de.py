@@ -1,0 +1,43 @@
+"""EN-DE label smoothing study (Müller, Kornblith & Hinton 2019: Fig. 3, Fig. 4, Table 3) in one command.
+
+    accelerate launch recipes/wmt_en_de.py --preset tiny --data_dir ../shared/data/multi30k
+    accelerate launch recipes/wmt_en_de.py --preset tiny                     # downloads Multi30k
+    accelerate launch --multi_gpu recipes/wmt_en_de.py --preset base --dataset wmt14
+    python recipes/wmt_en_de.py config.yaml                                   # all arguments in one file
+
+Trains one Transformer per ``--alphas`` value, sweeps the temperature and writes ``results.json``,
+``results.csv``, ``report.md`` and the figures to ``--output_dir``; ``--resume`` continues a killed run.
+Everything happens in :mod:`ls_seq.translation.study`; this script only parses and checks the arguments
+(before any work starts: bad input exits non-zero with a message naming the argument or path).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from transformers import HfArgumentParser
+
+from ls_seq.translation.study import DataArguments, ModelArguments, StudyArguments, run_study
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, ModelArguments, StudyArguments]:
+    """Parse the command line, or a single ``.yaml``/``.yml``/``.json`` file holding every argument."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((DataArguments, ModelArguments, StudyArguments))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    data_args, model_args, study_args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = "accelerate launch recipes/wmt_en_de.py " + shlex.join(argv)
+    return run_study(data_args, model_args, study_args, command=command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The EN-DE recipe end to end on a slice of Multi30k, its refusals of bad input, resume after SIGKILL,
+and the study's bookkeeping (source check, Table-3 row, summaries)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ls_seq.io import read_json
+from ls_seq.translation.study import (
+    SOURCE_DISTINCT_MIN,
+    SOURCE_NLL_GAP_MIN,
+    _derangement,
+    check_source_use,
+    source_warnings,
+    summarize_model,
+    table3_row,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "wmt_en_de.py"
+TEMPS = ["0.8", "1.0", "1.5"]
+MULTI30K_DIR = ROOT.parent / "shared" / "data" / "multi30k"  # as in tests/conftest.py
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("wmt_en_de", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def slice_args(data_dir, out, *extra):
+    """A run of seconds: 2000 pairs, 30 steps of a 1+1-layer d_model 32 model, 3 temperatures, tiny eval sets."""
+    return [
+        "--preset", "tiny", "--data_dir", str(data_dir), "--output_dir", str(out),
+        "--max_train_samples", "2000", "--max_eval_samples", "48", "--max_bleu_samples", "24",
+        "--max_steps", "30", "--save_steps", "10", "--warmup_steps", "5", "--logging_steps", "10",
+        "--batch_size", "32", "--eval_batch_size", "16",
+        "--vocab_size", "1000", "--d_model", "32", "--ffn_dim", "64", "--attention_heads", "2",
+        "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, *extra,
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------
+# Bad input: refused before any work, naming the argument or path, nothing written.
+
+
+def _write_corpus(directory, n_en=3, n_de=3):
+    directory.mkdir()
+    for split in ("train", "val", "test_2016_flickr"):
+        (directory / f"{split}.en").write_text("".join(f"a sentence {i}\n" for i in range(n_en)))
+        (directory / f"{split}.de").write_text("".join(f"ein Satz {i}\n" for i in range(n_de)))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--alphas", "0.0", "1.0"], r"`alphas\[1\]` must be in \[0, 1\)"),
+        (["--alphas", "-0.1"], r"`alphas\[0\]` must be in \[0, 1\)"),
+        (["--temperatures", "1.0", "0"], r"`temperatures\[1\]` must be finite and > 0"),
+        (["--temperatures", "-2"], r"`temperatures\[0\]` must be finite and > 0"),
+        (["--preset", "huge"], r"`preset` must be one of"),
+        (["--max_steps", "0"], r"`max_steps` must be an int >= 1"),
+        (["--dataset", "europarl"], r"`dataset` must be one of"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tmp_path, flags, message):
+    data = _write_corpus(tmp_path / "data")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        _recipe().main(["--data_dir", str(data), "--output_dir", str(out), *flags])
+    assert not out.exists()
+
+
+def test_missing_and_misaligned_data_are_refused_naming_the_path(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="data_dir") as err:
+        _recipe().main(["--data_dir", str(tmp_path / "absent"), "--output_dir", str(out)])
+    assert str(tmp_path / "absent") in str(err.value)
+    data = _write_corpus(tmp_path / "bad", n_en=3, n_de=2)
+    with pytest.raises(ValueError, match="misaligned") as err:
+        _recipe().main(["--data_dir", str(data), "--output_dir", str(out)])
+    assert str(data / "train.en") in str(err.value)
+    assert not out.exists()  # no tokenizer, no results: the data is read before anything is written
+
+
+def test_bad_input_exits_nonzero_from_the_command_line(tmp_path):
+    data = _write_corpus(tmp_path / "data")
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE), "--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--alphas", "1.5"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode != 0 and "alphas[0]" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Bookkeeping
+
+
+def test_source_check_thresholds_and_report_warning():
+    good = check_source_use(nll=2.8, nll_shuffled=5.37, share_distinct=0.97)
+    assert good["uses_source"] and good["nll_gap"] == pytest.approx(2.57)
+    collapsed = check_source_use(nll=3.88, nll_shuffled=3.88, share_distinct=0.001)  # the stock HF alpha=0.1 run
+    assert not collapsed["uses_source"]
+    assert not check_source_use(2.0, 2.0 + SOURCE_NLL_GAP_MIN, SOURCE_DISTINCT_MIN - 0.01)["uses_source"]
+    lines = source_warnings([{"alpha": 0.0, "source_check": good}, {"alpha": 0.1, "source_check": collapsed}])
+    assert len(lines) == 1 and "alpha=0.1" in lines[0] and "IGNORES ITS SOURCE" in lines[0]
+
+
+def test_derangement_moves_every_sentence():
+    for n in (2, 3, 10, 1000):
+        perm = _derangement(n, seed=0)
+        assert sorted(perm) == list(range(n)) and all(perm[i] != i for i in range(n))
+
+
+def _evaluation(nll, ece, bleu):
+    temps = [0.8, 1.0, 1.5]
+    return {
+        "teacher_forced": {"temperatures": temps, "nll": nll, "ece": ece, "mce": [0.2] * 3, "rms": [0.1] * 3,
+                           "accuracy": [0.5] * 3, "mean_confidence": [0.5] * 3, "n_tokens": 100},
+        "reliability": {"count": [1.0]}, "nll_shuffled_sources": 5.0, "test_bleu": 20.0,
+        "share_distinct_outputs": 0.9, "sweep_bleu": {repr(t): b for t, b in zip(temps, bleu) if b is not None},
+        "sweep_bleu_sentences": 24,
+    }
+
+
+def test_summary_and_table3_row_from_partial_and_full_sweeps():
+    grid = [0.8, 1.0, 1.5]
+    hard = summarize_model(0.0, _evaluation([2.1, 2.0, 2.2], [0.08, 0.05, 0.03], [20.0, 21.0, None]), None, grid)
+    assert [p["bleu"] for p in hard["sweep"]] == [20.0, 21.0, None]  # the unfinished point is marked, not dropped
+    assert hard["test"]["nll"] == 2.0 and hard["test"]["ece"] == 0.05  # the T = 1 entries
+    assert hard["best_nll_temperature"] == 1.0 and hard["best_ece_temperature"] == 1.5
+    assert hard["source_check"]["nll_gap"] == pytest.approx(3.0)
+    smooth = summarize_model(0.1, _evaluation([2.3, 2.2, 2.4], [0.02, 0.01, 0.09], [19.0, 20.0, 18.0]), None, grid)
+    row = table3_row([hard, smooth])
+    assert row == {"baseline_ece": 0.05, "temperature_scaling_ece": 0.03, "temperature_scaling_T": 1.5,
+                   "label_smoothing_ece": 0.01, "label_smoothing_alpha": 0.1}
+    assert summarize_model(0.1, {}, None, grid) == {"alpha": 0.1}  # nothing evaluated yet
+
+
+# ------------------------------------------------------------------------------------------------------
+# End to end on a slice of the real data
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    if not (MULTI30K_DIR / "train.en.gz").exists():
+        pytest.skip(f"real Multi30k data not found at {MULTI30K_DIR}")
+    out = tmp_path_factory.mktemp("ende") / "run"
+    start = time.time()
+    results = _recipe().main(slice_args(MULTI30K_DIR, out))
+    return {"out": out, "results": results, "seconds": time.time() - start, "data": MULTI30K_DIR}
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end_writes_consistent_results(reference_run):
+    out, results = reference_run["out"], reference_run["results"]
+    on_disk = read_json(out / "results.json")
+    assert on_disk["models"] == read_json(out / "results.json")["models"] and [m["alpha"] for m in on_disk["models"]] == [0.0, 0.1]
+    from ls_seq.translation.data import load_corpora
+    from ls_seq.translation.tokenizer import load_or_train_tokenizer
+
+    test = load_corpora(data_dir=reference_run["data"], max_samples={"test": 48})["test"]
+    tok = load_or_train_tokenizer(out / "tokenizer", [], 1000)
+    n_tokens = sum(len(ids) for ids in tok(test.target)["input_ids"])  # every target token plus </s>, no padding
+    for m in on_disk["models"]:
+        t = m["test"]
+        assert set(t) >= {"bleu", "nll", "ece", "token_accuracy"}
+        assert t["n_tokens"] == n_tokens
+        assert 0 <= t["bleu"] <= 100 and 0 <= t["ece"] <= 1 and 0 <= t["token_accuracy"] <= 1 and t["nll"] > 0
+        assert [p["temperature"] for p in m["sweep"]] == [0.8, 1.0, 1.5]
+        at1 = m["sweep"][1]
+        assert (at1["nll"], at1["ece"]) == (t["nll"], t["ece"])  # the sweep's T = 1 point is the test metric
+        assert all(p["bleu"] is not None and 0 <= p["bleu"] <= 100 for p in m["sweep"])
+        assert m["best_ece_temperature"] in (0.8, 1.0, 1.5) and m["train"]["steps"] == 30
+        assert m["sweep_bleu_sentences"] == 24
+        sc = m["source_check"]
+        assert sc["nll_gap"] == pytest.approx(sc["nll_shuffled_sources"] - sc["nll"])
+        # the reliability diagram's 15 bin counts add up to the tokens
+        assert len(m["reliability"]["count"]) == 15 and sum(m["reliability"]["count"]) == pytest.approx(n_tokens)
+        translations = (out / f"alpha_{m['alpha']}" / "test_translations.txt").read_text().splitlines()
+        assert len(translations) == 48
+        assert sc["share_distinct_outputs"] == pytest.approx(len(set(translations)) / 48)
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "alpha,temperature,bleu,nll,ece" and len(rows) == 1 + 2 * 3
+    report = (out / "report.md").read_text()
+    assert "accelerate launch recipes/wmt_en_de.py" in report and "--max_steps 30" in report and "transformers" in report
+    # 30 steps of a tiny model cannot translate: the report must say so in its first lines.
+    assert ("IGNORES ITS SOURCE" in "\n".join(report.splitlines()[:6])) == any(
+        not m["source_check"]["uses_source"] for m in on_disk["models"])
+    for png in ("reliability.png", "temperature_sweep.png", "table3.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "alpha_0.1" / "model" / "model.safetensors").is_file()
+    assert reference_run["seconds"] < 120
+
+
+@pytest.mark.slow
+def test_existing_results_need_resume_or_overwrite(reference_run):
+    with pytest.raises(ValueError, match="--resume"):
+        _recipe().main(slice_args(reference_run["data"], reference_run["out"]))
+
+
+def _run_until(args, out, ready, env, timeout=180):
+    """Start the recipe in a subprocess and SIGKILL it as soon as ``ready(out)`` holds."""
+    proc = subprocess.Popen([sys.executable, str(RECIPE), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    try:
+        while not ready(out):
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended ({proc.returncode}) before it could be interrupted: {proc.stderr.read()[-3000:]}")
+            assert time.time() < deadline, "the run never reached the interruption point"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_in_training_and_in_the_sweep_gives_the_same_results(reference_run, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = slice_args(reference_run["data"], out)
+
+    # 1. killed during the second model's training, after its first checkpoint
+    _run_until(args, out, lambda o: any((o / "alpha_0.1" / "checkpoints").glob("checkpoint-*/trainer_state.json")), env)
+    assert not (out / "alpha_0.1" / "model").exists()
+
+    # 2. resumed, and killed again once its sweep has a finished point
+    def sweep_started(o):
+        path = o / "alpha_0.1" / "evaluation.json"
+        try:
+            return path.is_file() and len(read_json(path).get("sweep_bleu", {})) >= 1
+        except ValueError:  # never: the file is written atomically; kept to make a failure readable
+            return False
+
+    _run_until([*args, "--resume"], out, sweep_started, env)
+    partial = read_json(out / "results.json")  # complete JSON whenever the process died
+    assert [m["alpha"] for m in partial["models"]] == [0.0, 0.1]
+
+    # 3. resumed to the end: the same results as the uninterrupted run with the same seed
+    _recipe().main([*args, "--resume"])
+    got, ref = read_json(out / "results.json"), read_json(reference_run["out"] / "results.json")
+    assert read_json(out / "alpha_0.1" / "train_summary.json")["resumed_from"] == "checkpoint-10"
+    got["config"].pop("command"), ref["config"].pop("command")
+    assert got == ref
