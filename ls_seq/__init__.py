@@ -26,6 +26,8 @@ _LAZY = {
     "LabelSmoothingSeq2SeqTrainer": "ls_seq.trainer",
     "LabelSmoothingSeq2SeqTrainingArguments": "ls_seq.trainer",
     "label_smoothing_loss_func": "ls_seq.trainer",
+    "LabelSmoothingLossFunc": "ls_seq.trainer",
+    "token_ece_path": "ls_seq.evaluate_metrics",
     "estimate_unigram_prior": "ls_seq.trainer",
     "CalibrationCallback": "ls_seq.callbacks",
     "BeamSearchTemperature": "ls_seq.generation",
@@ -51,6 +53,7 @@ __all__ = [
     "BeamSearchTemperature",
     "CalibrationCallback",
     "LabelSmoothedCrossEntropy",
+    "LabelSmoothingLossFunc",
     "LabelSmoothingSeq2SeqTrainer",
     "LabelSmoothingSeq2SeqTrainingArguments",
     "TokenCalibration",
@@ -66,4 +69,5 @@ __all__ = [
     "label_smoothing_loss_func",
     "smoothing_weights",
     "smoothness_index",
+    "token_ece_path",
 ]

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# pytest runs with --import-mode=importlib, which puts nothing on sys.path: make tests/ importable for the
-# tiny-model helpers shared with the torchrun scripts.
-_TESTS = str(Path(__file__).resolve().parent)
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
 import pytest
 import torch
 import torch.nn.functional as F
-from distributed.tiny import IGNORE, VOCAB, collate, model_logits, tiny_dataset, tiny_model, training_args  # noqa: E402
+from distributed.tiny import (
+    IGNORE,
+    VOCAB,
+    collate,
+    model_logits,
+    tiny_dataset,
+    tiny_model,
+    training_args,
+)
 from transformers import Seq2SeqTrainer
 
 from ls_seq.callbacks import CalibrationCallback

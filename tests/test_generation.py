@@ -6,18 +6,9 @@ brute-force check that the beams really change with T on a model whose predictio
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# pytest runs with --import-mode=importlib, which puts nothing on sys.path: make tests/ importable for the
-# tiny-model helpers shared with the torchrun scripts.
-_TESTS = str(Path(__file__).resolve().parent)
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
 import pytest
 import torch
-from distributed.tiny import EOS, VOCAB, collate, tiny_examples, tiny_model  # noqa: E402
+from distributed.tiny import EOS, VOCAB, collate, tiny_examples, tiny_model
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ls_seq.generation import BeamSearchTemperature, generate_with_temperature

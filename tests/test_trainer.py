@@ -6,22 +6,13 @@ smoothed-target cross-entropy written out here, and a hand-computed SGD step on 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# pytest runs with --import-mode=importlib, which puts nothing on sys.path: make tests/ importable for the
-# tiny-model helpers shared with the torchrun scripts.
-_TESTS = str(Path(__file__).resolve().parent)
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
 import copy
 from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
-from distributed.tiny import (  # noqa: E402
+from distributed.tiny import (
     IGNORE,
     VOCAB,
     collate,

@@ -6,15 +6,6 @@ whole batch, and CalibrationCallback under a 1-process Trainer.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# pytest runs with --import-mode=importlib, which puts nothing on sys.path: make tests/ importable for the
-# tiny-model helpers shared with the torchrun scripts.
-_TESTS = str(Path(__file__).resolve().parent.parent)
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
 import copy
 import os
 import subprocess
@@ -25,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distributed.tiny import (  # noqa: E402
+from distributed.tiny import (
     TEMPERATURES,
     VOCAB,
     calibration_tokens,
