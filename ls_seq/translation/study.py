@@ -20,6 +20,7 @@ evaluation, results/report; :func:`run_study` wires them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -41,6 +42,7 @@ from ls_seq.sweeps import (
     beam_search_sweep,
     best_temperature,
     corpus_bleu,
+    dist_info,
     distinct_share,
     teacher_forced_sweep,
 )
@@ -163,6 +165,34 @@ class StudyArguments:
         check_positive_int(self.logging_steps, "logging_steps")
         if self.resume and self.overwrite_output_dir:
             raise ValueError("`resume` and `overwrite_output_dir` exclude each other: keep the run or start over")
+
+
+class _Processes:
+    """Rank, world size, barriers and device of this run, from ``torch.distributed`` itself.
+
+    accelerate's ``PartialState`` initialises the process group under ``torchrun`` on CPU but then reports
+    one process (``DistributedType.NO``, accelerate 1.15), while the Trainer does train on all of them; so the
+    study asks the process group directly, which is right under torchrun and ``accelerate launch`` alike.
+    """
+
+    def __init__(self):
+        from accelerate import PartialState
+
+        self.device = PartialState().device  # also initialises the process group when launched with several
+        self.rank, self.num_processes = dist_info()
+        self.is_main_process = self.rank == 0
+
+    def wait_for_everyone(self) -> None:
+        if self.num_processes > 1:
+            torch.distributed.barrier()
+
+    @contextlib.contextmanager
+    def main_process_first(self):
+        if not self.is_main_process:
+            self.wait_for_everyone()
+        yield
+        if self.is_main_process:
+            self.wait_for_everyone()
 
 
 def resolve_preset(model_args: ModelArguments, study_args: StudyArguments, data_args: DataArguments) -> Preset:
@@ -357,9 +387,12 @@ def evaluate_model(
     bs = preset.eval_batch_size
 
     def save():
+        # Every process holds the same ev (metrics are synced, translations gathered); one writes it, and
+        # the others wait, so files the main process writes (translations) are there for all to read.
         if state.is_main_process:
             atomic_write_json(path, ev)
         on_progress(ev)
+        state.wait_for_everyone()
 
     if "teacher_forced" not in ev:
         metric = teacher_forced_sweep(model, _batches(test_dataset, indices, collator, bs), tf_grid, n_bins=n_bins)
@@ -599,8 +632,6 @@ def run_study(
     Under several processes (``accelerate launch --multi_gpu``, ``torchrun``) training is data-parallel,
     evaluation is sharded without duplicates, and only the main process writes.
     """
-    from accelerate import PartialState
-
     study_start = time.time()
     preset = resolve_preset(model_args, study_args, data_args)
     corpora = load_corpora(
@@ -616,7 +647,7 @@ def run_study(
             f"output_dir={str(output_dir)!r} already holds results.json; pass --resume to continue it "
             "or --overwrite_output_dir to start over"
         )
-    state = PartialState()
+    state = _Processes()
     if study_args.overwrite_output_dir and state.is_main_process and output_dir.exists():
         shutil.rmtree(output_dir)
     state.wait_for_everyone()
