@@ -1,0 +1,119 @@
+"""``TokenCalibration.update`` against torchmetrics' ``MulticlassCalibrationError`` on (4096, 32000) logits.
+
+Cases (one batch: ``update`` then ``compute``, timed in one interleaved loop):
+- ``torchmetrics``: ``MulticlassCalibrationError(num_classes=V, n_bins=15, ignore_index=-100)`` on the raw
+  logits (it applies the softmax itself). The reference of the ratios.
+- ``ls-seq T=1``: ``TokenCalibration(n_bins=15)``.
+- ``ls-seq 13 temperatures``: ``TokenCalibration(n_bins=15, temperatures=13 values)``, every temperature in
+  the same pass (compare with 13x the T=1 time).
+
+It also reports the state each metric holds after the batch: torchmetrics keeps every token's confidence
+and accuracy (it grows with the tokens), ls-seq a fixed ``O(T * n_bins)`` set of sums.
+
+Run from the repository root:
+
+    python -m benchmarks.bench_calibration                 # N=4096, V=32000
+    python -m benchmarks.bench_calibration --n 1024        # quick
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassCalibrationError
+
+from benchmarks.common import (
+    benchmark_parser,
+    fmt_bytes,
+    machine_summary,
+    peak_extra_memory,
+    print_table,
+    time_interleaved,
+)
+from ls_seq.metrics import TokenCalibration
+
+IGNORE = -100
+TEMPERATURES = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.5, 1.7, 2.0, 2.5]
+REFERENCE = "torchmetrics"
+
+
+def make_inputs(n, v, dtype, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (4 * torch.randn(n, v, generator=g)).to(device=device, dtype=dtype)  # (N, V)
+    labels = torch.randint(0, v, (n,), generator=g).to(device)  # (N,)
+    labels[::17] = IGNORE
+    return logits, labels
+
+
+def make_metric(name, v, device="cpu"):
+    if name == REFERENCE:
+        return MulticlassCalibrationError(num_classes=v, n_bins=15, norm="l1", ignore_index=IGNORE).to(device)
+    if name == "ls-seq T=1":
+        return TokenCalibration(n_bins=15).to(device)
+    if name == "ls-seq 13 temperatures":
+        return TokenCalibration(n_bins=15, temperatures=TEMPERATURES).to(device)
+    raise KeyError(name)
+
+
+def state_bytes(metric) -> int:
+    total = 0
+    for name in metric._defaults:
+        value = getattr(metric, name)
+        values = value if isinstance(value, list) else [value]
+        total += sum(t.numel() * t.element_size() for t in values)
+    return total
+
+
+def make_step(name, logits, labels):
+    def step():
+        metric = make_metric(name, logits.shape[-1], str(logits.device))
+        metric.update(logits, labels)
+        out = metric.compute()
+        return metric, out if name == REFERENCE else out["ece"]
+
+    return step
+
+
+def build_case(name, n, v, dtype, device="cpu"):
+    logits, labels = make_inputs(n, v, getattr(torch, dtype), device)
+    return make_step(name, logits, labels)
+
+
+CASES = [REFERENCE, "ls-seq T=1", "ls-seq 13 temperatures"]
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__, n=4096)
+    args = parser.parse_args()
+
+    logits, labels = make_inputs(args.n, args.v, getattr(torch, args.dtype), args.device)
+    steps = {name: make_step(name, logits, labels) for name in CASES}
+    results = {name: steps[name]() for name in CASES}
+    times = time_interleaved(steps, repeats=args.repeats, device=args.device)
+    del logits, labels, steps
+    rows = []
+    for name in CASES:
+        metric, ece = results[name]
+        row = {
+            "case": name,
+            "time (s)": f"{times[name]:.3f}",
+            "time / torchmetrics": f"{times[name] / times[REFERENCE]:.2f}x",
+            "speed-up": f"{times[REFERENCE] / times[name]:.1f}x",
+            "state after batch": fmt_bytes(state_bytes(metric)),
+            "ECE at T=1": f"{float(ece if ece.dim() == 0 else ece[TEMPERATURES.index(1.0)]):.5f}",
+        }
+        if not args.no_memory:
+            row["extra peak"] = fmt_bytes(
+                peak_extra_memory(
+                    "benchmarks.bench_calibration", "build_case", name=name, n=args.n, v=args.v,
+                    dtype=args.dtype, device=args.device,
+                )
+            )
+        rows.append(row)
+    print(f"machine: {machine_summary()}")
+    cols = ["case", "time (s)", "time / torchmetrics", "speed-up", "extra peak", "state after batch", "ECE at T=1"]
+    print_table(f"calibration update + compute, N={args.n}, V={args.v}, {args.dtype}, 15 bins", rows, cols)
+    print("\ntarget: ls-seq T=1 >= 3x faster than torchmetrics; state independent of the number of tokens")
+
+
+if __name__ == "__main__":
+    main()
