@@ -57,7 +57,8 @@ def plot_fig4(models: Sequence[dict[str, Any]]):
 
 
 def plot_table3(row: dict[str, Any]):
-    """The Table-3 row (baseline ECE, temperature-scaled ECE / T, label-smoothed ECE / alpha) as a figure."""
+    """The Table-3 row as a figure: baseline ECE, temperature-scaled ECE / T (T chosen on validation, and on
+    test), label-smoothed ECE / alpha; the keys of :func:`ls_seq.translation.study.table3_row`."""
     from matplotlib.figure import Figure
 
     def fmt(value, digits=4):
@@ -65,15 +66,16 @@ def plot_table3(row: dict[str, Any]):
 
     cells = [[
         fmt(row["baseline_ece"]),
+        f"{fmt(row.get('temperature_scaling_ece_validation_T'))} / {row.get('temperature_scaling_T_validation', '-')}",
         f"{fmt(row['temperature_scaling_ece'])} / {row['temperature_scaling_T']}",
         f"{fmt(row.get('label_smoothing_ece'))} / {row.get('label_smoothing_alpha', '-')}",
     ]]
-    fig = Figure(figsize=(6.4, 1.2))
+    fig = Figure(figsize=(8.4, 1.2))
     ax = fig.subplots()
     ax.axis("off")
     table = ax.table(
         cellText=cells,
-        colLabels=["Baseline ECE", "Temp. scaling ECE / T", "Label smoothing ECE / alpha"],
+        colLabels=["Baseline ECE", "Temp. scaling ECE / T (val.)", "Temp. scaling ECE / T (test)", "Label smoothing ECE / alpha"],
         rowLabels=["EN-DE"],
         loc="center",
     )

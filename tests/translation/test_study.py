@@ -157,6 +157,13 @@ def test_summary_and_table3_row_from_partial_and_full_sweeps():
     row = table3_row([hard, smooth])
     assert row == {"baseline_ece": 0.05, "temperature_scaling_ece": 0.03, "temperature_scaling_T": 1.5,
                    "label_smoothing_ece": 0.01, "label_smoothing_alpha": 0.1}
+    # with a validation sweep, T is chosen there (0.8: its lowest validation ECE) and scored on test (0.08)
+    ev = _evaluation([2.1, 2.0, 2.2], [0.08, 0.05, 0.03], [20.0, 21.0, 19.0])
+    ev["validation_teacher_forced"] = {"temperatures": grid, "nll": [2.0, 2.1, 2.2], "ece": [0.01, 0.02, 0.03]}
+    hard = summarize_model(0.0, ev, None, grid)
+    assert hard["validation"]["best_ece_temperature"] == 0.8 and hard["validation"]["test_ece_at_best_ece_temperature"] == 0.08
+    row = table3_row([hard, smooth])
+    assert (row["temperature_scaling_T_validation"], row["temperature_scaling_ece_validation_T"]) == (0.8, 0.08)
     assert summarize_model(0.1, {}, None, grid) == {"alpha": 0.1}  # nothing evaluated yet
 
 
@@ -197,6 +204,10 @@ def test_recipe_end_to_end_writes_consistent_results(reference_run):
         assert all(p["bleu"] is not None and 0 <= p["bleu"] <= 100 for p in m["sweep"])
         assert m["best_ece_temperature"] in (0.8, 1.0, 1.5) and m["train"]["steps"] == 30
         assert m["sweep_bleu_sentences"] == 24
+        val = m["validation"]  # temperature chosen on 48 validation pairs, applied on test
+        assert [p["temperature"] for p in val["sweep"]] == [0.8, 1.0, 1.5]
+        t_val = val["best_ece_temperature"]
+        assert val["test_ece_at_best_ece_temperature"] == next(p["ece"] for p in m["sweep"] if p["temperature"] == t_val)
         sc = m["source_check"]
         assert sc["nll_gap"] == pytest.approx(sc["nll_shuffled_sources"] - sc["nll"])
         # the reliability diagram's 15 bin counts add up to the tokens
