@@ -241,8 +241,10 @@ def _derangement(n: int, seed: int) -> list[int]:
 
 
 def _last_checkpoint(directory: Path) -> str | None:
-    checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    return str(checkpoints[-1]) if checkpoints else None
+    """The highest ``checkpoint-N`` holding ``trainer_state.json``, which HF writes last: a run killed while
+    saving leaves a checkpoint without it, and resuming from that one would fail or silently lose state."""
+    complete = [p for p in directory.glob("checkpoint-*") if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name[11:]))) if complete else None
 
 
 def train_model(
@@ -291,7 +293,8 @@ def train_model(
         weight_decay=0.0,
         max_grad_norm=1.0,
         max_steps=preset.max_steps,
-        train_sampling_strategy="group_by_length",  # less padding: ~1.4x faster on CPU
+        # Batches of similar lengths: 1.10 padded slots per token on Multi30k instead of 2.08 (docs/en_de.md).
+        train_sampling_strategy="group_by_length",
         save_strategy="steps",
         save_steps=preset.save_steps,
         save_total_limit=1,
@@ -412,9 +415,8 @@ def evaluate_model(
 
     if "nll_shuffled_sources" not in ev:
         perm = _derangement(len(test_dataset), seed)
-        shuffled = test_dataset.map(
-            lambda row, i: {"input_ids": test_dataset[perm[i]]["input_ids"]}, with_indices=True, desc=None
-        )
+        sources = test_dataset["input_ids"]
+        shuffled = test_dataset.remove_columns("input_ids").add_column("input_ids", [sources[j] for j in perm])
         metric = teacher_forced_sweep(
             model, _batches(shuffled, indices, collator, bs), [1.0], n_bins=n_bins, desc="shuffled sources"
         )

@@ -278,3 +278,15 @@ def test_resume_after_sigkill_in_training_and_in_the_sweep_gives_the_same_result
     assert read_json(out / "alpha_0.1" / "train_summary.json")["resumed_from"] == "checkpoint-10"
     got["config"].pop("command"), ref["config"].pop("command")
     assert got == ref
+
+
+def test_resume_picks_the_last_complete_checkpoint(tmp_path):
+    from ls_seq.translation.study import _last_checkpoint
+
+    assert _last_checkpoint(tmp_path) is None
+    for step, complete in ((10, True), (20, True), (30, False), (100, False)):  # 30, 100: killed while saving
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")  # numeric order, not "100" < "20"
