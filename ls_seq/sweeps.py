@@ -28,11 +28,11 @@ from ls_seq.generation import BeamSearchTemperature
 from ls_seq.metrics import TokenCalibration
 
 __all__ = [
-    "best_temperature",
     "beam_search_sweep",
+    "best_temperature",
     "corpus_bleu",
-    "distinct_share",
     "dist_info",
+    "distinct_share",
     "shard_indices",
     "teacher_forced_sweep",
 ]

@@ -18,7 +18,12 @@ import sys
 
 from transformers import HfArgumentParser
 
-from ls_seq.translation.study import DataArguments, ModelArguments, StudyArguments, run_study
+from ls_seq.translation.study import (
+    DataArguments,
+    ModelArguments,
+    StudyArguments,
+    run_study,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[DataArguments, ModelArguments, StudyArguments]:

@@ -36,7 +36,12 @@ from typing import Any
 
 import torch
 
-from ls_seq._validation import check_alpha, check_choice, check_positive_int, check_temperatures
+from ls_seq._validation import (
+    check_alpha,
+    check_choice,
+    check_positive_int,
+    check_temperatures,
+)
 from ls_seq.io import atomic_write_csv, atomic_write_json, atomic_write_text, read_json
 from ls_seq.sweeps import (
     beam_search_sweep,
@@ -47,15 +52,21 @@ from ls_seq.sweeps import (
     teacher_forced_sweep,
 )
 from ls_seq.translation.data import ParallelCorpus, load_corpora
-from ls_seq.translation.presets import PRESETS, Preset, apply_overrides, build_model_config, get_preset
+from ls_seq.translation.presets import (
+    PRESETS,
+    Preset,
+    apply_overrides,
+    build_model_config,
+    get_preset,
+)
 from ls_seq.translation.tokenizer import load_or_train_tokenizer
 
 __all__ = [
+    "SOURCE_DISTINCT_MIN",
+    "SOURCE_NLL_GAP_MIN",
     "DataArguments",
     "ModelArguments",
     "StudyArguments",
-    "SOURCE_NLL_GAP_MIN",
-    "SOURCE_DISTINCT_MIN",
     "check_source_use",
     "resolve_preset",
     "run_study",
@@ -268,7 +279,10 @@ def train_model(
     """
     from transformers import DataCollatorForSeq2Seq, MarianMTModel, set_seed
 
-    from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
+    from ls_seq.trainer import (
+        LabelSmoothingSeq2SeqTrainer,
+        LabelSmoothingSeq2SeqTrainingArguments,
+    )
 
     final_dir, summary_path = model_dir / "model", model_dir / "train_summary.json"
     if (final_dir / "model.safetensors").is_file() and summary_path.is_file():
@@ -423,7 +437,7 @@ def evaluate_model(
         ev["nll_shuffled_sources"] = float(metric.compute()["nll"].reshape(-1)[0])
         save()
 
-    gen = dict(num_beams=preset.num_beams, batch_size=bs, max_source_length=preset.max_length, max_new_tokens=preset.max_length)
+    gen = {"num_beams": preset.num_beams, "batch_size": bs, "max_source_length": preset.max_length, "max_new_tokens": preset.max_length}
     if "test_bleu" not in ev:
         hyps = beam_search_sweep(model, tokenizer, test.source, [1.0], **gen)[1.0]
         if state.is_main_process:
@@ -598,9 +612,11 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
     lines += [
         f"Command: `{cfg['command']}`",
         "",
-        f"Preset `{cfg['preset_name']}`; test split: {cfg['test_sentences']} sentences; BLEU sweep on the first "
-        f"{models[0]['sweep_bleu_sentences'] if models else '-'}; beam {cfg['preset']['num_beams']}; "
-        f"{cfg['n_bins']} calibration bins; seed {cfg['seed']}.",
+        (
+            f"Preset `{cfg['preset_name']}`; test split: {cfg['test_sentences']} sentences; BLEU sweep on the first "
+            f"{models[0]['sweep_bleu_sentences'] if models else '-'}; beam {cfg['preset']['num_beams']}; "
+            f"{cfg['n_bins']} calibration bins; seed {cfg['seed']}."
+        ),
         "",
         "## Test metrics (T = 1)",
         "",
@@ -631,10 +647,12 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
             "",
             "| baseline ECE | temperature scaling ECE / T (validation-chosen) | ... (test-chosen) | label smoothing ECE / alpha |",
             "|---|---|---|---|",
-            f"| {_fmt(row['baseline_ece'], 4)} | {_fmt(row.get('temperature_scaling_ece_validation_T'), 4)} / "
-            f"{row.get('temperature_scaling_T_validation', '-')} | "
-            f"{_fmt(row['temperature_scaling_ece'], 4)} / {row['temperature_scaling_T']} | "
-            f"{_fmt(row.get('label_smoothing_ece'), 4)} / {row.get('label_smoothing_alpha', '-')} |",
+            (
+                f"| {_fmt(row['baseline_ece'], 4)} | {_fmt(row.get('temperature_scaling_ece_validation_T'), 4)} / "
+                f"{row.get('temperature_scaling_T_validation', '-')} | "
+                f"{_fmt(row['temperature_scaling_ece'], 4)} / {row['temperature_scaling_T']} | "
+                f"{_fmt(row.get('label_smoothing_ece'), 4)} / {row.get('label_smoothing_alpha', '-')} |"
+            ),
         ]
     figures = []
     if models and state_is_plottable(models):

@@ -10,7 +10,7 @@ from ls_seq.io import atomic_write_json
 from ls_seq.sweeps import beam_search_sweep, shard_indices, teacher_forced_sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_sweeps import SOURCES, TARGETS, TEMPS  # noqa: E402
+from test_sweeps import SOURCES, TARGETS, TEMPS
 
 out = Path(sys.argv[1])
 torch.distributed.init_process_group("gloo")

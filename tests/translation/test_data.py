@@ -9,7 +9,13 @@ import io
 import pytest
 
 from ls_seq.translation import data
-from ls_seq.translation.data import MULTI30K_SHA256, ParallelCorpus, download_multi30k, load_corpora, read_parallel_split
+from ls_seq.translation.data import (
+    MULTI30K_SHA256,
+    ParallelCorpus,
+    download_multi30k,
+    load_corpora,
+    read_parallel_split,
+)
 
 EN = ["A man sleeps.", "Two dogs  play , outside.", "Ünïcödé: 3 €"]
 DE = ["Ein Mann schläft.", "Zwei Hunde spielen draußen.", "Ünïcödé: 3 €"]

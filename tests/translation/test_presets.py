@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from ls_seq.translation.presets import PRESETS, apply_overrides, build_model_config, get_preset
+from ls_seq.translation.presets import (
+    PRESETS,
+    apply_overrides,
+    build_model_config,
+    get_preset,
+)
 
 
 def test_every_preset_builds_a_consistent_config_and_sweeps_through_one():

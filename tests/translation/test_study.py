@@ -109,7 +109,7 @@ def test_bad_input_exits_nonzero_from_the_command_line(tmp_path):
     data = _write_corpus(tmp_path / "data")
     proc = subprocess.run(
         [sys.executable, str(RECIPE), "--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--alphas", "1.5"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode != 0 and "alphas[0]" in proc.stderr
     assert not (tmp_path / "out").exists()
