@@ -2,6 +2,11 @@
 presets (:mod:`.presets`), the study itself (:mod:`.study`, entry point :func:`run_study`) and its figures
 (:mod:`.plots`). ``recipes/wmt_en_de.py`` is the command line; docs/en_de.md the guide."""
 
-from ls_seq.translation.study import DataArguments, ModelArguments, StudyArguments, run_study
+from ls_seq.translation.study import (
+    DataArguments,
+    ModelArguments,
+    StudyArguments,
+    run_study,
+)
 
 __all__ = ["DataArguments", "ModelArguments", "StudyArguments", "run_study"]
