@@ -21,14 +21,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from benchmarks.common import (
-    benchmark_parser,
-    fmt_bytes,
-    machine_summary,
-    peak_extra_memory,
-    print_table,
-    time_interleaved,
-)
+from benchmarks import common
 from ls_seq.metrics import TokenCalibration
 
 IGNORE = -100
@@ -82,13 +75,13 @@ CASES = [REFERENCE, "ls-seq T=1", "ls-seq 13 temperatures"]
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, n=4096)
+    parser = common.benchmark_parser(__doc__, n=4096)
     args = parser.parse_args()
 
     logits, labels = make_inputs(args.n, args.v, getattr(torch, args.dtype), args.device)
     steps = {name: make_step(name, logits, labels) for name in CASES}
     results = {name: steps[name]() for name in CASES}
-    times = time_interleaved(steps, repeats=args.repeats, device=args.device)
+    times = common.time_interleaved(steps, repeats=args.repeats, device=args.device)
     del logits, labels, steps
     rows = []
     for name in CASES:
@@ -98,20 +91,20 @@ def main() -> None:
             "time (s)": f"{times[name]:.3f}",
             "time / torchmetrics": f"{times[name] / times[REFERENCE]:.2f}x",
             "speed-up": f"{times[REFERENCE] / times[name]:.1f}x",
-            "state after batch": fmt_bytes(state_bytes(metric)),
+            "state after batch": common.fmt_bytes(state_bytes(metric)),
             "ECE at T=1": f"{float(ece if ece.dim() == 0 else ece[TEMPERATURES.index(1.0)]):.5f}",
         }
         if not args.no_memory:
-            row["extra peak"] = fmt_bytes(
-                peak_extra_memory(
+            row["extra peak"] = common.fmt_bytes(
+                common.peak_extra_memory(
                     "benchmarks.bench_calibration", "build_case", name=name, n=args.n, v=args.v,
                     dtype=args.dtype, device=args.device,
                 )
             )
         rows.append(row)
-    print(f"machine: {machine_summary()}")
+    print(f"machine: {common.machine_summary()}")
     cols = ["case", "time (s)", "time / torchmetrics", "speed-up", "extra peak", "state after batch", "ECE at T=1"]
-    print_table(f"calibration update + compute, N={args.n}, V={args.v}, {args.dtype}, 15 bins", rows, cols)
+    common.print_table(f"calibration update + compute, N={args.n}, V={args.v}, {args.dtype}, 15 bins", rows, cols)
     print("\ntarget: ls-seq T=1 >= 3x faster than torchmetrics; state independent of the number of tokens")
 
 

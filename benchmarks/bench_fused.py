@@ -21,14 +21,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (
-    benchmark_parser,
-    fmt_bytes,
-    machine_summary,
-    peak_extra_memory,
-    print_table,
-    time_interleaved,
-)
+from benchmarks import common
 from ls_seq import label_smoothed_cross_entropy
 from ls_seq.functional.fused import fused_linear_label_smoothed_cross_entropy
 
@@ -89,7 +82,7 @@ def build_case(name, n, d, v, dtype, alpha, device="cpu"):
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, n=4096)
+    parser = common.benchmark_parser(__doc__, n=4096)
     parser.add_argument("--d", type=int, default=512, help="hidden size")
     parser.add_argument("--alpha", type=float, default=0.1)
     args = parser.parse_args()
@@ -104,12 +97,12 @@ def main() -> None:
     inputs = make_inputs(args.n, args.d, args.v, getattr(torch, args.dtype), args.device)
     steps = {name: make_step(name, *inputs, args.alpha) for name in cases}
     losses = {name: steps[name]().item() for name in cases}
-    times = time_interleaved(steps, repeats=args.repeats, device=args.device)
+    times = common.time_interleaved(steps, repeats=args.repeats, device=args.device)
     del inputs, steps
     mems = {}
     if not args.no_memory:
         for name in cases:
-            mems[name] = peak_extra_memory(
+            mems[name] = common.peak_extra_memory(
                 "benchmarks.bench_fused", "build_case", name=name, n=args.n, d=args.d, v=args.v,
                 dtype=args.dtype, alpha=args.alpha, device=args.device,
             )
@@ -122,13 +115,13 @@ def main() -> None:
             "loss - ref": f"{losses[name] - losses[REFERENCE]:+.1e}",
         }
         if mems:
-            row["extra peak"] = fmt_bytes(mems[name])
+            row["extra peak"] = common.fmt_bytes(mems[name])
             row["peak / ref"] = f"{mems[name] / mems[REFERENCE]:.2f}x"
         rows.append(row)
-    print(f"machine: {machine_summary()}")
+    print(f"machine: {common.machine_summary()}")
     cols = ["case", "time (s)", "time / ref", "extra peak", "peak / ref", "loss - ref"]
     title = f"fused linear + LS CE fwd+bwd, N={args.n}, d={args.d}, V={args.v}, {args.dtype}, alpha={args.alpha}"
-    print_table(title, rows, cols)
+    common.print_table(title, rows, cols)
     print("\ntargets: ls-seq fused time <= 1.1x ref, extra peak <= 0.25x ref")
 
 

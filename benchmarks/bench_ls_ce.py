@@ -18,14 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (
-    benchmark_parser,
-    fmt_bytes,
-    machine_summary,
-    peak_extra_memory,
-    print_table,
-    time_interleaved,
-)
+from benchmarks import common
 from ls_seq import label_smoothed_cross_entropy
 
 IGNORE = -100
@@ -99,13 +92,13 @@ def build_case(name, n, v, dtype, alpha, device="cpu"):
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, n=8192)
+    parser = common.benchmark_parser(__doc__, n=8192)
     parser.add_argument("--alpha", type=float, default=0.1)
     args = parser.parse_args()
 
     logits, labels = make_inputs(args.n, args.v, getattr(torch, args.dtype), args.device)
     losses = {name: _step(name, logits, labels, args.alpha, args.v).item() for name in CASES[:4]}
-    times = time_interleaved(
+    times = common.time_interleaved(
         {name: (lambda name=name: _step(name, logits, labels, args.alpha, args.v)) for name in CASES},
         repeats=args.repeats,
         device=args.device,
@@ -117,20 +110,20 @@ def main() -> None:
     for name in CASES:
         row = {"case": name, "time (s)": f"{times[name]:.3f}", "time / native": f"{times[name] / times[ref]:.2f}x"}
         if not args.no_memory:
-            mems[name] = peak_extra_memory(
+            mems[name] = common.peak_extra_memory(
                 "benchmarks.bench_ls_ce", "build_case", name=name, n=args.n, v=args.v, dtype=args.dtype,
                 alpha=args.alpha, device=args.device,
             )
-            row["extra peak"] = fmt_bytes(mems[name])
+            row["extra peak"] = common.fmt_bytes(mems[name])
         if name in losses:
             row["loss - native"] = f"{losses[name] - losses[ref]:+.1e}"
         rows.append(row)
     for row in rows:
         if mems:
             row["peak / native"] = f"{mems[row['case']] / mems[ref]:.2f}x"
-    print(f"machine: {machine_summary()}")
+    print(f"machine: {common.machine_summary()}")
     cols = ["case", "time (s)", "time / native", "extra peak", "peak / native", "loss - native"]
-    print_table(f"LS cross-entropy fwd+bwd, N={args.n}, V={args.v}, {args.dtype}, alpha={args.alpha}", rows, cols)
+    common.print_table(f"LS cross-entropy fwd+bwd, N={args.n}, V={args.v}, {args.dtype}, alpha={args.alpha}", rows, cols)
     print("\ntargets: ls-seq time <= 0.7x native, extra peak <= 0.6x native")
 
 
