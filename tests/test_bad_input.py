@@ -32,6 +32,36 @@ def _metric_update(logits, labels, **kwargs):
     TokenCalibration(**kwargs).update(logits, labels)
 
 
+def _training_args(**kwargs):
+    import tempfile
+
+    from ls_seq.trainer import LabelSmoothingSeq2SeqTrainingArguments
+
+    return LabelSmoothingSeq2SeqTrainingArguments(tempfile.mkdtemp(), use_cpu=True, report_to="none", **kwargs)
+
+
+def _loss_func(outputs, labels, **kwargs):
+    from ls_seq import label_smoothing_loss_func
+
+    return label_smoothing_loss_func(0.1, **kwargs)(outputs, labels)
+
+
+def _callback_without_eval_dataset():
+    from distributed.tiny import collate, tiny_model, training_args
+    from transformers import Seq2SeqTrainer
+
+    from ls_seq import CalibrationCallback
+
+    trainer = Seq2SeqTrainer(model=tiny_model(), args=training_args(_training_args().output_dir), data_collator=collate)
+    CalibrationCallback().attach(trainer)
+
+
+def _beam_temperature(t):
+    from ls_seq import BeamSearchTemperature
+
+    return BeamSearchTemperature(t)
+
+
 ROWS = [
     # losses: alpha, prior, convention, reduction, shapes, dtypes, label range
     ("alpha>1", lambda: label_smoothed_cross_entropy(Z, Y, 1.5), ValueError, r"`alpha` must be in \[0, 1\], got 1.5"),
@@ -83,6 +113,17 @@ ROWS = [
     ("mi zero variance", lambda: gaussian_mutual_information(torch.arange(4.0)[:, None].expand(4, 3)), ValueError, "zero within-example variance"),
     ("mi nan", lambda: gaussian_mutual_information(torch.full((3, 3), math.nan)), ValueError, "`samples` must be finite"),
     ("mi int", lambda: gaussian_mutual_information(torch.ones(3, 3, dtype=torch.long)), TypeError, "floating-point"),
+    # HuggingFace integration
+    ("trainer alpha=1", lambda: _training_args(label_smoothing_factor=1.0), ValueError, r"`label_smoothing_factor` must be in \[0, 1\), got 1.0"),
+    ("trainer convention", lambda: _training_args(label_smoothing_convention="x"), ValueError, "`label_smoothing_convention` must be one of"),
+    ("trainer penalty", lambda: _training_args(confidence_penalty=-1.0), ValueError, "`confidence_penalty` must be finite and >= 0"),
+    ("loss_func alpha", lambda: __import__("ls_seq").label_smoothing_loss_func(1.5), ValueError, "`alpha` must be in"),
+    ("loss_func no logits", lambda: _loss_func({"loss": torch.tensor(1.0)}, Y), ValueError, "the model output has no `logits`"),
+    ("loss_func float labels", lambda: _loss_func({"logits": Z}, Y.float()), TypeError, "`labels` must be an integer tensor"),
+    ("beam T=0", lambda: _beam_temperature(0.0), ValueError, "`temperature` must be finite and > 0, got 0.0"),
+    ("beam T nan", lambda: _beam_temperature(math.nan), ValueError, "`temperature` must be finite and > 0"),
+    ("beam T -1", lambda: _beam_temperature(-1.0), ValueError, "`temperature` must be finite and > 0"),
+    ("callback no eval set", _callback_without_eval_dataset, ValueError, "no `eval_dataset`"),
 ]
 
 
