@@ -3,10 +3,10 @@
 The per-row loss ``lse(z) - w_hot * z_y - w_q * <q, z>`` needs three row statistics, and its gradient is
 ``softmax(z) - target`` with ``target = w_hot * onehot(y) + w_q * q``. Autograd over
 ``log_softmax + gather + sum`` keeps the (N, V) log-probabilities for backward and then writes two more
-(N, V) tensors; here the logits are read in row chunks small enough to stay in cache, and the gradient is
-written once, in the logits' dtype, into one preallocated buffer. When the logits need a gradient it is
-computed during forward, while the chunk is hot (the exponentials are already there); backward only
-scales it by the incoming per-row gradient, in place.
+(N, V) tensors; here the logits are read in row chunks (row sum, max/argmax, one fused softmax), and the
+gradient is written once, in the logits' dtype, into one preallocated buffer. When the logits need a
+gradient it is computed during forward, straight from the softmax it already wrote; backward only scales
+it by the incoming per-row gradient, in place.
 
 Private: ``ls_seq.functional.losses.label_smoothed_cross_entropy`` validates arguments and reduces; this
 module trusts its inputs.
@@ -109,8 +109,8 @@ def _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype):
     nll = torch.empty(n_rows, dtype=cdtype, device=z.device)  # (N,)
     # The one (N, V) allocation: the gradient, in the logits' dtype (as autograd would produce it).
     grad = torch.empty_like(z, memory_format=torch.contiguous_format) if need_grad else None
-    # float32/float64 logits with a gradient: exponentials go straight into the gradient rows, no
-    # scratch. Otherwise one chunk-sized scratch in the compute dtype is reused for every chunk.
+    # Logits already in the compute dtype, with a gradient: the softmax goes straight into the gradient
+    # rows, no scratch. Otherwise one chunk-sized scratch in the compute dtype is reused for every chunk.
     direct = need_grad and z.dtype == cdtype
     scratch = None if direct else torch.empty(min(chunk_rows, n_rows), vocab, dtype=cdtype, device=z.device)
     for start in range(0, n_rows, chunk_rows):

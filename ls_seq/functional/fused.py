@@ -26,11 +26,46 @@ from ls_seq.functional.losses import CONVENTIONS, REDUCTIONS, _check_num_items, 
 __all__ = ["fused_linear_label_smoothed_cross_entropy"]
 
 
-def _chunk_logits(h_c, weight_t, bias, out):
-    """``h_c @ weight.T + bias`` into ``out`` (c, V), no temporary."""
-    if bias is None:
-        return torch.mm(h_c, weight_t, out=out)
-    return torch.addmm(bias, h_c, weight_t, out=out)
+def _project_chunks(h, weight, bias, y, w_hot, w_q, q, chunk_rows, needs, grad_rows):
+    """Per-row losses of ``h @ W.T + b``, chunk by chunk; with ``grad_rows`` also the three gradients.
+
+    ``grad_rows`` is None (loss only), the float 1.0 (unit weight per row, forward of a summed loss) or a
+    ``(N,)`` tensor of per-row weights (backward of ``reduction="none"``). ``needs`` says which of
+    ``(grad_h, grad_w, grad_b)`` to build; each chunk's ``softmax - target`` goes straight into them.
+    """
+    n_rows, vocab = h.shape[0], weight.shape[0]
+    cdtype = compute_dtype_for(h.dtype)
+    # float32 inputs are used as they are; half inputs get one float32 copy of W (V, d), the size of its
+    # gradient, so that every sum and matmul accumulates in float32.
+    h32, w32 = h.to(cdtype), weight.to(cdtype)
+    b32 = None if bias is None else bias.to(cdtype)
+    scratch = torch.empty(min(chunk_rows, max(n_rows, 1)), vocab, dtype=cdtype, device=h.device)
+    with_grad = grad_rows is not None
+    grad_h = torch.empty_like(h32) if with_grad and needs[0] else None  # (N, d)
+    grad_w = torch.zeros_like(w32) if with_grad and needs[1] else None  # (V, d)
+    grad_b = torch.zeros(vocab, dtype=cdtype, device=h.device) if with_grad and needs[2] else None  # (V,)
+    if isinstance(grad_rows, torch.Tensor):
+        grad_rows = grad_rows.to(cdtype)[:, None]  # (N, 1)
+    rows = torch.empty(n_rows, dtype=cdtype, device=h.device)  # (N,) per-row loss
+    for start in range(0, n_rows, chunk_rows):
+        stop = min(start + chunk_rows, n_rows)
+        h_c = h32[start:stop]  # (c, d)
+        logits = scratch[: stop - start]  # (c, V)
+        if b32 is None:
+            torch.mm(h_c, w32.t(), out=logits)
+        else:
+            torch.addmm(b32, h_c, w32.t(), out=logits)
+        scale = grad_rows[start:stop] if isinstance(grad_rows, torch.Tensor) else grad_rows
+        lse, z_y, q_z = softmax_target_chunk_(logits, y[start:stop], w_hot, w_q, q, logits, scale)
+        rows[start:stop] = lse - w_hot * z_y - w_q * q_z
+        # logits now hold (softmax - target) * scale of the chunk
+        if grad_h is not None:
+            torch.mm(logits, w32, out=grad_h[start:stop])  # (c, d)
+        if grad_w is not None:
+            grad_w.addmm_(logits.t(), h_c)  # (V, d)
+        if grad_b is not None:
+            grad_b.add_(logits.sum(0))  # (V,)
+    return rows, (grad_h, grad_w, grad_b)
 
 
 class _FusedLinearLSCE(torch.autograd.Function):
@@ -38,42 +73,17 @@ class _FusedLinearLSCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, y, w_hot, w_q, q, chunk_rows, per_row, needs):
-        n_rows, vocab = h.shape[0], weight.shape[0]
-        cdtype = compute_dtype_for(h.dtype)
-        # float32 inputs are used as they are; half inputs get one float32 copy of W (V, d), the size
-        # of its gradient, so that every sum and matmul accumulates in float32.
-        h32, w32 = h.to(cdtype), weight.to(cdtype)
-        b32 = None if bias is None else bias.to(cdtype)
-        w32_t = w32.t()  # (d, V) view
-        scratch = torch.empty(min(chunk_rows, max(n_rows, 1)), vocab, dtype=cdtype, device=h.device)
-        need_h, need_w, need_b = needs
         precompute = not per_row and any(needs)
-        grad_h = torch.empty_like(h32) if precompute and need_h else None  # (N, d)
-        grad_w = torch.zeros_like(w32) if precompute and need_w else None  # (V, d)
-        grad_b = torch.zeros(vocab, dtype=cdtype, device=h.device) if precompute and need_b else None  # (V,)
-        rows = torch.empty(n_rows, dtype=cdtype, device=h.device)  # (N,) per-row loss
-        for start in range(0, n_rows, chunk_rows):
-            stop = min(start + chunk_rows, n_rows)
-            h_c = h32[start:stop]  # (c, d)
-            logits = _chunk_logits(h_c, w32_t, b32, scratch[: stop - start])  # (c, V)
-            lse, z_y, q_z = softmax_target_chunk_(
-                logits, y[start:stop], w_hot, w_q, q, logits, 1.0 if precompute else None
-            )
-            rows[start:stop] = lse - w_hot * z_y - w_q * q_z
-            if precompute:  # logits now hold softmax - target of the chunk
-                if grad_h is not None:
-                    torch.mm(logits, w32, out=grad_h[start:stop])  # (c, d)
-                if grad_w is not None:
-                    grad_w.addmm_(logits.t(), h_c)  # (V, d)
-                if grad_b is not None:
-                    grad_b.add_(logits.sum(0))  # (V,)
-        ctx.per_row = per_row
+        rows, grads = _project_chunks(
+            h, weight, bias, y, w_hot, w_q, q, chunk_rows, needs, 1.0 if precompute else None
+        )
+        ctx.per_row, ctx.needs = per_row, needs
         ctx.dtypes = (h.dtype, weight.dtype, None if bias is None else bias.dtype)
         # Inputs are saved in every mode (they cost no memory): a second backward through a retained graph
         # recomputes from them, because the first one scaled the precomputed gradients in place.
         ctx.save_for_backward(h, weight, bias, y, q)
         ctx.w_hot, ctx.w_q, ctx.chunk_rows = w_hot, w_q, chunk_rows
-        ctx.grads = None if per_row else (grad_h, grad_w, grad_b)
+        ctx.grads = grads if precompute else None
         return rows if per_row else rows.sum()
 
     @staticmethod
@@ -81,44 +91,17 @@ class _FusedLinearLSCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         grads, ctx.grads = ctx.grads, None
         if grads is None:  # reduction="none", or a second backward (retain_graph=True, gradcheck)
-            h = ctx.saved_tensors[0]
+            h, weight, bias, y, q = ctx.saved_tensors
             grad_rows = grad_out if ctx.per_row else grad_out.expand(h.shape[0])
-            grads = _FusedLinearLSCE._recompute(ctx, grad_rows)
+            _, grads = _project_chunks(
+                h, weight, bias, y, ctx.w_hot, ctx.w_q, q, ctx.chunk_rows, ctx.needs, grad_rows
+            )
         else:  # scaled in place: a second (V, d) copy would be the largest temporary of the backward
             grads = tuple(None if g is None else g.mul_(grad_out) for g in grads)
         grad_h, grad_w, grad_b = (
             None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)
         )
         return grad_h, grad_w, grad_b, None, None, None, None, None, None, None
-
-    @staticmethod
-    def _recompute(ctx, grad_rows):
-        """Backward of ``reduction="none"``: the chunk logits again, scaled row by row by ``grad_rows``."""
-        h, weight, bias, y, q = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        cdtype = compute_dtype_for(h.dtype)
-        h32, w32 = h.to(cdtype), weight.to(cdtype)
-        b32 = None if bias is None else bias.to(cdtype)
-        grad_rows = grad_rows.to(cdtype)
-        n_rows, vocab = h.shape[0], weight.shape[0]
-        scratch = torch.empty(min(ctx.chunk_rows, max(n_rows, 1)), vocab, dtype=cdtype, device=h.device)
-        grad_h = torch.empty_like(h32) if need_h else None  # (N, d)
-        grad_w = torch.zeros_like(w32) if need_w else None  # (V, d)
-        grad_b = torch.zeros(vocab, dtype=cdtype, device=h.device) if need_b and bias is not None else None
-        for start in range(0, n_rows, ctx.chunk_rows):
-            stop = min(start + ctx.chunk_rows, n_rows)
-            h_c = h32[start:stop]  # (c, d)
-            logits = _chunk_logits(h_c, w32.t(), b32, scratch[: stop - start])  # (c, V)
-            softmax_target_chunk_(
-                logits, y[start:stop], ctx.w_hot, ctx.w_q, q, logits, grad_rows[start:stop, None]
-            )
-            if grad_h is not None:
-                torch.mm(logits, w32, out=grad_h[start:stop])
-            if grad_w is not None:
-                grad_w.addmm_(logits.t(), h_c)
-            if grad_b is not None:
-                grad_b.add_(logits.sum(0))
-        return grad_h, grad_w, grad_b
 
 
 def _validate(hidden, weight, labels, bias, ignore_index, chunk_size):
