@@ -610,7 +610,7 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
         lines += [f"Source check: every model uses its source ({checks}).", ""]
     cfg = results["config"]
     lines += [
-        f"Command: `{cfg['command']}`",
+        f"Command: `{cfg['command']}`" + "".join(f"; resumed with `{c}`" for c in cfg.get("resumed_with", [])),
         "",
         (
             f"Preset `{cfg['preset_name']}`; test split: {cfg['test_sentences']} sentences; BLEU sweep on the first "
@@ -703,8 +703,12 @@ def run_study(
         shutil.rmtree(output_dir)
     state.wait_for_everyone()
 
+    command = command or " ".join(sys.argv)
+    previous = read_json(output_dir / "results.json")["config"] if (output_dir / "results.json").is_file() else None
     config = {
-        "command": command or " ".join(sys.argv),
+        # A resumed run keeps the command that started it and lists the ones that continued it.
+        "command": previous["command"] if previous else command,
+        "resumed_with": [*previous.get("resumed_with", []), command] if previous else [],
         "preset_name": model_args.preset,
         "preset": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(preset).items()},
         "alphas": study_args.alphas,
@@ -723,7 +727,9 @@ def run_study(
     validation_dataset = _tokenize(corpora["validation"], tokenizer, preset.max_length)
 
     timings_path = output_dir / "timings.json"
-    timings: dict[str, Any] = read_json(timings_path) if (study_args.resume and timings_path.is_file()) else {}
+    earlier = read_json(timings_path) if (study_args.resume and timings_path.is_file()) else {}
+    # Each invocation's wall-clock is kept: a resumed run's times alone would hide what the first one took.
+    timings: dict[str, Any] = {"earlier_runs": [*earlier.pop("earlier_runs", []), earlier] if earlier else []}
     results: dict[str, Any] = {"config": config, "versions": _versions(), "models": []}
     grid = list(preset.temperatures)
     for alpha in study_args.alphas:
@@ -754,6 +760,8 @@ def run_study(
         on_progress(ev)
         timings[f"alpha_{alpha}"]["eval_seconds_this_run"] = round(time.time() - t1, 1)
         timings[f"alpha_{alpha}"]["train_and_eval_seconds_this_run"] = round(time.time() - t0, 1)
+        if state.is_main_process:  # after every model, so a killed run's times are kept too
+            atomic_write_json(timings_path, timings)
         del model
     timings["total_seconds_this_run"] = round(time.time() - study_start, 1)
     if state.is_main_process:

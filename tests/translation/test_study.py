@@ -276,8 +276,12 @@ def test_resume_after_sigkill_in_training_and_in_the_sweep_gives_the_same_result
     _recipe().main([*args, "--resume"])
     got, ref = read_json(out / "results.json"), read_json(reference_run["out"] / "results.json")
     assert read_json(out / "alpha_0.1" / "train_summary.json")["resumed_from"] == "checkpoint-10"
-    got["config"].pop("command"), ref["config"].pop("command")
+    assert got["config"].pop("resumed_with") == [f"accelerate launch recipes/wmt_en_de.py {' '.join([*args, '--resume'])}"] * 2
+    assert got["config"]["command"].endswith(f"--output_dir {out} " + " ".join(args[args.index("--max_train_samples"):]))
+    got["config"].pop("command"), ref["config"].pop("command"), ref["config"].pop("resumed_with")
     assert got == ref
+    # The killed runs' wall-clock is kept (each wrote it after its first model), not overwritten.
+    assert [sorted(r) for r in read_json(out / "timings.json")["earlier_runs"]] == [["alpha_0.0"]] * 2
 
 
 def test_resume_picks_the_last_complete_checkpoint(tmp_path):
