@@ -51,18 +51,18 @@ def make_inputs(n, d, v, dtype, device="cpu", seed=0):
 def make_step(name, hidden, weight, bias, labels, alpha):
     """A callable running forward + backward of one case and clearing the gradients."""
     if name == REFERENCE:
-        loss_fn = lambda: F.cross_entropy(hidden @ weight.T + bias, labels, label_smoothing=alpha)  # noqa: E731
+        loss_fn = lambda: F.cross_entropy(hidden @ weight.T + bias, labels, label_smoothing=alpha)
     elif name == "hidden @ W.T + ls-seq":
-        loss_fn = lambda: label_smoothed_cross_entropy(hidden @ weight.T + bias, labels, alpha)  # noqa: E731
+        loss_fn = lambda: label_smoothed_cross_entropy(hidden @ weight.T + bias, labels, alpha)
     elif name == "ls-seq fused":
-        loss_fn = lambda: fused_linear_label_smoothed_cross_entropy(  # noqa: E731
+        loss_fn = lambda: fused_linear_label_smoothed_cross_entropy(
             hidden, weight, labels, alpha, bias=bias
         )
     elif name == "Liger fused":
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
         liger = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, label_smoothing=alpha, reduction="mean")
-        loss_fn = lambda: liger(weight, hidden, labels, bias)  # noqa: E731
+        loss_fn = lambda: liger(weight, hidden, labels, bias)
     else:
         raise KeyError(name)
 

@@ -91,19 +91,20 @@ def build_case(name, n, v, dtype, alpha, device="cpu"):
     return lambda: _step(name, logits, labels, alpha, v)
 
 
+def _time_cases(args):
+    """Losses and median times of every case on one set of logits (freed on return, before the memory runs)."""
+    logits, labels = make_inputs(args.n, args.v, getattr(torch, args.dtype), args.device)
+    losses = {name: _step(name, logits, labels, args.alpha, args.v).item() for name in CASES[:4]}
+    steps = {name: (lambda name=name: _step(name, logits, labels, args.alpha, args.v)) for name in CASES}
+    return losses, common.time_interleaved(steps, repeats=args.repeats, device=args.device)
+
+
 def main() -> None:
     parser = common.benchmark_parser(__doc__, n=8192)
     parser.add_argument("--alpha", type=float, default=0.1)
     args = parser.parse_args()
 
-    logits, labels = make_inputs(args.n, args.v, getattr(torch, args.dtype), args.device)
-    losses = {name: _step(name, logits, labels, args.alpha, args.v).item() for name in CASES[:4]}
-    times = common.time_interleaved(
-        {name: (lambda name=name: _step(name, logits, labels, args.alpha, args.v)) for name in CASES},
-        repeats=args.repeats,
-        device=args.device,
-    )
-    del logits, labels
+    losses, times = _time_cases(args)
     ref = "torch native"
     rows = []
     mems = {}
@@ -123,7 +124,8 @@ def main() -> None:
             row["peak / native"] = f"{mems[row['case']] / mems[ref]:.2f}x"
     print(f"machine: {common.machine_summary()}")
     cols = ["case", "time (s)", "time / native", "extra peak", "peak / native", "loss - native"]
-    common.print_table(f"LS cross-entropy fwd+bwd, N={args.n}, V={args.v}, {args.dtype}, alpha={args.alpha}", rows, cols)
+    title = f"LS cross-entropy fwd+bwd, N={args.n}, V={args.v}, {args.dtype}, alpha={args.alpha}"
+    common.print_table(title, rows, cols)
     print("\ntargets: ls-seq time <= 0.7x native, extra peak <= 0.6x native")
 
 

@@ -2,8 +2,8 @@
 
 The model is the ``tiny`` preset's ``MarianConfig`` (d_model 192, 3+3 layers, V = 8000), randomly initialised
 in code; the tokenizer is trained on the first Multi30k training sentences when ``../shared/data/multi30k``
-is there, else on synthetic sentences, and cached in the system temp directory. Only time is measured, so an untrained model is enough; it never
-emits ``</s>``, so every beam search runs to ``--max-new-tokens``.
+is there, else on synthetic sentences, and cached in the system temp directory. Only time is measured, so
+an untrained model is enough; it never emits ``</s>``, so every beam search runs to ``--max-new-tokens``.
 
 NLL/ECE (teacher forcing, ``--batches`` batches of ``--batch-size`` random token sequences):
 - ``one pass, T=1``: ``teacher_forced_sweep(model, batches, [1.0])`` (the reference);
@@ -165,7 +165,7 @@ def main() -> None:
 
     srcs = sources[: args.sources]
     temps = args.bleu_temperatures
-    gen = dict(num_beams=args.beams, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    gen = {"num_beams": args.beams, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
     bleu_cases = {
         f"{len(temps)} separate generate calls": lambda: separate_generate_calls(model, tok, srcs, temps, **gen),
         "beam_search_sweep": lambda: beam_search_sweep(model, tok, srcs, temps, progress=False, **gen),

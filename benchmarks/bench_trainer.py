@@ -64,11 +64,12 @@ def build_trainer(name: str, steps: int, batch_size: int, pairs: int, alpha: flo
     tok, model, _ = setup(dropout=0.1)
     model.train()
     train = _dataset(tok, pairs)
-    common_args = dict(
-        output_dir=tempfile.mkdtemp(prefix="ls_seq_bench_"), max_steps=steps, per_device_train_batch_size=batch_size,
-        learning_rate=6e-4, warmup_steps=0, label_smoothing_factor=alpha, save_strategy="no", report_to=[],
-        logging_steps=10_000, seed=0, data_seed=0, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
-    )
+    common_args = {
+        "output_dir": tempfile.mkdtemp(prefix="ls_seq_bench_"), "max_steps": steps,
+        "per_device_train_batch_size": batch_size, "learning_rate": 6e-4, "warmup_steps": 0,
+        "label_smoothing_factor": alpha, "save_strategy": "no", "report_to": [], "logging_steps": 10_000,
+        "seed": 0, "data_seed": 0, "use_cpu": True, "dataloader_num_workers": 0, "disable_tqdm": True,
+    }
     collator = DataCollatorForSeq2Seq(tok, model=model)
     if name == REFERENCE:
         return Seq2SeqTrainer(

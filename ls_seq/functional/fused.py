@@ -15,8 +15,6 @@ backward, so backward recomputes each chunk's logits instead.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ls_seq._validation import check_alpha, check_choice, check_logits_labels, check_positive_int, check_prior

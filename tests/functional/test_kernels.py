@@ -181,7 +181,7 @@ def test_public_loss_on_a_large_vocabulary_uses_several_chunks(monkeypatch):
 
 
 def test_public_loss_num_items_scales_the_gradient():
-    z, y, _, mask = _rows()
+    z, y, _, _ = _rows()
     a = z.clone().requires_grad_()
     b = z.clone().requires_grad_()
     label_smoothed_cross_entropy(a, y, 0.1, num_items_in_batch=100).backward()
