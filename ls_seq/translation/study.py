@@ -42,7 +42,13 @@ from ls_seq._validation import (
     check_positive_int,
     check_temperatures,
 )
-from ls_seq.io import atomic_write_csv, atomic_write_json, atomic_write_text, read_json
+from ls_seq.io import (
+    atomic_savefig,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 from ls_seq.sweeps import (
     beam_search_sweep,
     best_temperature,
@@ -655,9 +661,7 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
             ),
         ]
     figures = []
-    if models and state_is_plottable(models):
-        from ls_seq.io import atomic_savefig
-
+    if models and all("reliability" in m for m in models):
         atomic_savefig(plot_fig3(models), output_dir / "reliability.png")
         atomic_savefig(plot_fig4(models), output_dir / "temperature_sweep.png")
         figures += ["![Fig. 3: reliability](reliability.png)", "![Fig. 4: temperature sweep](temperature_sweep.png)"]
@@ -668,10 +672,6 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
     lines += ["", "## Wall-clock", "", "```", json.dumps(timings, indent=1), "```"]
     lines += ["", "## Versions", "", "```", json.dumps(results["versions"], indent=1), "```", ""]
     atomic_write_text(output_dir / "report.md", "\n".join(lines))
-
-
-def state_is_plottable(models: list[dict[str, Any]]) -> bool:
-    return all("reliability" in m for m in models)
 
 
 def run_study(
