@@ -126,3 +126,20 @@ def test_real_multi30k_matches_the_published_checksums_and_sizes(multi30k_dir):
         assert hashlib.sha256((multi30k_dir / name).read_bytes()).hexdigest() == expected, name
     corpora = load_corpora(data_dir=multi30k_dir)
     assert [len(corpora[s]) for s in ("train", "validation", "test")] == [29000, 1014, 1000]
+
+
+def test_wmt14_goes_through_datasets_with_the_papers_splits(monkeypatch):
+    """No network: ``datasets.load_dataset`` is faked; checked are the config, the split names and the cleaning."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config, split, cache_dir=None):
+        calls.append((name, config, split))
+        rows = [{"en": "A house.", "de": "Ein Haus."}, {"en": " ", "de": "Leer."}, {"en": "Two.", "de": "Zwei."}]
+        return {"translation": rows}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    corpora = load_corpora("wmt14", max_samples={"train": 100})
+    assert calls == [("wmt14", "de-en", "train[:100]"), ("wmt14", "de-en", "validation"), ("wmt14", "de-en", "test")]
+    assert corpora["test"].source == ["A house.", "Two."] and corpora["test"].target == ["Ein Haus.", "Zwei."]
