@@ -398,7 +398,11 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
         self.label_smoother = loss
         self.compute_loss_func = loss
         self._fused_checked = False
-        self._nll_stats: torch.Tensor | None = None  # (nll sum, token count) since the last training log
+        # Sum over the micro-batches since the last training log of nll_sum / (the loss's own divisor): the NLL
+        # term of the logged loss, averaged the same way as HF averages `loss` (see `log`).
+        self._nll_share: torch.Tensor | None = None
+        self._nll_share_is_global = True
+        self._nll_first_step = 0
 
     @property
     def loss_fn(self) -> LabelSmoothingLossFunc:
@@ -467,13 +471,18 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
             if shift:  # causal LM: logits at t predict the label at t + 1
                 logits, labels = logits[..., :-1, :], labels[..., 1:]
             loss_sum, nll_sum, n_tokens = self.loss_fn.sums(logits, labels)
+        denom = torch.as_tensor(n_tokens if num_items_in_batch is None else num_items_in_batch, device=loss_sum.device)
+        denom = denom.clamp_min(1).to(loss_sum.dtype)
+        loss = loss_sum / denom
+        global_count = self.args.average_tokens_across_devices and num_items_in_batch is not None
         if model.training and nll_sum is not None:
-            stats = torch.stack([nll_sum.float(), n_tokens.float()])
-            self._nll_stats = stats if self._nll_stats is None else self._nll_stats + stats
-
-        denom = n_tokens if num_items_in_batch is None else num_items_in_batch
-        loss = loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp_min(1).to(loss_sum.dtype)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            share = nll_sum.float() / denom
+            if self._nll_share is None:  # first micro-batch since the last log: remember where the interval starts
+                self._nll_share, self._nll_first_step = share, self.state.global_step
+            else:
+                self._nll_share = self._nll_share + share
+            self._nll_share_is_global = global_count
+        if global_count:
             # num_items_in_batch counted the tokens of every rank while DDP averages gradients over ranks;
             # the same correction as Trainer.compute_loss.
             scale = self.accelerator.num_processes // self.get_tp_size()
@@ -558,11 +567,18 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
         self._fused_checked = True
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add ``nll_loss``, the token-weighted mean NLL since the last training log, beside ``loss``."""
-        if "loss" in logs and self._nll_stats is not None:
-            stats = self._nll_stats
-            self._nll_stats = None
+        """Add ``nll_loss`` beside ``loss``, averaged exactly as HF averages ``loss``.
+
+        Each optimizer step contributes its token-weighted mean NLL (the micro-batches' ``nll_sum`` over the
+        step's token count on all ranks), and the log shows the mean over the steps since the last log, as
+        for ``loss``. So with ``alpha = 0`` the two are equal, and ``loss - nll_loss`` is the smoothing term.
+        """
+        if "loss" in logs and self._nll_share is not None:
+            share = self._nll_share
+            self._nll_share = None
             if self.args.world_size > 1:  # every rank logs "loss" at the same step, so this collective matches
-                stats = self.accelerator.reduce(stats, reduction="sum")
-            logs["nll_loss"] = float(stats[0] / stats[1].clamp_min(1))
+                # with a global token count each rank holds its part of the step mean; otherwise its own mean
+                share = self.accelerator.reduce(share, reduction="sum" if self._nll_share_is_global else "mean")
+            steps = max(self.state.global_step - self._nll_first_step, 1)
+            logs["nll_loss"] = float(share) / steps
         super().log(logs, start_time)

@@ -330,3 +330,17 @@ def test_model_output_without_logits_is_reported(tmp_path, batch):
     trainer = make_trainer(tmp_path, model, label_smoothing_factor=0.1)
     with pytest.raises(ValueError, match="no `logits`"):
         trainer.compute_loss(NoLogits(model), dict(batch))
+
+
+def test_nll_loss_is_averaged_like_loss_over_several_steps(tmp_path):
+    """With alpha = 0 the smoothed loss is the NLL, so the logged loss and nll_loss must agree at every log,
+    also when batches of very different lengths are averaged over several steps with accumulation."""
+    model = tiny_model("marian", seed=4)
+    args = training_args(str(tmp_path), cls=ARGS, max_steps=6, logging_steps=3, per_device_train_batch_size=2,
+                         gradient_accumulation_steps=2, learning_rate=0.1, label_smoothing_factor=0.0)
+    trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(24, seed=8), data_collator=collate)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "nll_loss" in h]
+    assert len(logs) == 2
+    for log in logs:
+        assert log["nll_loss"] == pytest.approx(log["loss"], rel=1e-5)
