@@ -50,8 +50,8 @@ def softmax_target_chunk_(
     """Row statistics of one chunk, and ``softmax(z)`` or ``(softmax(z) - target) * grad_scale`` in ``work``.
 
     Args:
-        z: ``(c, V)`` logits of the chunk, any float dtype; only read (it may be ``work`` itself, then it is
-            overwritten after the statistics are taken).
+        z: ``(c, V)`` logits of the chunk, any float dtype; only read, unless it is ``work`` itself (then it
+            is overwritten after the statistics are taken). Other dtypes are first copied into ``work``.
         y: ``(c,)`` labels, already valid indices (ignored rows carry a placeholder).
         w_hot, w_q: target weights, ``target = w_hot * onehot(y) + w_q * q``.
         q: ``(V,)`` prior in the compute dtype, or None for uniform ``1/V``.
@@ -63,22 +63,20 @@ def softmax_target_chunk_(
         ``lse (c,)``, ``z_y (c,)`` and ``<q, z> (c,)``, all in the compute dtype of ``work``.
     """
     vocab = z.shape[1]
-    z_y = z.gather(1, y[:, None]).squeeze(1).to(work.dtype)  # (c,)
+    if z.dtype != work.dtype:
+        # Upcast once, then every statistic runs on float32 (the CPU's bf16 reductions are slower, and the
+        # CPU softmax cannot write float32 from half input).
+        z = work.copy_(z)
+    z_y = z.gather(1, y[:, None]).squeeze(1)  # (c,)
     # sum() accumulates pairwise, so V = 32k float32 terms keep ~1e-6 relative error, like torch's mean.
-    if q is None:
-        q_z = z.sum(1, dtype=work.dtype) / vocab  # (c,)
-    else:
-        q_z = torch.mv(z if z.dtype == work.dtype else z.to(work.dtype), q)  # (c,)
+    q_z = z.sum(1) / vocab if q is None else torch.mv(z, q)  # (c,)
     row_max, argmax = z.max(1, keepdim=True)  # (c, 1), (c, 1)
     # Few large ops per chunk, not many small ones: on a shared CPU every parallel op waits for its
     # slowest thread, so sub + exp + sum + div (4 ops) measured several times slower under load than one
     # fused softmax. The largest probability is >= 1/V and never underflows, so lse = max - log p_max.
-    if z.dtype != work.dtype and z.data_ptr() != work.data_ptr():
-        work.copy_(z)  # the CPU softmax cannot write float32 from half input
-        z = work
     torch.softmax(z, 1, out=work)  # in place when z is work: each element is read before it is written
     p_max = work.gather(1, argmax)  # (c, 1)
-    lse = (row_max.to(work.dtype) - p_max.log()).squeeze(1)  # (c,)
+    lse = (row_max - p_max.log()).squeeze(1)  # (c,)
     if grad_scale is None:
         return lse, z_y, q_z
     # (softmax - w_hot * onehot - w_q * q) * s without a dense target: one shift, one scatter of c values.
@@ -158,15 +156,34 @@ class _LabelSmoothedCE(torch.autograd.Function):
         if grad is None:
             grad = _rows_pass(z, y, mask, ctx.w_hot, ctx.w_q, q, ctx.chunk_rows, True, ctx.cdtype)[2]
         row_scale = grad_loss if grad_nll is None else (grad_nll if grad_loss is None else grad_loss + grad_nll)
-        grad.mul_(row_scale[:, None])  # (N, V), in place: the buffer is ours and used once
+        if grad_nll is None and row_scale.numel() and row_scale.stride(0) == 0:
+            # The usual case: a sum or mean upstream hands one value expanded over the rows. A 0-dim
+            # float32 factor keeps the buffer's dtype (no upcast copy) while the product is still taken in
+            # float32 before the one rounding, so half buffers are scaled in one pass at full accuracy.
+            grad.mul_(row_scale[0].to(ctx.cdtype))
+            return grad, None, None, None, None, None, None, None, None
+        row_scale = row_scale.to(ctx.cdtype)[:, None]  # (N, 1)
+        # d nll / dz = (softmax - target) + w_q * (q - onehot); only the second term is new.
+        g_nll = None
         if grad_nll is not None and ctx.w_q != 0.0:
-            # d nll / dz = (softmax - target) + w_q * (q - onehot); only the second term is new.
-            g_nll = torch.where(mask, grad_nll, torch.zeros_like(grad_nll)) * ctx.w_q  # (N,)
-            if q is None:
-                grad.add_((g_nll / grad.shape[1])[:, None].to(grad.dtype))
-            else:
-                grad.add_(torch.outer(g_nll, q).to(grad.dtype))
-            grad.scatter_add_(1, y[:, None], (-g_nll)[:, None].to(grad.dtype))
+            g_nll = (torch.where(mask, grad_nll, torch.zeros_like(grad_nll)) * ctx.w_q).to(ctx.cdtype)[:, None]
+        # In place, chunk by chunk: the buffer is ours and used once. Chunks because a half-precision
+        # buffer times a float32 scale makes TensorIterator allocate a float32 copy of its whole output
+        # (measured: 2 GiB extra for (8192, 32000) bf16); per chunk that copy is chunk-sized.
+        for start in range(0, grad.shape[0], ctx.chunk_rows):
+            stop = min(start + ctx.chunk_rows, grad.shape[0])
+            g = grad[start:stop]  # (c, V)
+            work = g if g.dtype == ctx.cdtype else g.to(ctx.cdtype)
+            work.mul_(row_scale[start:stop])
+            if g_nll is not None:
+                g_c = g_nll[start:stop]  # (c, 1)
+                if q is None:
+                    work.add_(g_c / grad.shape[1])
+                else:
+                    work.addcmul_(g_c, q[None, :])
+                work.scatter_add_(1, y[start:stop, None], -g_c)
+            if work is not g:
+                g.copy_(work)
         return grad, None, None, None, None, None, None, None, None
 
 
