@@ -3,6 +3,7 @@ and the study's bookkeeping (source check, Table-3 row, summaries)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from ls_seq.io import read_json
 from ls_seq.translation.study import (
@@ -171,13 +173,28 @@ def test_summary_and_table3_row_from_partial_and_full_sweeps():
 # End to end on a slice of the real data
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run in-process with one intra-op thread, as the subprocesses (OMP_NUM_THREADS=1) do.
+
+    Matmul blocking depends on the thread count, so runs that are compared bit for bit must use the same one.
+    """
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     if not (MULTI30K_DIR / "train.en.gz").exists():
         pytest.skip(f"real Multi30k data not found at {MULTI30K_DIR}")
     out = tmp_path_factory.mktemp("ende") / "run"
     start = time.time()
-    results = _recipe().main(slice_args(MULTI30K_DIR, out))
+    with _one_thread():
+        results = _recipe().main(slice_args(MULTI30K_DIR, out))
     return {"out": out, "results": results, "seconds": time.time() - start, "data": MULTI30K_DIR}
 
 
@@ -273,7 +290,8 @@ def test_resume_after_sigkill_in_training_and_in_the_sweep_gives_the_same_result
     assert [m["alpha"] for m in partial["models"]] == [0.0, 0.1]
 
     # 3. resumed to the end: the same results as the uninterrupted run with the same seed
-    _recipe().main([*args, "--resume"])
+    with _one_thread():
+        _recipe().main([*args, "--resume"])
     got, ref = read_json(out / "results.json"), read_json(reference_run["out"] / "results.json")
     assert read_json(out / "alpha_0.1" / "train_summary.json")["resumed_from"] == "checkpoint-10"
     assert got["config"].pop("resumed_with") == [f"accelerate launch recipes/wmt_en_de.py {' '.join([*args, '--resume'])}"] * 2
