@@ -124,3 +124,26 @@ def test_fit_temperature_warns_at_the_bound():
 def test_fit_temperature_with_only_padding_is_an_error():
     with pytest.raises(ValueError, match="ignore_index"):
         fit_temperature(torch.randn(4, 3), torch.full((4,), IGNORE))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_sweep_equals_float32_sweep_of_the_upcast_logits(dtype):
+    """Half logits are upcast before scaling by 1/T: the sweep equals the float32 sweep of the same values."""
+    logits, labels = _data(n=500, v=11)
+    half = logits.to(dtype)
+    temps = torch.tensor([0.5, 1.0, 1.7], dtype=torch.float64)
+    got = _calibration_update(half, labels, 15, IGNORE, temps, chunk_rows=64)
+    ref = _calibration_update(half.float(), labels, 15, IGNORE, temps, chunk_rows=64)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=0)
+
+
+def test_chunks_of_padding_only_are_skipped_without_changing_the_result():
+    logits, labels = _data(n=300, pad_frac=0.0)
+    padded_logits = torch.cat([torch.full((100, 7), float("nan")), logits, torch.randn(50, 7)])
+    padded_labels = torch.cat([torch.full((100,), IGNORE), labels, torch.full((50,), IGNORE)])
+    temps = torch.tensor([0.8, 1.0], dtype=torch.float64)
+    got = _calibration_update(padded_logits, padded_labels, 10, IGNORE, temps, chunk_rows=25)
+    ref = _calibration_update(logits, labels, 10, IGNORE, temps, chunk_rows=25)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-12, atol=1e-9)
