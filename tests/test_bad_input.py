@@ -56,6 +56,33 @@ def _callback_without_eval_dataset():
     CalibrationCallback().attach(trainer)
 
 
+def _ende_args(**kwargs):
+    from ls_seq.translation.study import DataArguments, ModelArguments, StudyArguments
+
+    cls = {"data": DataArguments, "model": ModelArguments, "study": StudyArguments}[kwargs.pop("which")]
+    return cls(**kwargs)
+
+
+def _corpus(tmp_factory, en: str, de: str):
+    import gzip
+
+    from ls_seq.translation.data import read_parallel_split
+
+    directory = tmp_factory()
+    for lang, text in (("en", en), ("de", de)):
+        with gzip.open(directory / f"train.{lang}.gz", "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    return read_parallel_split(directory, "train")
+
+
+def _vision_config(**kwargs):
+    import tempfile
+
+    from vision.study import VisionStudyConfig
+
+    return VisionStudyConfig(output_dir=tempfile.mkdtemp(), **kwargs)
+
+
 def _beam_temperature(t):
     from ls_seq import BeamSearchTemperature
 
@@ -124,7 +151,35 @@ ROWS = [
     ("beam T nan", lambda: _beam_temperature(math.nan), ValueError, "`temperature` must be finite and > 0"),
     ("beam T -1", lambda: _beam_temperature(-1.0), ValueError, "`temperature` must be finite and > 0"),
     ("callback no eval set", _callback_without_eval_dataset, ValueError, "no `eval_dataset`"),
+    # the EN-DE recipe's arguments and data (checked before any work; the recipe exits non-zero)
+    ("ende alpha=1", lambda: _ende_args(which="study", alphas=[0.0, 1.0]), ValueError, r"`alphas\[1\]` must be in \[0, 1\), got 1.0"),
+    ("ende no alphas", lambda: _ende_args(which="study", alphas=[]), ValueError, "`alphas` must hold at least one value"),
+    ("ende temperature", lambda: _ende_args(which="study", temperatures=[1.0, -0.5]), ValueError, r"`temperatures\[1\]` must be finite and > 0"),
+    ("ende preset", lambda: _ende_args(which="model", preset="huge"), ValueError, "`preset` must be one of"),
+    ("ende dataset", lambda: _ende_args(which="data", dataset="wmt19"), ValueError, "`dataset` must be one of 'multi30k', 'wmt14'"),
+    ("ende data_dir", lambda: _ende_args(which="data", data_dir="/nonexistent/multi30k"), ValueError, "`data_dir` must be an existing directory"),
+    ("ende max_train_samples", lambda: _ende_args(which="data", max_train_samples=0), ValueError, "`max_train_samples` must be an int >= 1"),
+    # vision recipe
+    ("vision dataset", lambda: _vision_config(dataset="mnist"), ValueError, "`dataset` must be one of"),
+    ("vision study", lambda: _vision_config(study="pca"), ValueError, "`study` must be one of"),
+    ("vision alpha", lambda: _vision_config(alpha=1.0), ValueError, r"`alpha` must be in \[0, 1\)"),
+    ("vision classes", lambda: _vision_config(projection_classes=[0, 0, 1]), ValueError, "projection_classes"),
 ]
+
+TMP_ROWS = [
+    # rows that need a temporary directory: (id, call(tmp_factory), exception, pattern)
+    ("corpus misaligned", lambda t: _corpus(t, "a\nb\n", "x\n"), ValueError, "misaligned corpus: .*train.en.gz' has 2 lines"),
+    ("corpus empty", lambda t: _corpus(t, "", ""), ValueError, "empty corpus"),
+    ("corpus empty line", lambda t: _corpus(t, "a\n\nc\n", "x\ny\nz\n"), ValueError, "train.en.gz' line 2 is empty"),
+    ("corpus missing dir", lambda t: __import__("ls_seq.translation.data", fromlist=["x"]).read_parallel_split(t() / "nope", "train"), ValueError, "is not a directory"),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "pattern"), [r[1:] for r in TMP_ROWS], ids=[r[0] for r in TMP_ROWS])
+def test_bad_data_is_refused_naming_the_path(call, exc, pattern, tmp_path_factory):
+    counter = iter(range(100))
+    with pytest.raises(exc, match=pattern):
+        call(lambda: tmp_path_factory.mktemp(f"corpus{next(counter)}"))
 
 
 @pytest.mark.parametrize(("call", "exc", "pattern"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
