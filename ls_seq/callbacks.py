@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 from ls_seq._validation import check_positive_int, check_temperatures
 from ls_seq.metrics import TokenCalibration
-from ls_seq.trainer import logits_of
+from ls_seq.trainer import teacher_forced_logits
 
 __all__ = ["CalibrationCallback"]
 
@@ -117,21 +117,13 @@ class CalibrationCallback(TrainerCallback):
             )
         dedupe = distributed and getattr(accelerator, "even_batches", True)
         metric = TokenCalibration(self.n_bins, self.ignore_index, self.temperatures).to(args.device)
-        config = getattr(model, "config", None)
-        shift = not getattr(config, "is_encoder_decoder", True)  # causal LM: logits at t predict label t + 1
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 for batch in dataloader:
                     batch = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                    labels = batch.get("labels")
-                    if labels is None:
-                        raise ValueError("CalibrationCallback needs `labels` in the evaluation batches; they have none")
-                    # With labels, seq2seq models build decoder_input_ids themselves (teacher forcing).
-                    logits = logits_of(model(**batch), where=f"{type(model).__name__}'s output")
-                    if shift:
-                        logits, labels = logits[..., :-1, :], labels[..., 1:]
+                    logits, labels = teacher_forced_logits(model, batch, where=f"{type(model).__name__}'s output")
                     if dedupe:
                         labels = self._rows_to_keep(labels, accelerator)
                     metric.update(logits, labels)

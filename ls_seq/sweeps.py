@@ -26,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from ls_seq._validation import check_positive_int, check_temperatures
 from ls_seq.generation import BeamSearchTemperature
 from ls_seq.metrics import TokenCalibration
+from ls_seq.trainer import teacher_forced_logits
 
 __all__ = [
     "beam_search_sweep",
@@ -88,8 +89,7 @@ def teacher_forced_sweep(
     try:
         for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
-            labels = batch.pop("labels")  # the model would otherwise compute its own loss, unused
-            logits = model(**batch).logits  # (B, L, V)
+            logits, labels = teacher_forced_logits(model, batch)  # (B, L, V), (B, L)
             metric.update(logits, labels)
     finally:
         model.train(was_training)

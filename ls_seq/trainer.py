@@ -39,6 +39,9 @@ __all__ = [
     "LabelSmoothingSeq2SeqTrainingArguments",
     "estimate_unigram_prior",
     "label_smoothing_loss_func",
+    "logits_of",
+    "teacher_forced_logits",
+    "teacher_forcing_inputs",
 ]
 
 PRIOR_CHOICES = ("uniform", "unigram")
@@ -67,6 +70,40 @@ def logits_of(outputs: Any, where: str = "the model output") -> torch.Tensor:
         f"{where} has no `logits` (got {keys}); ls-seq needs a model that returns a ModelOutput with `logits` "
         "(a ...ForConditionalGeneration / ...MTModel / ...ForCausalLM head, called with return_dict=True)"
     )
+
+
+def teacher_forcing_inputs(model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> dict[str, Any]:
+    """``inputs`` plus ``decoder_input_ids`` built from ``labels`` when an encoder-decoder lacks them.
+
+    ``model`` is the unwrapped model. An encoder-decoder builds them itself when it receives labels, which it
+    no longer does once the caller pops them to compute the loss (or the metric) itself.
+    """
+    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return inputs
+    if (
+        inputs.get("decoder_input_ids") is None
+        and inputs.get("decoder_inputs_embeds") is None
+        and hasattr(model, "prepare_decoder_input_ids_from_labels")
+    ):
+        inputs = {**inputs, "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels=labels)}
+    return inputs
+
+
+def teacher_forced_logits(model: nn.Module, batch: dict[str, Any], where: str = "the model output") -> tuple[torch.Tensor, torch.Tensor]:
+    """One teacher-forced forward pass: ``(logits (..., V), labels (...))``, aligned token for token.
+
+    The labels are taken out of the batch, so the model does not compute a loss nobody reads; a causal LM's
+    logits at position t are paired with the label at t + 1. ``model`` may be wrapped (DDP).
+    """
+    batch = dict(batch)
+    labels = batch.pop("labels", None)
+    if labels is None:
+        raise ValueError(f"a teacher-forced pass needs `labels` in every batch; this batch has only {sorted(batch)}")
+    unwrapped = getattr(model, "module", model)
+    logits = logits_of(model(**teacher_forcing_inputs(unwrapped, batch, labels)), where=where)
+    if not getattr(getattr(unwrapped, "config", None), "is_encoder_decoder", True):
+        logits, labels = logits[..., :-1, :], labels[..., 1:]
+    return logits, labels
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -431,22 +468,6 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
             )
         return check_prior(_load_prior_file(choice), vocab, name="label_smoothing_prior")
 
-    def _teacher_forcing_inputs(self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> dict[str, Any]:
-        """``decoder_input_ids`` from the labels when the collator did not build them.
-
-        An encoder-decoder builds them itself when it receives labels, which it no longer does here.
-        """
-        unwrapped = self.accelerator.unwrap_model(model)
-        if not getattr(getattr(unwrapped, "config", None), "is_encoder_decoder", False):
-            return inputs
-        if (
-            inputs.get("decoder_input_ids") is None
-            and inputs.get("decoder_inputs_embeds") is None
-            and hasattr(unwrapped, "prepare_decoder_input_ids_from_labels")
-        ):
-            inputs = {**inputs, "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)}
-        return inputs
-
     def compute_loss(
         self,
         model: nn.Module,
@@ -460,7 +481,7 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
             self._check_ddp_wrapped(model)
         inputs = dict(inputs)  # never edit the caller's batch
         labels = inputs.pop("labels")
-        inputs = self._teacher_forcing_inputs(model, inputs, labels)
+        inputs = teacher_forcing_inputs(self.accelerator.unwrap_model(model), inputs, labels)
         shift = not getattr(getattr(self.accelerator.unwrap_model(model), "config", None), "is_encoder_decoder", True)
         if self.fused_linear_loss and model.training:
             loss_sum, n_tokens, outputs = self._fused_loss_sum(model, inputs, labels)
