@@ -83,6 +83,13 @@ def _vision_config(**kwargs):
     return VisionStudyConfig(output_dir=tempfile.mkdtemp(), **kwargs)
 
 
+def _beam_search_sweep(**kwargs):
+    from ls_seq.sweeps import beam_search_sweep
+
+    model = torch.nn.Linear(1, 1)  # never reached: the arguments are checked first
+    beam_search_sweep(model, None, ["a"], [1.0], **kwargs)
+
+
 def _beam_temperature(t):
     from ls_seq import BeamSearchTemperature
 
@@ -150,6 +157,9 @@ ROWS = [
     ("beam T=0", lambda: _beam_temperature(0.0), ValueError, "`temperature` must be finite and > 0, got 0.0"),
     ("beam T nan", lambda: _beam_temperature(math.nan), ValueError, "`temperature` must be finite and > 0"),
     ("beam T -1", lambda: _beam_temperature(-1.0), ValueError, "`temperature` must be finite and > 0"),
+    ("sweep temperatures_per_call 0", lambda: _beam_search_sweep(temperatures_per_call=0), ValueError, "`temperatures_per_call` must be an int >= 1, got 0"),
+    ("sweep temperatures_per_call float", lambda: _beam_search_sweep(temperatures_per_call=2.0), TypeError, "`temperatures_per_call` must be an int"),
+    ("sweep sort_by_length str", lambda: _beam_search_sweep(sort_by_length="yes"), TypeError, "`sort_by_length` must be a bool, got str"),
     ("callback no eval set", _callback_without_eval_dataset, ValueError, "no `eval_dataset`"),
     # the EN-DE recipe's arguments and data (checked before any work; the recipe exits non-zero)
     ("ende alpha=1", lambda: _ende_args(which="study", alphas=[0.0, 1.0]), ValueError, r"`alphas\[1\]` must be in \[0, 1\), got 1.0"),

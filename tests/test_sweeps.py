@@ -46,8 +46,13 @@ TARGETS = [
 HERE = Path(__file__).resolve().parent
 
 
-def tiny_setup(seed: int = 0):
-    """A tokenizer trained on the toy pairs and a random 1+1-layer Marian model (d_model 16, no dropout)."""
+def tiny_setup(seed: int = 0, train_steps: int = 0):
+    """A tokenizer trained on the toy pairs and a random 1+1-layer Marian model (d_model 16, no dropout).
+
+    ``train_steps`` Adam steps on the seven pairs make beam search depend on the source and the temperature
+    (8 steps: the beams differ across sentences and across ``TEMPS``; many more and the model is so sure
+    that no temperature changes anything).
+    """
     tok = train_joint_tokenizer((SOURCES + TARGETS) * 3, vocab_size=120)
     torch.manual_seed(seed)
     cfg = MarianConfig(
@@ -59,6 +64,15 @@ def tiny_setup(seed: int = 0):
     model = MarianMTModel(cfg).eval()
     with torch.no_grad():  # a peakier output layer, so temperatures change confidences and beams
         model.lm_head.weight.mul_(4.0)
+    if train_steps:
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+        batch = batches(tok, model, range(7), batch_size=7)[0]
+        for _ in range(train_steps):
+            optimizer.zero_grad()
+            model(**batch).loss.backward()
+            optimizer.step()
+        model.eval()
     return tok, model
 
 
@@ -115,17 +129,23 @@ def test_teacher_forced_sweep_ignores_padding_and_batching():
     assert float(one["n_tokens"].reshape(-1)[0]) == n_target_tokens
 
 
-def test_beam_search_sweep_equals_separate_generate_calls():
-    tok, model = tiny_setup()
+@pytest.mark.parametrize(("sort_by_length", "temperatures_per_call"), [(False, 1), (True, 1), (True, 2), (False, 5)])
+def test_beam_search_sweep_equals_separate_generate_calls(sort_by_length, temperatures_per_call):
+    """Whatever the batching (sorted by length or not) and however many temperatures share a generate call
+    (groups of 2 over 5 temperatures leave an uneven last group), each temperature's translations are those of
+    one plain ``generate`` per batch in input order."""
+    tok, model = tiny_setup(train_steps=8)
     encoder_calls = []
     handle = model.get_encoder().register_forward_hook(lambda *a: encoder_calls.append(1))
     seen = []
     got = beam_search_sweep(
         model, tok, SOURCES, TEMPS, num_beams=3, batch_size=4, max_new_tokens=8, progress=False,
+        sort_by_length=sort_by_length, temperatures_per_call=temperatures_per_call,
         on_temperature=lambda t, hyps: seen.append((t, len(hyps))),
     )
     handle.remove()
-    assert len(encoder_calls) == 2  # 7 sentences in batches of 4: the encoder ran once per batch, not per T
+    # The encoder ran once per batch of 4 // temperatures_per_call sentences, not once per temperature.
+    assert len(encoder_calls) == -(-len(SOURCES) // max(1, 4 // temperatures_per_call))
     assert seen == [(t, len(SOURCES)) for t in TEMPS]  # reported as each temperature finished, in order
     for t in TEMPS:
         expected = []
@@ -135,6 +155,22 @@ def test_beam_search_sweep_equals_separate_generate_calls():
                                  logits_processor=LogitsProcessorList([BeamSearchTemperature(t)]))
             expected += tok.batch_decode(out, skip_special_tokens=True)
         assert got[t] == expected, t
+    assert len({tuple(h) for h in got.values()}) >= 3  # the temperatures change the beams: a swap would show
+    assert len(set(got[1.0])) >= 2
+
+
+def test_block_temperatures_equal_one_processor_per_block():
+    """The grouped sweep's processor, row block by row block, against ``BeamSearchTemperature`` (bit-equal)."""
+    from ls_seq.sweeps import _BlockTemperatures
+
+    scores = torch.log_softmax(torch.randn(3 * 8, 50, generator=torch.Generator().manual_seed(0)), dim=-1)
+    temps = [0.7, 1.0, 2.5]
+    out = _BlockTemperatures(temps, 8, torch.device("cpu"))(torch.zeros(24, 1, dtype=torch.long), scores)
+    for g, t in enumerate(temps):
+        ref = BeamSearchTemperature(t)(torch.zeros(8, 1, dtype=torch.long), scores[g * 8 : (g + 1) * 8])
+        assert torch.equal(out[g * 8 : (g + 1) * 8], ref), t
+    with pytest.raises(RuntimeError, match="rows"):
+        _BlockTemperatures(temps, 8, torch.device("cpu"))(torch.zeros(8, 1, dtype=torch.long), scores[:8])
 
 
 def test_shards_cover_every_sample_once():
