@@ -2,7 +2,7 @@
 
 Every field of a :class:`Preset` can be overridden (``apply_overrides``); the recipe exposes them as flags.
 
-``tiny`` is sized for a 2-core CPU: Multi30k in about 12 minutes of training per model. It was chosen by
+``tiny`` is sized for a 2-core CPU: Multi30k in about 10 minutes of training per model. It was chosen by
 throughput, measured with ``OMP_NUM_THREADS=2`` (docs/en_de.md): d_model 192 trains about twice as many
 steps per second as the 256-wide plain-HF reference in ``../shared/notes/multi30k-reference.md``, so about
 four epochs fit where the reference saw two. Its learning rate and warm-up are deliberately gentler than
@@ -47,16 +47,22 @@ class Preset:
     num_beams: int = 4
     max_bleu_samples: int | None = None  # beam-search BLEU sweep on the first n test sentences (None: all)
     max_length: int = 128  # tokens; longer training pairs are truncated, generation stops there
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64  # sentences per teacher-forced batch
+    # Beam search: sequences per generate call, and how many temperatures of the BLEU sweep share one call
+    # (generate_batch_size // temperatures_per_call sentences each; see ls_seq.sweeps.beam_search_sweep).
+    generate_batch_size: int = 64
+    temperatures_per_call: int = 1
 
 
 PRESETS: dict[str, Preset] = {
-    # 2-core CPU, ~12 min per model: 1500 steps x 64 sentences = 3.3 epochs of Multi30k's 29k pairs.
+    # 2-core CPU, ~10 min per model: 2000 steps x 64 sentences = 4.4 epochs of Multi30k's 29k pairs.
     "tiny": Preset(
         vocab_size=8000, d_model=192, encoder_layers=3, decoder_layers=3, attention_heads=4, ffn_dim=768, dropout=0.1,
-        max_steps=1500, learning_rate=6e-4, warmup_steps=400, batch_size=64, save_steps=100,
-        # Beam search dominates CPU evaluation: a coarse grid, BLEU on 500 of the 1000 test sentences.
-        temperatures=(0.8, 1.0, 1.2, 1.5, 2.0), max_bleu_samples=500,
+        max_steps=2000, learning_rate=6e-4, warmup_steps=400, batch_size=64, save_steps=100,
+        # Beam search dominates CPU evaluation: a coarse grid, BLEU on 500 of the 1000 test sentences, and
+        # small generate calls (32 sequences: 8 sentences x the 4 temperatures other than 1), the fastest
+        # measured on 2 cores (benchmarks/README.md).
+        temperatures=(0.8, 1.0, 1.2, 1.5, 2.0), max_bleu_samples=500, generate_batch_size=32, temperatures_per_call=4,
     ),
     # One GPU, an hour or so on Multi30k.
     "small": Preset(

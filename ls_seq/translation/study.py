@@ -157,6 +157,13 @@ class StudyArguments:
     warmup_steps: int | None = field(default=None, metadata={"help": "Linear warm-up steps before inverse-sqrt decay."})
     batch_size: int | None = field(default=None, metadata={"help": "Sentences per optimizer step (all processes)."})
     eval_batch_size: int | None = field(default=None, metadata={"help": "Sentences per evaluation batch."})
+    generate_batch_size: int | None = field(
+        default=None, metadata={"help": "Sequences per beam-search generate call (default: the preset's)."}
+    )
+    temperatures_per_call: int | None = field(
+        default=None,
+        metadata={"help": "BLEU sweep: temperatures decoded together in one generate call (default: the preset's)."},
+    )
     save_steps: int | None = field(default=None, metadata={"help": "Checkpoint every n steps (what --resume continues from)."})
     n_bins: int = field(default=15, metadata={"help": "Calibration bins (the paper: 15)."})
     seed: int = field(default=42, metadata={"help": "Seed of model initialisation, data order and dropout."})
@@ -164,6 +171,13 @@ class StudyArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a non-empty output_dir."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on when a GPU supports it)."})
     logging_steps: int = field(default=50, metadata={"help": "Log the training loss every n steps."})
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Intra-op threads per process when running on CPU (default: the cores this process may use, "
+            "divided among the processes on this machine; `accelerate launch` without a config pins 1)."
+        },
+    )
 
     def __post_init__(self):
         if not self.alphas:
@@ -173,13 +187,16 @@ class StudyArguments:
             raise ValueError(f"`alphas` must be distinct, got {self.alphas}")
         if self.temperatures is not None:
             self.temperatures = check_temperatures(self.temperatures)
-        for name in ("num_beams", "max_steps", "warmup_steps", "batch_size", "eval_batch_size", "save_steps"):
+        for name in ("num_beams", "max_steps", "warmup_steps", "batch_size", "eval_batch_size", "save_steps",
+                     "generate_batch_size", "temperatures_per_call"):
             if getattr(self, name) is not None:
                 check_positive_int(getattr(self, name), name, minimum=0 if name == "warmup_steps" else 1)
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
         check_positive_int(self.n_bins, "n_bins")
         check_positive_int(self.logging_steps, "logging_steps")
+        if self.cpu_threads is not None:
+            check_positive_int(self.cpu_threads, "cpu_threads")
         if self.resume and self.overwrite_output_dir:
             raise ValueError("`resume` and `overwrite_output_dir` exclude each other: keep the run or start over")
 
@@ -199,6 +216,22 @@ class _Processes:
         self.rank, self.num_processes = dist_info()
         self.is_main_process = self.rank == 0
 
+    def set_cpu_threads(self, requested: int | None) -> int | None:
+        """On CPU: use ``requested`` intra-op threads, by default this process's share of the usable cores.
+
+        ``accelerate launch`` without a config on a machine with no GPU sets ``OMP_NUM_THREADS=1`` (accelerate
+        1.15), which makes the tiny preset take 31.5 instead of 18.6 minutes on 2 cores (docs/en_de.md); the
+        study chooses its own count instead. Returns the count, or None on an accelerator.
+        """
+        if self.device.type != "cpu":
+            return None
+        if requested is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.num_processes))
+            requested = max(1, cores // max(1, local))
+        torch.set_num_threads(requested)
+        return requested
+
     def wait_for_everyone(self) -> None:
         if self.num_processes > 1:
             torch.distributed.barrier()
@@ -215,7 +248,10 @@ class _Processes:
 def resolve_preset(model_args: ModelArguments, study_args: StudyArguments, data_args: DataArguments) -> Preset:
     """The preset named by ``model_args.preset`` with every flag that was given applied on top."""
     overrides = {f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args) if f.name != "preset"}
-    for name in ("temperatures", "num_beams", "max_steps", "learning_rate", "warmup_steps", "batch_size", "eval_batch_size", "save_steps"):
+    for name in (
+        "temperatures", "num_beams", "max_steps", "learning_rate", "warmup_steps", "batch_size", "eval_batch_size",
+        "save_steps", "generate_batch_size", "temperatures_per_call",
+    ):  # fmt: skip
         overrides[name] = getattr(study_args, name)
     overrides["max_bleu_samples"] = data_args.max_bleu_samples
     return apply_overrides(get_preset(model_args.preset), **overrides)
@@ -396,7 +432,8 @@ def evaluate_model(
     Stages run in order and each is saved when done (main process, atomically), so a resumed run skips
     what is there: (1) one teacher-forced pass at all temperatures (and 1.0) gives NLL/ECE/accuracy and the
     T=1 reliability diagram; (2) the same with sources deranged; (3) beam search at T=1 on the test set gives
-    BLEU and the distinct-output share; (4) the BLEU sweep, one temperature at a time, each point saved;
+    BLEU and the distinct-output share; (4) the BLEU sweep, ``preset.temperatures_per_call`` temperatures per ``generate`` call, each point saved
+    as soon as its group is done;
     (5) teacher-forced NLL/ECE over the grid on ``validation_dataset``, to choose a temperature without the
     test set.
     """
@@ -443,7 +480,10 @@ def evaluate_model(
         ev["nll_shuffled_sources"] = float(metric.compute()["nll"].reshape(-1)[0])
         save()
 
-    gen = {"num_beams": preset.num_beams, "batch_size": bs, "max_source_length": preset.max_length, "max_new_tokens": preset.max_length}
+    gen = {
+        "num_beams": preset.num_beams, "batch_size": preset.generate_batch_size,
+        "max_source_length": preset.max_length, "max_new_tokens": preset.max_length,
+    }  # fmt: skip
     if "test_bleu" not in ev:
         hyps = beam_search_sweep(model, tokenizer, test.source, [1.0], **gen)[1.0]
         if state.is_main_process:
@@ -466,7 +506,10 @@ def evaluate_model(
             ev["sweep_bleu"][repr(float(temperature))] = corpus_bleu(hyps, test.target[:n_bleu])
             save()
 
-        beam_search_sweep(model, tokenizer, test.source[:n_bleu], todo, on_temperature=record, **gen)
+        beam_search_sweep(
+            model, tokenizer, test.source[:n_bleu], todo, on_temperature=record,
+            temperatures_per_call=preset.temperatures_per_call, **gen,
+        )  # fmt: skip
 
     if validation_dataset is not None and "validation_teacher_forced" not in ev:
         val_indices = shard_indices(len(validation_dataset))
@@ -699,6 +742,7 @@ def run_study(
             "or --overwrite_output_dir to start over"
         )
     state = _Processes()
+    cpu_threads = state.set_cpu_threads(study_args.cpu_threads)
     if study_args.overwrite_output_dir and state.is_main_process and output_dir.exists():
         shutil.rmtree(output_dir)
     state.wait_for_everyone()
@@ -730,6 +774,9 @@ def run_study(
     earlier = read_json(timings_path) if (study_args.resume and timings_path.is_file()) else {}
     # Each invocation's wall-clock is kept: a resumed run's times alone would hide what the first one took.
     timings: dict[str, Any] = {"earlier_runs": [*earlier.pop("earlier_runs", []), earlier] if earlier else []}
+    timings["device"] = str(state.device)
+    timings["cpu_threads_per_process"] = cpu_threads
+    timings["num_processes"] = state.num_processes
     results: dict[str, Any] = {"config": config, "versions": _versions(), "models": []}
     grid = list(preset.temperatures)
     for alpha in study_args.alphas:

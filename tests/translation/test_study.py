@@ -47,7 +47,7 @@ def slice_args(data_dir, out, *extra):
         "--max_steps", "30", "--save_steps", "10", "--warmup_steps", "5", "--logging_steps", "10",
         "--batch_size", "32", "--eval_batch_size", "16",
         "--vocab_size", "1000", "--d_model", "32", "--ffn_dim", "64", "--attention_heads", "2",
-        "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, *extra,
+        "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1", *extra,
     ]  # fmt: skip
 
 
@@ -73,6 +73,7 @@ def _write_corpus(directory, n_en=3, n_de=3):
         (["--preset", "huge"], r"`preset` must be one of"),
         (["--max_steps", "0"], r"`max_steps` must be an int >= 1"),
         (["--dataset", "europarl"], r"`dataset` must be one of"),
+        (["--cpu_threads", "0"], r"`cpu_threads` must be an int >= 1, got 0"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, flags, message):
@@ -81,6 +82,22 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, flags, message):
     with pytest.raises(ValueError, match=message):
         _recipe().main(["--data_dir", str(data), "--output_dir", str(out), *flags])
     assert not out.exists()
+
+
+def test_cpu_threads_default_to_this_process_share_of_the_cores(monkeypatch):
+    """``accelerate launch`` without a config pins one thread; the study takes its share of the usable cores."""
+    from ls_seq.translation.study import _Processes
+
+    state, saved = _Processes(), torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        assert state.set_cpu_threads(None) == cores == torch.get_num_threads()
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more processes than cores: one thread each
+        assert state.set_cpu_threads(None) == 1 == torch.get_num_threads()
+        assert state.set_cpu_threads(3) == 3 == torch.get_num_threads()  # an explicit count is used as given
+    finally:
+        torch.set_num_threads(saved)
 
 
 def test_missing_and_misaligned_data_are_refused_naming_the_path(tmp_path):
@@ -299,7 +316,9 @@ def test_resume_after_sigkill_in_training_and_in_the_sweep_gives_the_same_result
     got["config"].pop("command"), ref["config"].pop("command"), ref["config"].pop("resumed_with")
     assert got == ref
     # The killed runs' wall-clock is kept (each wrote it after its first model), not overwritten.
-    assert [sorted(r) for r in read_json(out / "timings.json")["earlier_runs"]] == [["alpha_0.0"]] * 2
+    timings = read_json(out / "timings.json")
+    assert [sorted(r) for r in timings["earlier_runs"]] == [["alpha_0.0", "cpu_threads_per_process", "device", "num_processes"]] * 2
+    assert (timings["cpu_threads_per_process"], timings["num_processes"], timings["device"]) == (1, 1, "cpu")
 
 
 def test_resume_picks_the_last_complete_checkpoint(tmp_path):
