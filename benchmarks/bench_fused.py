@@ -106,18 +106,7 @@ def main() -> None:
                 "benchmarks.bench_fused", "build_case", name=name, n=args.n, d=args.d, v=args.v,
                 dtype=args.dtype, alpha=args.alpha, device=args.device,
             )
-    rows = []
-    for name in cases:
-        row = {
-            "case": name,
-            "time (s)": f"{times[name]:.3f}",
-            "time / ref": f"{times[name] / times[REFERENCE]:.2f}x",
-            "loss - ref": f"{losses[name] - losses[REFERENCE]:+.1e}",
-        }
-        if mems:
-            row["extra peak"] = common.fmt_bytes(mems[name])
-            row["peak / ref"] = f"{mems[name] / mems[REFERENCE]:.2f}x"
-        rows.append(row)
+    rows = common.ratio_rows(list(cases), times, REFERENCE, "ref", mems=mems, losses=losses)
     print(f"machine: {common.machine_summary()}")
     cols = ["case", "time (s)", "time / ref", "extra peak", "peak / ref", "loss - ref"]
     title = f"fused linear + LS CE fwd+bwd, N={args.n}, d={args.d}, V={args.v}, {args.dtype}, alpha={args.alpha}"

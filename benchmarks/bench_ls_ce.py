@@ -106,22 +106,14 @@ def main() -> None:
 
     losses, times = _time_cases(args)
     ref = "torch native"
-    rows = []
     mems = {}
-    for name in CASES:
-        row = {"case": name, "time (s)": f"{times[name]:.3f}", "time / native": f"{times[name] / times[ref]:.2f}x"}
-        if not args.no_memory:
+    if not args.no_memory:
+        for name in CASES:
             mems[name] = common.peak_extra_memory(
                 "benchmarks.bench_ls_ce", "build_case", name=name, n=args.n, v=args.v, dtype=args.dtype,
                 alpha=args.alpha, device=args.device,
             )
-            row["extra peak"] = common.fmt_bytes(mems[name])
-        if name in losses:
-            row["loss - native"] = f"{losses[name] - losses[ref]:+.1e}"
-        rows.append(row)
-    for row in rows:
-        if mems:
-            row["peak / native"] = f"{mems[row['case']] / mems[ref]:.2f}x"
+    rows = common.ratio_rows(list(CASES), times, ref, "native", mems=mems, losses=losses)
     print(f"machine: {common.machine_summary()}")
     cols = ["case", "time (s)", "time / native", "extra peak", "peak / native", "loss - native"]
     title = f"LS cross-entropy fwd+bwd, N={args.n}, V={args.v}, {args.dtype}, alpha={args.alpha}"

@@ -147,6 +147,29 @@ def machine_summary() -> str:
     return f"{cpu}, torch {torch.__version__}, {threads} threads (OMP_NUM_THREADS={omp}){gpu}"
 
 
+def ratio_rows(
+    names: list[str],
+    times: dict[str, float],
+    reference: str,
+    label: str,
+    mems: dict[str, int] | None = None,
+    losses: dict[str, float] | None = None,
+) -> list[dict[str, str]]:
+    """Table rows: each case's time and ratio to ``reference``; extra peak memory and its ratio when measured;
+    the loss difference to the reference for the cases in ``losses``. ``label`` names the reference in the
+    column titles (``time / <label>``, ``peak / <label>``, ``loss - <label>``)."""
+    rows = []
+    for name in names:
+        row = {"case": name, "time (s)": f"{times[name]:.3f}", f"time / {label}": f"{times[name] / times[reference]:.2f}x"}
+        if mems:
+            row["extra peak"] = fmt_bytes(mems[name])
+            row[f"peak / {label}"] = f"{mems[name] / mems[reference]:.2f}x"
+        if losses and name in losses:
+            row[f"loss - {label}"] = f"{losses[name] - losses[reference]:+.1e}"
+        rows.append(row)
+    return rows
+
+
 def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     """A Markdown table, so the output can be pasted into benchmarks/README.md as it is."""
     print(f"\n### {title}\n")

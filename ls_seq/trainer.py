@@ -481,10 +481,11 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
             self._check_ddp_wrapped(model)
         inputs = dict(inputs)  # never edit the caller's batch
         labels = inputs.pop("labels")
-        inputs = teacher_forcing_inputs(self.accelerator.unwrap_model(model), inputs, labels)
-        shift = not getattr(getattr(self.accelerator.unwrap_model(model), "config", None), "is_encoder_decoder", True)
+        unwrapped = self.accelerator.unwrap_model(model)
+        inputs = teacher_forcing_inputs(unwrapped, inputs, labels)
+        shift = not getattr(getattr(unwrapped, "config", None), "is_encoder_decoder", True)
         if self.fused_linear_loss and model.training:
-            loss_sum, n_tokens, outputs = self._fused_loss_sum(model, inputs, labels)
+            loss_sum, n_tokens, outputs = self._fused_loss_sum(model, unwrapped, inputs, labels)
             nll_sum = None
         else:
             outputs = model(**inputs)
@@ -527,12 +528,13 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
                 )
 
     def _fused_loss_sum(
-        self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor
+        self, model: nn.Module, unwrapped: nn.Module, inputs: dict[str, Any], labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """Loss sum with the output layer fused into the loss: the (tokens, V) logits are never stored."""
+        """Loss sum with the output layer fused into the loss: the (tokens, V) logits are never stored.
+
+        ``unwrapped`` is ``model`` without its accelerate/DDP wrapper."""
         from ls_seq.functional.fused import fused_linear_label_smoothed_cross_entropy
 
-        unwrapped = self.accelerator.unwrap_model(model)
         if unwrapped is not model:
             # Calling a submodule bypasses DDP's forward, whose hooks all-reduce the gradients.
             raise ValueError(

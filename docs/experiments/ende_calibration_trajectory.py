@@ -23,14 +23,14 @@ import torch
 from transformers import DataCollatorForSeq2Seq, MarianMTModel, TrainerCallback, set_seed
 
 from ls_seq.io import atomic_write_json
-from ls_seq.sweeps import teacher_forced_sweep
-from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
+from ls_seq.sweeps import best_temperature, teacher_forced_sweep
+from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer
 from ls_seq.translation.data import load_corpora
-from ls_seq.translation.presets import apply_overrides, build_model_config, get_preset
-from ls_seq.translation.study import _batches, _tokenize
+from ls_seq.translation.presets import PAPER_TEMPERATURES, apply_overrides, build_model_config, get_preset
+from ls_seq.translation.study import _batches, _tokenize, training_arguments
 from ls_seq.translation.tokenizer import load_or_train_tokenizer
 
-GRID = [round(0.8 + 0.1 * i, 1) for i in range(13)]
+GRID = list(PAPER_TEMPERATURES)
 
 
 def main() -> None:
@@ -58,6 +58,7 @@ def main() -> None:
     set_seed(42)
     model = MarianMTModel(build_model_config(preset, len(tok), tok.pad_token_id, tok.eos_token_id))
     collator = DataCollatorForSeq2Seq(tok, model=model)
+    test_batches = list(_batches(test, list(range(len(test))), collator, preset.eval_batch_size))
     log: list[dict] = []
 
     class Measure(TrainerCallback):
@@ -65,27 +66,23 @@ def main() -> None:
             if state.global_step % args.every:
                 return
             model.eval()
-            batches = _batches(test, list(range(len(test))), collator, preset.eval_batch_size)
-            values = teacher_forced_sweep(model, batches, GRID, n_bins=15, progress=False).compute()
+            values = teacher_forced_sweep(model, test_batches, GRID, n_bins=15, progress=False).compute()
             model.train()
             ece, nll, i1 = values["ece"].tolist(), values["nll"].tolist(), GRID.index(1.0)
+            points = [{"temperature": t, "ece": e, "nll": n} for t, e, n in zip(GRID, ece, nll)]
             log.append({
                 "step": state.global_step, "epoch": round(float(state.epoch), 3), "nll": nll[i1], "ece": ece[i1],
                 "accuracy": float(values["accuracy"][i1]),
-                "best_ece_temperature": GRID[min(range(len(GRID)), key=ece.__getitem__)],
-                "best_nll_temperature": GRID[min(range(len(GRID)), key=nll.__getitem__)],
+                "best_ece_temperature": best_temperature(points, "ece"),
+                "best_nll_temperature": best_temperature(points, "nll"),
             })  # fmt: skip
             print(json.dumps(log[-1]), flush=True)
             atomic_write_json(Path(args.out), log)
 
-    train_args = LabelSmoothingSeq2SeqTrainingArguments(
-        output_dir=str(Path(args.out).with_suffix("")) + "_checkpoints", label_smoothing_factor=args.alpha,
-        per_device_train_batch_size=preset.batch_size, learning_rate=preset.learning_rate,
-        lr_scheduler_type="inverse_sqrt", warmup_steps=preset.warmup_steps, adam_beta1=0.9, adam_beta2=0.98,
-        adam_epsilon=1e-9, weight_decay=0.0, max_grad_norm=1.0, max_steps=args.max_steps,
-        train_sampling_strategy="group_by_length", save_strategy="no", eval_strategy="no", logging_steps=100,
-        report_to=[], seed=42, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-    )  # fmt: skip
+    train_args = training_arguments(
+        args.alpha, preset, str(Path(args.out).with_suffix("")) + "_checkpoints", seed=42, logging_steps=100,
+        save_strategy="no", use_cpu=not torch.cuda.is_available(),
+    )
     trainer = LabelSmoothingSeq2SeqTrainer(
         model=model, args=train_args, train_dataset=train, data_collator=collator, processing_class=tok,
         callbacks=[Measure()],

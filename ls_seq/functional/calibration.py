@@ -32,7 +32,7 @@ NORMS = ("l1", "l2", "max")
 
 
 def _iter_valid_chunks(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, chunk_rows: int | None = None
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(z, y)``: float32 logits ``(n, V)`` and labels ``(n,)`` of the non-ignored rows, chunk by chunk.
 
@@ -43,7 +43,7 @@ def _iter_valid_chunks(
     y_all = labels.reshape(-1)  # (N,)
     # The temperature fit keeps about four chunk-sized temporaries alive, so it reads a quarter of the
     # kernels' chunk (the same row policy, one place to change it).
-    step = chunk_rows if chunk_rows is not None else max(1, chunk_rows_for(z_all.shape[0], vocab) // 4)
+    step = max(1, chunk_rows_for(z_all.shape[0], vocab) // 4)
     for start in range(0, z_all.shape[0], step):
         y = y_all[start : start + step]
         valid = y != ignore_index

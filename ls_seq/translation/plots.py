@@ -56,20 +56,26 @@ def plot_fig4(models: Sequence[dict[str, Any]]):
     return fig
 
 
-def plot_table3(row: dict[str, Any]):
-    """The Table-3 row as a figure: baseline ECE, temperature-scaled ECE / T (T chosen on validation, and on
-    test), label-smoothed ECE / alpha; the keys of :func:`ls_seq.translation.study.table3_row`."""
-    from matplotlib.figure import Figure
+def table3_cells(row: dict[str, Any]) -> list[str]:
+    """The Table-3 row's four cells as text: baseline ECE, temperature-scaled ECE / T (T chosen on validation,
+    and on test), label-smoothed ECE / alpha; the keys of :func:`ls_seq.translation.study.table3_row`."""
 
-    def fmt(value, digits=4):
-        return "-" if value is None else f"{value:.{digits}f}"
+    def fmt(value):
+        return "-" if value is None else f"{value:.4f}"
 
-    cells = [[
+    return [
         fmt(row["baseline_ece"]),
         f"{fmt(row.get('temperature_scaling_ece_validation_T'))} / {row.get('temperature_scaling_T_validation', '-')}",
         f"{fmt(row['temperature_scaling_ece'])} / {row['temperature_scaling_T']}",
         f"{fmt(row.get('label_smoothing_ece'))} / {row.get('label_smoothing_alpha', '-')}",
-    ]]
+    ]
+
+
+def plot_table3(row: dict[str, Any]):
+    """The Table-3 row (:func:`table3_cells`) as a figure."""
+    from matplotlib.figure import Figure
+
+    cells = [table3_cells(row)]
     fig = Figure(figsize=(8.4, 1.2))
     ax = fig.subplots()
     ax.axis("off")

@@ -14,14 +14,17 @@ paper's setting on WMT14.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import MarianConfig
 
 from ls_seq._validation import check_choice
 
-__all__ = ["PRESETS", "Preset", "apply_overrides", "build_model_config", "get_preset"]
+__all__ = ["PAPER_TEMPERATURES", "PRESETS", "Preset", "apply_overrides", "build_model_config", "get_preset"]
+
+# The paper's temperature grid (Fig. 4): 0.8, 0.9, ..., 2.0.
+PAPER_TEMPERATURES: tuple[float, ...] = tuple(round(0.8 + 0.1 * i, 1) for i in range(13))
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Preset:
     batch_size: int
     save_steps: int
     # Evaluation.
-    temperatures: tuple[float, ...] = field(default_factory=lambda: tuple(round(0.8 + 0.1 * i, 1) for i in range(13)))
+    temperatures: tuple[float, ...] = PAPER_TEMPERATURES
     num_beams: int = 4
     max_bleu_samples: int | None = None  # beam-search BLEU sweep on the first n test sentences (None: all)
     max_length: int = 128  # tokens; longer training pairs are truncated, generation stops there

@@ -67,6 +67,13 @@ from ls_seq.translation.presets import (
 )
 from ls_seq.translation.tokenizer import load_or_train_tokenizer
 
+
+def _check_optional_ints(args: Any, names: tuple[str, ...], minimum: int = 1) -> None:
+    """``check_positive_int`` on each field of ``args`` in ``names`` that was given (not None)."""
+    for name in names:
+        if getattr(args, name) is not None:
+            check_positive_int(getattr(args, name), name, minimum=minimum)
+
 __all__ = [
     "SOURCE_DISTINCT_MIN",
     "SOURCE_NLL_GAP_MIN",
@@ -76,6 +83,7 @@ __all__ = [
     "check_source_use",
     "resolve_preset",
     "run_study",
+    "training_arguments",
 ]
 
 # A model "uses its source" when shuffling the sources raises its token NLL by at least this much (nats) and
@@ -113,9 +121,7 @@ class DataArguments:
         check_choice(self.dataset, "dataset", ["multi30k", "wmt14"])
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise ValueError(f"`data_dir` must be an existing directory, got {self.data_dir!r}")
-        for name in ("max_train_samples", "max_eval_samples", "max_bleu_samples"):
-            if getattr(self, name) is not None:
-                check_positive_int(getattr(self, name), name)
+        _check_optional_ints(self, ("max_train_samples", "max_eval_samples", "max_bleu_samples"))
 
 
 @dataclass
@@ -133,9 +139,7 @@ class ModelArguments:
 
     def __post_init__(self):
         check_choice(self.preset, "preset", sorted(PRESETS))
-        for name in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim"):
-            if getattr(self, name) is not None:
-                check_positive_int(getattr(self, name), name)
+        _check_optional_ints(self, ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim"))
         if self.dropout is not None:
             check_alpha(self.dropout, "dropout", allow_one=False)
 
@@ -187,16 +191,13 @@ class StudyArguments:
             raise ValueError(f"`alphas` must be distinct, got {self.alphas}")
         if self.temperatures is not None:
             self.temperatures = check_temperatures(self.temperatures)
-        for name in ("num_beams", "max_steps", "warmup_steps", "batch_size", "eval_batch_size", "save_steps",
-                     "generate_batch_size", "temperatures_per_call"):
-            if getattr(self, name) is not None:
-                check_positive_int(getattr(self, name), name, minimum=0 if name == "warmup_steps" else 1)
+        _check_optional_ints(self, ("num_beams", "max_steps", "batch_size", "eval_batch_size", "save_steps",
+                                    "generate_batch_size", "temperatures_per_call", "cpu_threads"))
+        _check_optional_ints(self, ("warmup_steps",), minimum=0)
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
         check_positive_int(self.n_bins, "n_bins")
         check_positive_int(self.logging_steps, "logging_steps")
-        if self.cpu_threads is not None:
-            check_positive_int(self.cpu_threads, "cpu_threads")
         if self.resume and self.overwrite_output_dir:
             raise ValueError("`resume` and `overwrite_output_dir` exclude each other: keep the run or start over")
 
@@ -246,14 +247,17 @@ class _Processes:
 
 
 def resolve_preset(model_args: ModelArguments, study_args: StudyArguments, data_args: DataArguments) -> Preset:
-    """The preset named by ``model_args.preset`` with every flag that was given applied on top."""
-    overrides = {f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args) if f.name != "preset"}
-    for name in (
-        "temperatures", "num_beams", "max_steps", "learning_rate", "warmup_steps", "batch_size", "eval_batch_size",
-        "save_steps", "generate_batch_size", "temperatures_per_call",
-    ):  # fmt: skip
-        overrides[name] = getattr(study_args, name)
-    overrides["max_bleu_samples"] = data_args.max_bleu_samples
+    """The preset named by ``model_args.preset`` with every flag that was given applied on top.
+
+    A flag overrides the preset field of the same name, whichever argument dataclass declares it.
+    """
+    preset_fields = {f.name for f in dataclasses.fields(Preset)}
+    overrides = {
+        f.name: getattr(args, f.name)
+        for args in (model_args, study_args, data_args)
+        for f in dataclasses.fields(args)
+        if f.name in preset_fields
+    }
     return apply_overrides(get_preset(model_args.preset), **overrides)
 
 
@@ -300,6 +304,38 @@ def _last_checkpoint(directory: Path) -> str | None:
     return str(max(complete, key=lambda p: int(p.name[11:]))) if complete else None
 
 
+def training_arguments(alpha: float, preset: Preset, output_dir: str | os.PathLike, **overrides: Any):
+    """The study's ``LabelSmoothingSeq2SeqTrainingArguments`` for one model: Adam(0.9, 0.98, eps 1e-9), linear
+    warm-up then inverse-square-root decay, clipping 1.0, length-grouped batches, a checkpoint every
+    ``preset.save_steps`` (only the last kept); ``overrides`` replace or add fields (seed, logging, devices)."""
+    from ls_seq.trainer import LabelSmoothingSeq2SeqTrainingArguments
+
+    values = {
+        "output_dir": str(output_dir),
+        "label_smoothing_factor": alpha,
+        "per_device_train_batch_size": preset.batch_size,
+        "learning_rate": preset.learning_rate,
+        "lr_scheduler_type": "inverse_sqrt",
+        "warmup_steps": preset.warmup_steps,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.98,
+        "adam_epsilon": 1e-9,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "max_steps": preset.max_steps,
+        # Batches of similar lengths: 1.10 padded slots per token on Multi30k instead of 2.08 (docs/en_de.md).
+        "train_sampling_strategy": "group_by_length",
+        "save_strategy": "steps",
+        "save_steps": preset.save_steps,
+        "save_total_limit": 1,
+        "eval_strategy": "no",
+        "report_to": [],
+        "dataloader_num_workers": 0,
+        "remove_unused_columns": True,
+    }
+    return LabelSmoothingSeq2SeqTrainingArguments(**{**values, **overrides})
+
+
 def train_model(
     alpha: float,
     preset: Preset,
@@ -321,10 +357,7 @@ def train_model(
     """
     from transformers import DataCollatorForSeq2Seq, MarianMTModel, set_seed
 
-    from ls_seq.trainer import (
-        LabelSmoothingSeq2SeqTrainer,
-        LabelSmoothingSeq2SeqTrainingArguments,
-    )
+    from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer
 
     final_dir, summary_path = model_dir / "model", model_dir / "train_summary.json"
     if (final_dir / "model.safetensors").is_file() and summary_path.is_file():
@@ -335,34 +368,11 @@ def train_model(
     use_gpu = torch.cuda.is_available()
     if bf16 is None:
         bf16 = use_gpu and torch.cuda.is_bf16_supported()
-    per_device = max(1, preset.batch_size // state.num_processes)
-    args = LabelSmoothingSeq2SeqTrainingArguments(
-        output_dir=str(model_dir / "checkpoints"),
-        label_smoothing_factor=alpha,
-        per_device_train_batch_size=per_device,
-        learning_rate=preset.learning_rate,
-        lr_scheduler_type="inverse_sqrt",
-        warmup_steps=preset.warmup_steps,
-        adam_beta1=0.9,
-        adam_beta2=0.98,
-        adam_epsilon=1e-9,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        max_steps=preset.max_steps,
-        # Batches of similar lengths: 1.10 padded slots per token on Multi30k instead of 2.08 (docs/en_de.md).
-        train_sampling_strategy="group_by_length",
-        save_strategy="steps",
-        save_steps=preset.save_steps,
-        save_total_limit=1,
-        eval_strategy="no",
-        logging_steps=logging_steps,
-        report_to=[],
-        seed=seed,
-        bf16=bf16,
-        use_cpu=not use_gpu,
-        dataloader_num_workers=0,
-        remove_unused_columns=True,
-    )
+    args = training_arguments(
+        alpha, preset, model_dir / "checkpoints", seed=seed, logging_steps=logging_steps,
+        per_device_train_batch_size=max(1, preset.batch_size // state.num_processes),
+        bf16=bf16, use_cpu=not use_gpu,
+    )  # fmt: skip
     trainer = LabelSmoothingSeq2SeqTrainer(
         model=model,
         args=args,
@@ -425,7 +435,7 @@ def evaluate_model(
     seed: int,
     state: Any,
     on_progress,
-    validation_dataset=None,
+    validation_dataset,
 ) -> dict[str, Any]:
     """Test metrics, source check and temperature sweep of one model; progress kept in ``evaluation.json``.
 
@@ -511,7 +521,7 @@ def evaluate_model(
             temperatures_per_call=preset.temperatures_per_call, **gen,
         )  # fmt: skip
 
-    if validation_dataset is not None and "validation_teacher_forced" not in ev:
+    if "validation_teacher_forced" not in ev:
         val_indices = shard_indices(len(validation_dataset))
         metric = teacher_forced_sweep(
             model, _batches(validation_dataset, val_indices, collator, bs), grid, n_bins=n_bins, desc="validation sweep"
@@ -643,7 +653,7 @@ def source_warnings(models: list[dict[str, Any]]) -> list[str]:
 
 def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, Any]) -> None:
     """``report.md`` and the figures, from ``results.json``'s content."""
-    from ls_seq.translation.plots import plot_fig3, plot_fig4, plot_table3
+    from ls_seq.translation.plots import plot_fig3, plot_fig4, plot_table3, table3_cells
 
     models = [m for m in results["models"] if "sweep" in m]
     warnings = source_warnings(models)
@@ -696,12 +706,7 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
             "",
             "| baseline ECE | temperature scaling ECE / T (validation-chosen) | ... (test-chosen) | label smoothing ECE / alpha |",
             "|---|---|---|---|",
-            (
-                f"| {_fmt(row['baseline_ece'], 4)} | {_fmt(row.get('temperature_scaling_ece_validation_T'), 4)} / "
-                f"{row.get('temperature_scaling_T_validation', '-')} | "
-                f"{_fmt(row['temperature_scaling_ece'], 4)} / {row['temperature_scaling_T']} | "
-                f"{_fmt(row.get('label_smoothing_ece'), 4)} / {row.get('label_smoothing_alpha', '-')} |"
-            ),
+            "| " + " | ".join(table3_cells(row)) + " |",
         ]
     figures = []
     if models and all("reliability" in m for m in models):
