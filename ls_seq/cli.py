@@ -60,6 +60,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fairseq_user_dir(args: argparse.Namespace) -> int:
+    print(Path(__file__).resolve().parent / "ls_seq_fairseq")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ls-seq", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--labels_key", default="labels")
     cal.add_argument("--output_dir", default=None, help="write calibration.json and reliability.png here")
     cal.set_defaults(func=_calibrate)
+    udir = sub.add_parser(
+        "fairseq-user-dir",
+        help="print the folder to pass to fairseq's --user-dir (the ls-seq criterion); imports no fairseq",
+        description="Print the ls-seq fairseq plugin folder: fairseq-train --user-dir $(ls-seq fairseq-user-dir) ...",
+    )
+    udir.set_defaults(func=_fairseq_user_dir)
     return parser
 
 
