@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "DiskFullError",
     "InputError",
     "LsSeqError",
+    "LsSeqWarning",
     "NonFiniteLossError",
     "NonFiniteTrainingError",
     "NonFiniteWeightsError",
@@ -61,6 +63,11 @@ class LsSeqError(Exception):
     """An expected fault; ``exit_code`` is what :func:`run_main` exits with."""
 
     exit_code = EXIT_FAULT
+
+
+class LsSeqWarning(UserWarning):
+    """A fault that was handled (a stale lock taken over, a damaged checkpoint set aside); :func:`run_main`
+    prints each as one line, ``<prog>: warning: <message>``."""
 
 
 class InputError(LsSeqError, ValueError):
@@ -209,11 +216,21 @@ def run_main(
     ``LS_SEQ_DEBUG=1`` the traceback comes first. SIGTERM is handled like SIGINT (the process unwinds,
     so temporary files are removed, and exits with 143). ``SystemExit`` (argparse's ``--help`` and usage
     errors) passes through. Any other exception is a bug and is re-raised with its traceback.
+    :class:`LsSeqWarning` warnings are printed as one line, ``<prog>: warning: <message>``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     prog = prog or Path(sys.argv[0]).name or "ls-seq"
+    show_warning = warnings.showwarning
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LsSeqWarning):
+            print(f"{prog}: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+        else:
+            show_warning(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line_warning
     previous = None
     with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -225,7 +242,7 @@ def run_main(
             traceback.print_exc()
         print(f"{prog}: error: terminated (SIGTERM); finished work is kept, continue with --resume", file=sys.stderr)
         return 128 + signal.SIGTERM
-    except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not an expected fault
+    except Exception as exc:
         fault = describe_fault(exc)
         if fault is None:
             raise
@@ -241,5 +258,6 @@ def run_main(
         print(f"{prog}: error: {describe_fault(exc)[1]}", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:
+        warnings.showwarning = show_warning
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -8,7 +8,9 @@
 Trains one Transformer per ``--alphas`` value, sweeps the temperature and writes ``results.json``,
 ``results.csv``, ``report.md`` and the figures to ``--output_dir``; ``--resume`` continues a killed run.
 Everything happens in :mod:`ls_seq.translation.study`; this script only parses and checks the arguments
-(before any work starts: bad input exits non-zero with a message naming the argument or path).
+(before any work starts). Bad input exits 2 and a fault (a full disk, a locked output directory, a
+damaged checkpoint with no fallback) exits 1, each with one line naming the argument or file; ``--debug``
+(or ``LS_SEQ_DEBUG=1``) adds the traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 
 from transformers import HfArgumentParser
 
+from ls_seq.errors import run_main
 from ls_seq.translation.study import (
     DataArguments,
     ModelArguments,
@@ -45,4 +48,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, prog="wmt_en_de.py"))

@@ -55,13 +55,13 @@ def test_bugs_are_not_expected_faults():
 
 
 def test_writing_to_names_the_path_of_a_failed_write():
-    with pytest.raises(DiskFullError, match=r"write checkpoint 'out/checkpoint-10'") as info:
-        with writing_to("out/checkpoint-10", "checkpoint"):
-            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed")
+    with pytest.raises(DiskFullError, match=r"write checkpoint 'out/checkpoint-10'") as info, writing_to(
+        "out/checkpoint-10", "checkpoint"
+    ):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed")
     assert describe_fault(info.value)[0] == EXIT_FAULT
-    with pytest.raises(KeyError):  # anything else passes unchanged
-        with writing_to("out"):
-            raise KeyError("x")
+    with pytest.raises(KeyError), writing_to("out"):  # anything else passes unchanged
+        raise KeyError("x")
 
 
 def test_run_main_prints_one_line_and_returns_the_code(capsys, monkeypatch):
@@ -137,10 +137,22 @@ def test_a_signal_unwinds_runs_finally_blocks_and_says_so_in_one_line(tmp_path, 
     proc.send_signal(getattr(__import__("signal"), signame))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code
-    assert err.startswith(f"job: error: ") and signame in err and err.count("\n") == 1, err
+    assert err.startswith("job: error: ") and signame in err and err.count("\n") == 1, err
     assert not marker.exists()
 
 
 def test_messages_are_json_safe_single_lines():
     _, message = describe_fault(ValueError("first line\nsecond   line"))
     assert message == "first line second line" and json.loads(json.dumps(message)) == message
+
+
+def test_handled_faults_are_warned_in_one_line(capsys):
+    import warnings
+
+    from ls_seq.errors import LsSeqWarning
+
+    def main(argv):
+        warnings.warn("took over the stale lock of pid 7", LsSeqWarning, stacklevel=1)
+
+    assert run_main(main, [], prog="p") == 0
+    assert capsys.readouterr().err == "p: warning: took over the stale lock of pid 7\n"

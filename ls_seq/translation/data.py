@@ -8,12 +8,15 @@ Everything returns a :class:`ParallelCorpus`: two equally long lists of strings.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from ls_seq.errors import InputError
+from ls_seq.io import sha256_file
 
 __all__ = [
     "MULTI30K_SHA256",
@@ -73,10 +76,33 @@ def _find_file(data_dir: Path, split: str, lang: str) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (gzipped when its name ends in ``.gz``), without their line breaks.
+
+    A UTF-8 byte-order mark at the start is dropped (it would otherwise become part of the first word and of
+    the vocabulary). Undecodable bytes and a truncated or damaged gzip stream raise
+    :class:`ls_seq.errors.InputError` naming the file and the line.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-        # Only the line break is stripped: other whitespace is part of the sentence.
-        return [line.rstrip("\r\n") for line in f]
+    lines: list[str] = []
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):  # a multi-byte UTF-8 character never holds b"\n"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(
+                        f"{str(path)!r} line {number} is not valid UTF-8 ({exc.reason} at byte {exc.start + 1} of the "
+                        "line); convert the file to UTF-8, e.g. with iconv"
+                    ) from exc
+                # Only the line break is stripped: other whitespace is part of the sentence.
+                lines.append(line.rstrip("\r\n"))
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputError(
+            f"{str(path)!r} is a truncated or damaged gzip file ({exc}) after line {len(lines)}; copy or download it again"
+        ) from exc
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
+    return lines
 
 
 def read_parallel_split(
@@ -87,7 +113,8 @@ def read_parallel_split(
     Raises:
         ValueError: naming the path when the directory or a file is missing, the files differ in line
             count, a split is empty, or a line is empty on either side (an empty target would train
-            the model to stop at once; an empty source makes the pair meaningless).
+            the model to stop at once; an empty source makes the pair meaningless); naming the file and
+            the line when a line is not UTF-8 or a gzip file is truncated.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -108,14 +135,6 @@ def read_parallel_split(
     return ParallelCorpus(source, target)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_multi30k(cache_dir: str | os.PathLike) -> Path:
     """Download Multi30k task 1 (EN, DE; train/val/test_2016_flickr) into ``cache_dir/multi30k``.
 
@@ -130,14 +149,14 @@ def download_multi30k(cache_dir: str | os.PathLike) -> Path:
     target_dir.mkdir(parents=True, exist_ok=True)
     for name, expected in MULTI30K_SHA256.items():
         path = target_dir / name
-        if path.is_file() and _sha256(path) == expected:
+        if path.is_file() and sha256_file(path) == expected:
             continue
         fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{name}.")
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(MULTI30K_URL.format(name=name), timeout=60) as r:
                 for block in iter(lambda: r.read(1 << 20), b""):
                     out.write(block)
-            actual = _sha256(Path(tmp))
+            actual = sha256_file(Path(tmp))
             if actual != expected:
                 raise ValueError(f"checksum mismatch for {MULTI30K_URL.format(name=name)}: sha256 {actual}, expected {expected}")
             os.replace(tmp, path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -30,11 +31,13 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from ls_seq._validation import (
     check_alpha,
@@ -42,13 +45,26 @@ from ls_seq._validation import (
     check_positive_int,
     check_temperatures,
 )
+from ls_seq.checkpoints import (
+    check_finite_weights,
+    checkpoint_steps,
+    latest_good_checkpoint,
+    set_aside,
+    verify_checkpoint,
+    write_checksums,
+)
+from ls_seq.errors import CheckpointError, InputError, LsSeqWarning, writing_to
 from ls_seq.io import (
-    atomic_savefig,
-    atomic_write_csv,
+    apply_umask_modes,
+    atomic_write_files,
     atomic_write_json,
     atomic_write_text,
+    csv_bytes,
+    figure_bytes,
+    json_bytes,
     read_json,
 )
+from ls_seq.study import RunDirectory, stage_boundary
 from ls_seq.sweeps import (
     beam_search_sweep,
     best_temperature,
@@ -91,6 +107,8 @@ __all__ = [
 # 1/1000 distinct outputs; the healthy one a gap of 2.57 and nearly all distinct.
 SOURCE_NLL_GAP_MIN = 0.25
 SOURCE_DISTINCT_MIN = 0.5
+# Below this many test sentences the shuffled-source NLL says nothing (one sentence cannot be shuffled).
+SOURCE_CHECK_MIN_SENTENCES = 10
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -297,17 +315,11 @@ def _derangement(n: int, seed: int) -> list[int]:
 # Training
 
 
-def _last_checkpoint(directory: Path) -> str | None:
-    """The highest ``checkpoint-N`` holding ``trainer_state.json``, which HF writes last: a run killed while
-    saving leaves a checkpoint without it, and resuming from that one would fail or silently lose state."""
-    complete = [p for p in directory.glob("checkpoint-*") if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()]
-    return str(max(complete, key=lambda p: int(p.name[11:]))) if complete else None
-
-
 def training_arguments(alpha: float, preset: Preset, output_dir: str | os.PathLike, **overrides: Any):
     """The study's ``LabelSmoothingSeq2SeqTrainingArguments`` for one model: Adam(0.9, 0.98, eps 1e-9), linear
     warm-up then inverse-square-root decay, clipping 1.0, length-grouped batches, a checkpoint every
-    ``preset.save_steps`` (only the last kept); ``overrides`` replace or add fields (seed, logging, devices)."""
+    ``preset.save_steps`` (the last two kept, so a damaged newest one has a fallback), no NaN filter on the
+    logged loss (a NaN must stop the run, not be averaged away); ``overrides`` replace or add fields."""
     from ls_seq.trainer import LabelSmoothingSeq2SeqTrainingArguments
 
     values = {
@@ -327,13 +339,66 @@ def training_arguments(alpha: float, preset: Preset, output_dir: str | os.PathLi
         "train_sampling_strategy": "group_by_length",
         "save_strategy": "steps",
         "save_steps": preset.save_steps,
-        "save_total_limit": 1,
+        "save_total_limit": 2,
+        "logging_nan_inf_filter": False,
         "eval_strategy": "no",
         "report_to": [],
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,
     }
     return LabelSmoothingSeq2SeqTrainingArguments(**{**values, **overrides})
+
+
+class _StageBoundaries(TrainerCallback):
+    """Marks each step and checkpoint of one model as a stage boundary (the fault tests' kill points,
+    :func:`ls_seq.study.stage_boundary`)."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stage_boundary(f"{self.tag}/step-{state.global_step}")
+
+    def on_save(self, args, state, control, **kwargs):
+        stage_boundary(f"{self.tag}/checkpoint-{state.global_step}")
+
+
+def _training_summary(alpha: float, log_history: list[dict[str, Any]], global_step: int, epoch: float | None) -> dict[str, Any]:
+    """``train_summary.json`` from a Trainer's whole log history (restored from the checkpoint on a resume).
+
+    ``final_loss`` is the window that ends at the last step (the :class:`~ls_seq.guards.TrainingGuard` logs
+    there and at every checkpoint, so no window spans a resume), never ``TrainOutput.training_loss``, which
+    averages only the steps of the last session.
+    """
+    losses = [(h["step"], h["loss"], h.get("nll_loss")) for h in log_history if "loss" in h]
+    return {
+        "alpha": alpha,
+        "steps": global_step,
+        "epochs": round(float(epoch or 0.0), 4),
+        "final_loss": losses[-1][1] if losses else None,
+        "final_nll_loss": losses[-1][2] if losses else None,
+        "loss_curve": [{"step": s, "loss": l, "nll_loss": n} for s, l, n in losses],
+    }
+
+
+def _finished_model(final_dir: Path, summary_path: Path):
+    """The saved final model and its summary, when both are there and the model passes its checks.
+
+    A damaged final model is set aside (``damaged-model``) with a warning; it is then rebuilt from the
+    checkpoint at ``max_steps``.
+    """
+    from transformers import MarianMTModel
+
+    if not (final_dir.is_dir() and summary_path.is_file()):
+        return None
+    try:
+        verify_checkpoint(final_dir, require=("model.safetensors", "config.json"))
+        summary = read_json(summary_path)
+    except (CheckpointError, InputError) as exc:
+        moved = set_aside(final_dir)
+        warnings.warn(f"{exc}; set aside as {str(moved)!r}, rebuilding it from the checkpoints", LsSeqWarning, stacklevel=3)
+        return None
+    return MarianMTModel.from_pretrained(str(final_dir)), summary
 
 
 def train_model(
@@ -345,66 +410,87 @@ def train_model(
     *,
     seed: int,
     resume: bool,
-    bf16: bool | None,
+    bf16: bool,
     logging_steps: int,
     state: Any,
 ):
     """Train one model (or load it when ``model_dir/model`` is complete) and return ``(model, summary)``.
 
     Checkpoints go to ``model_dir/checkpoints`` every ``preset.save_steps``; with ``resume`` training restarts
-    from the last one (weights, optimizer, scheduler, RNG and data position, HF Trainer's resume). The final
-    model is written to a temporary directory and renamed, so ``model_dir/model`` exists only when complete.
+    from the newest checkpoint that passes :func:`ls_seq.checkpoints.verify_checkpoint` (weights, optimizer,
+    scheduler, RNG and data position, HF Trainer's resume); damaged ones are set aside with a warning. A
+    checkpoint at ``max_steps`` means training is finished: the model is loaded from it, no step is taken.
+    A :class:`~ls_seq.guards.TrainingGuard` stops training at the first non-finite weight or loss, naming the
+    step. The final model is checked finite, written to a temporary directory with its checksums and
+    renamed, so ``model_dir/model`` exists only when complete.
     """
     from transformers import DataCollatorForSeq2Seq, MarianMTModel, set_seed
+    from transformers.trainer_callback import TrainerState
 
+    from ls_seq.guards import TrainingGuard
     from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer
 
     final_dir, summary_path = model_dir / "model", model_dir / "train_summary.json"
-    if (final_dir / "model.safetensors").is_file() and summary_path.is_file():
-        return MarianMTModel.from_pretrained(str(final_dir)), read_json(summary_path)
+    checkpoints, tag = model_dir / "checkpoints", model_dir.name
+    # The main process checks what is saved and sets damaged files aside; the others then use what is left.
+    finished = _finished_model(final_dir, summary_path) if state.is_main_process else None
+    checkpoint = latest_good_checkpoint(checkpoints) if state.is_main_process and resume and finished is None else None
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        if (final_dir / "model.safetensors").is_file() and summary_path.is_file():
+            finished = MarianMTModel.from_pretrained(str(final_dir)), read_json(summary_path)
+        elif resume and checkpoint_steps(checkpoints):
+            checkpoint = checkpoint_steps(checkpoints)[0][1]
+    if finished is not None:
+        return finished
 
-    set_seed(seed)
-    model = MarianMTModel(build_model_config(preset, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id))
-    use_gpu = torch.cuda.is_available()
-    if bf16 is None:
-        bf16 = use_gpu and torch.cuda.is_bf16_supported()
-    args = training_arguments(
-        alpha, preset, model_dir / "checkpoints", seed=seed, logging_steps=logging_steps,
-        per_device_train_batch_size=max(1, preset.batch_size // state.num_processes),
-        bf16=bf16, use_cpu=not use_gpu,
-    )  # fmt: skip
-    trainer = LabelSmoothingSeq2SeqTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-        processing_class=tokenizer,
-    )
-    checkpoint = _last_checkpoint(model_dir / "checkpoints") if resume else None
     start = time.time()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
-    losses = [(h["step"], h["loss"], h.get("nll_loss")) for h in trainer.state.log_history if "loss" in h]
-    summary = {
-        "alpha": alpha,
-        "steps": trainer.state.global_step,
-        "epochs": round(float(trainer.state.epoch or 0.0), 4),
-        # The last logged window, not output.training_loss: that averages only the steps of this session.
-        "final_loss": losses[-1][1] if losses else float(output.training_loss),
-        "final_nll_loss": losses[-1][2] if losses else None,
-        "loss_curve": [{"step": s, "loss": l, "nll_loss": n} for s, l, n in losses],
-        "resumed_from": None if checkpoint is None else Path(checkpoint).name,
-        "seconds": round(time.time() - start, 1),
-    }
-    tmp_dir = model_dir / "model.tmp"
-    trainer.save_model(str(tmp_dir))  # safetensors; every process must call it, the main one writes
+    if checkpoint is not None and read_json(checkpoint / "trainer_state.json")["global_step"] >= preset.max_steps:
+        # Training is finished: Trainer.train() would take one more step before it checks max_steps.
+        model = MarianMTModel.from_pretrained(str(checkpoint))
+        trainer_state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        summary = _training_summary(alpha, trainer_state.log_history, trainer_state.global_step, trainer_state.epoch)
+    else:
+        set_seed(seed)
+        model = MarianMTModel(build_model_config(preset, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id))
+        use_gpu = torch.cuda.is_available()
+        args = training_arguments(
+            alpha, preset, checkpoints, seed=seed, logging_steps=logging_steps,
+            per_device_train_batch_size=max(1, preset.batch_size // state.num_processes),
+            bf16=bf16, use_cpu=not use_gpu,
+        )  # fmt: skip
+        trainer = LabelSmoothingSeq2SeqTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+            processing_class=tokenizer,
+            callbacks=[TrainingGuard(), _StageBoundaries(tag)],
+        )
+        with writing_to(checkpoints, "checkpoints"):
+            trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        summary = _training_summary(alpha, trainer.state.log_history, trainer.state.global_step, trainer.state.epoch)
+    summary["resumed_from"] = None if checkpoint is None else checkpoint.name
+    summary["seconds"] = round(time.time() - start, 1)
+    check_finite_weights(model, f"of the final {tag} model", step=summary["steps"])
     state.wait_for_everyone()
     if state.is_main_process:
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        os.replace(tmp_dir, final_dir)
-        atomic_write_json(summary_path, summary)
+        tmp_dir = model_dir / "model.tmp"
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+        with writing_to(tmp_dir, "final model"):
+            model.save_pretrained(str(tmp_dir))  # safetensors
+            tokenizer.save_pretrained(str(tmp_dir))
+            apply_umask_modes(tmp_dir)
+            write_checksums(tmp_dir)
+            if final_dir.exists():
+                shutil.rmtree(final_dir)
+            os.replace(tmp_dir, final_dir)
+            atomic_write_json(summary_path, summary)
     state.wait_for_everyone()
-    return trainer.accelerator.unwrap_model(trainer.model), summary
+    stage_boundary(f"{tag}/trained")
+    return model, summary
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -421,6 +507,22 @@ def check_source_use(nll: float, nll_shuffled: float, share_distinct: float) -> 
         "share_distinct_outputs": share_distinct,
         "uses_source": bool(gap >= SOURCE_NLL_GAP_MIN and share_distinct >= SOURCE_DISTINCT_MIN),
     }
+
+
+def source_check_skipped(sources: list[list[int]], perm: list[int]) -> str | None:
+    """Why the source check cannot be trusted on this test split (None when it can).
+
+    Shuffling the sources must change most of them: with fewer than ``SOURCE_CHECK_MIN_SENTENCES``
+    sentences, or when repeated sources leave more than a tenth of them in place, the NLL gap would
+    measure the split, not the model (one sentence: the "shuffled" source is the original, gap 0).
+    """
+    n = len(sources)
+    moved = sum(sources[j] != sources[i] for i, j in enumerate(perm))
+    if n < SOURCE_CHECK_MIN_SENTENCES:
+        return f"the test split has {n} sentence(s); the source check needs at least {SOURCE_CHECK_MIN_SENTENCES}"
+    if moved < 0.9 * n:
+        return f"shuffling changed only {moved} of the {n} test sources (repeated sentences); it needs 90%"
+    return None
 
 
 def evaluate_model(
@@ -445,29 +547,41 @@ def evaluate_model(
     BLEU and the distinct-output share; (4) the BLEU sweep, ``preset.temperatures_per_call`` temperatures per ``generate`` call, each point saved
     as soon as its group is done;
     (5) teacher-forced NLL/ECE over the grid on ``validation_dataset``, to choose a temperature without the
-    test set.
+    test set. A stage saved for fewer temperatures than ``preset.temperatures`` (a resume that added some) is
+    measured again over the whole grid; the BLEU sweep measures only the new points. A damaged
+    ``evaluation.json`` is set aside with a warning and the stages run again. After each saved stage comes
+    a :func:`~ls_seq.study.stage_boundary` named ``<model>/evaluated:<stage>``.
     """
     from transformers import DataCollatorForSeq2Seq
 
     from ls_seq.sweeps import shard_indices
 
     path = model_dir / "evaluation.json"
-    ev: dict[str, Any] = read_json(path) if path.is_file() else {}
+    ev: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            ev = read_json(path)
+        except InputError as exc:
+            if state.is_main_process:
+                moved = set_aside(path)
+                warnings.warn(f"{exc}; set aside as {str(moved)!r}, evaluating again", LsSeqWarning, stacklevel=2)
+        state.wait_for_everyone()
     grid = list(preset.temperatures)
     tf_grid = sorted(set(grid) | {1.0})
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     indices = shard_indices(len(test_dataset))
     bs = preset.eval_batch_size
 
-    def save():
+    def save(stage: str):
         # Every process holds the same ev (metrics are synced, translations gathered); one writes it, and
         # the others wait, so files the main process writes (translations) are there for all to read.
         if state.is_main_process:
             atomic_write_json(path, ev)
         on_progress(ev)
         state.wait_for_everyone()
+        stage_boundary(f"{model_dir.name}/evaluated:{stage}")
 
-    if "teacher_forced" not in ev:
+    if ev.get("teacher_forced", {}).get("temperatures") != tf_grid:
         metric = teacher_forced_sweep(model, _batches(test_dataset, indices, collator, bs), tf_grid, n_bins=n_bins)
         values = {k: torch.atleast_1d(v) for k, v in metric.compute().items()}
         rel = {k: v.reshape(len(tf_grid), -1) for k, v in metric.reliability().items()}
@@ -478,17 +592,21 @@ def evaluate_model(
             "n_tokens": int(values["n_tokens"][i1]),
         }
         ev["reliability"] = {k: v[i1].tolist() for k, v in rel.items()}
-        save()
+        save("teacher_forced")
 
     if "nll_shuffled_sources" not in ev:
-        perm = _derangement(len(test_dataset), seed)
         sources = test_dataset["input_ids"]
-        shuffled = test_dataset.remove_columns("input_ids").add_column("input_ids", [sources[j] for j in perm])
-        metric = teacher_forced_sweep(
-            model, _batches(shuffled, indices, collator, bs), [1.0], n_bins=n_bins, desc="shuffled sources"
-        )
-        ev["nll_shuffled_sources"] = float(metric.compute()["nll"].reshape(-1)[0])
-        save()
+        perm = _derangement(len(sources), seed) if len(sources) >= 2 else list(range(len(sources)))
+        skipped = source_check_skipped(sources, perm)
+        if skipped is None:
+            shuffled = test_dataset.remove_columns("input_ids").add_column("input_ids", [sources[j] for j in perm])
+            metric = teacher_forced_sweep(
+                model, _batches(shuffled, indices, collator, bs), [1.0], n_bins=n_bins, desc="shuffled sources"
+            )
+            ev["nll_shuffled_sources"] = float(metric.compute()["nll"].reshape(-1)[0])
+        else:
+            ev["nll_shuffled_sources"], ev["source_check_skipped"] = None, skipped
+        save("shuffled_sources")
 
     gen = {
         "num_beams": preset.num_beams, "batch_size": preset.generate_batch_size,
@@ -500,7 +618,7 @@ def evaluate_model(
             atomic_write_text(model_dir / "test_translations.txt", "\n".join(hyps) + "\n")
         ev["test_bleu"] = corpus_bleu(hyps, test.target)
         ev["share_distinct_outputs"] = distinct_share(hyps)
-        save()
+        save("test_bleu")
 
     n_bleu = len(test) if preset.max_bleu_samples is None else min(preset.max_bleu_samples, len(test))
     ev.setdefault("sweep_bleu", {})
@@ -510,25 +628,25 @@ def evaluate_model(
         hyps = (model_dir / "test_translations.txt").read_text(encoding="utf-8").split("\n")[:n_bleu]
         ev["sweep_bleu"][repr(1.0)] = corpus_bleu(hyps, test.target[:n_bleu])
         todo.remove(1.0)
-        save()
+        save("sweep_bleu_1.0")
     if todo:
         def record(temperature: float, hyps: list[str]) -> None:
             ev["sweep_bleu"][repr(float(temperature))] = corpus_bleu(hyps, test.target[:n_bleu])
-            save()
+            save(f"sweep_bleu_{float(temperature)!r}")
 
         beam_search_sweep(
             model, tokenizer, test.source[:n_bleu], todo, on_temperature=record,
             temperatures_per_call=preset.temperatures_per_call, **gen,
         )  # fmt: skip
 
-    if "validation_teacher_forced" not in ev:
+    if ev.get("validation_teacher_forced", {}).get("temperatures") != grid:
         val_indices = shard_indices(len(validation_dataset))
         metric = teacher_forced_sweep(
             model, _batches(validation_dataset, val_indices, collator, bs), grid, n_bins=n_bins, desc="validation sweep"
         )
         values = {k: torch.atleast_1d(v) for k, v in metric.compute().items()}
         ev["validation_teacher_forced"] = {"temperatures": grid, "nll": values["nll"].tolist(), "ece": values["ece"].tolist()}
-        save()
+        save("validation")
     return ev
 
 
@@ -574,7 +692,9 @@ def summarize_model(alpha: float, ev: dict[str, Any], train_summary: dict[str, A
             "best_ece_temperature": t_ece,
             "test_ece_at_best_ece_temperature": tf["ece"][at[t_ece]],
         }
-    if "nll_shuffled_sources" in ev and "share_distinct_outputs" in ev:
+    if "source_check_skipped" in ev:
+        entry["source_check"] = {"skipped": ev["source_check_skipped"]}
+    elif "nll_shuffled_sources" in ev and "share_distinct_outputs" in ev:
         entry["source_check"] = check_source_use(entry["test"]["nll"], ev["nll_shuffled_sources"], ev["share_distinct_outputs"])
     entry["reliability"] = ev["reliability"]
     return entry
@@ -607,12 +727,12 @@ def table3_row(models: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _write_results(output_dir: Path, results: dict[str, Any]) -> None:
-    atomic_write_json(output_dir / "results.json", results)
-    rows = []
-    for m in results["models"]:
-        for p in m.get("sweep", []):
-            rows.append({"alpha": m["alpha"], **p})
-    atomic_write_csv(output_dir / "results.csv", rows, fieldnames=["alpha", "temperature", "bleu", "nll", "ece"])
+    """``results.csv`` and ``results.json`` as one set (the JSON last): a reader never sees one without the other."""
+    rows = [{"alpha": m["alpha"], **p} for m in results["models"] for p in m.get("sweep", [])]
+    atomic_write_files({
+        output_dir / "results.csv": csv_bytes(rows, fieldnames=["alpha", "temperature", "bleu", "nll", "ece"]),
+        output_dir / "results.json": json_bytes(results),
+    })  # fmt: skip
 
 
 def _versions() -> dict[str, str]:
@@ -641,7 +761,7 @@ def source_warnings(models: list[dict[str, Any]]) -> list[str]:
     lines = []
     for m in models:
         sc = m.get("source_check")
-        if sc is not None and not sc["uses_source"]:
+        if sc is not None and "uses_source" in sc and not sc["uses_source"]:
             lines.append(
                 f"WARNING: the alpha={m['alpha']} model IGNORES ITS SOURCE: shuffling the test sources changes its "
                 f"token NLL by {sc['nll_gap']:+.3f} nats (needs >= {SOURCE_NLL_GAP_MIN}) and "
@@ -661,12 +781,16 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
     if warnings:
         lines += [f"**{w}**" for w in warnings] + [""]
     else:
+        skipped = sorted({m["source_check"]["skipped"] for m in models if "skipped" in m.get("source_check", {})})
         checks = ", ".join(
             f"alpha={m['alpha']}: NLL gap {m['source_check']['nll_gap']:+.2f}, "
             f"{m['source_check']['share_distinct_outputs']:.0%} distinct outputs"
-            for m in models if "source_check" in m
+            for m in models if "uses_source" in m.get("source_check", {})
         )
-        lines += [f"Source check: every model uses its source ({checks}).", ""]
+        if skipped:
+            lines += [f"Source check skipped: {'; '.join(skipped)}.", ""]
+        else:
+            lines += [f"Source check: every model uses its source ({checks}).", ""]
     cfg = results["config"]
     lines += [
         f"Command: `{cfg['command']}`" + "".join(f"; resumed with `{c}`" for c in cfg.get("resumed_with", [])),
@@ -708,18 +832,62 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
             "|---|---|---|---|",
             "| " + " | ".join(table3_cells(row)) + " |",
         ]
-    figures = []
+    figures: dict[Path, bytes] = {}
     if models and all("reliability" in m for m in models):
-        atomic_savefig(plot_fig3(models), output_dir / "reliability.png")
-        atomic_savefig(plot_fig4(models), output_dir / "temperature_sweep.png")
-        figures += ["![Fig. 3: reliability](reliability.png)", "![Fig. 4: temperature sweep](temperature_sweep.png)"]
+        figures[output_dir / "reliability.png"] = figure_bytes(plot_fig3(models))
+        figures[output_dir / "temperature_sweep.png"] = figure_bytes(plot_fig4(models))
         if row:
-            atomic_savefig(plot_table3(row), output_dir / "table3.png")
-            figures.append("![Table 3 row](table3.png)")
-    lines += ["", "## Figures", ""] + figures
+            figures[output_dir / "table3.png"] = figure_bytes(plot_table3(row))
+    captions = {"reliability.png": "Fig. 3: reliability", "temperature_sweep.png": "Fig. 4: temperature sweep",
+                "table3.png": "Table 3 row"}  # fmt: skip
+    lines += ["", "## Figures", ""] + [f"![{captions[p.name]}]({p.name})" for p in figures]
     lines += ["", "## Wall-clock", "", "```", json.dumps(timings, indent=1), "```"]
     lines += ["", "## Versions", "", "```", json.dumps(results["versions"], indent=1), "```", ""]
-    atomic_write_text(output_dir / "report.md", "\n".join(lines))
+    # The figures first, the report that shows them last: a report.md is never without its figures.
+    atomic_write_files({**figures, output_dir / "report.md": "\n".join(lines)})
+
+
+def _corpora_digest(corpora: dict[str, ParallelCorpus]) -> str:
+    """SHA-256 of every sentence the study reads (after ``max_*_samples``): what ``--resume`` checks the data by."""
+    digest = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        for side in (corpora[split].source, corpora[split].target):
+            digest.update("\n".join(side).encode("utf-8"))
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def run_config(
+    data_args: DataArguments, model_args: ModelArguments, study_args: StudyArguments, preset: Preset,
+    corpora: dict[str, ParallelCorpus], *, bf16: bool, num_processes: int,
+) -> dict[str, Any]:
+    """Everything that decides ``results.json``: what ``run_config.json`` holds and ``--resume`` compares.
+
+    The data enter by content (sentence counts and a digest), not by path, so a moved corpus still resumes;
+    thread counts, cache and output paths are left out (they change no result beyond float rounding).
+    """
+    return {
+        "preset_name": model_args.preset,
+        "preset": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(preset).items()},
+        "alphas": study_args.alphas,
+        "seed": study_args.seed,
+        "n_bins": study_args.n_bins,
+        "bf16": bf16,
+        "logging_steps": study_args.logging_steps,
+        "num_processes": num_processes,
+        "train_sentences": len(corpora["train"]),
+        "validation_sentences": len(corpora["validation"]),
+        "test_sentences": len(corpora["test"]),
+        "data": {
+            "max_train_samples": data_args.max_train_samples,
+            "max_eval_samples": data_args.max_eval_samples,
+            "sha256": _corpora_digest(corpora),
+        },
+    }
+
+
+# ``--resume`` may add alphas (new models) and temperatures (new sweep points); it never drops any.
+RESUME_EXTENDABLE = {"alphas": "append", "preset.temperatures": "sort"}
 
 
 def run_study(
@@ -727,12 +895,17 @@ def run_study(
 ) -> dict[str, Any]:
     """Train one model per alpha, evaluate, and write the results; returns ``results.json``'s content.
 
-    Nothing is written before the data is read and checked, so bad input leaves ``output_dir`` untouched.
+    ``output_dir`` is checked writable before anything else, and nothing is written before the data is read
+    and checked, so bad input leaves it untouched. Then it is opened as a :class:`~ls_seq.study.RunDirectory`:
+    locked for the run, its configuration saved (or, with ``--resume``, compared with the saved one:
+    alphas and temperatures may be added, anything else that differs is refused).
     Under several processes (``accelerate launch --multi_gpu``, ``torchrun``) training is data-parallel,
     evaluation is sharded without duplicates, and only the main process writes.
     """
     study_start = time.time()
+    run = RunDirectory(study_args.output_dir, "en_de")  # refuses an unusable output_dir before any work
     preset = resolve_preset(model_args, study_args, data_args)
+    preset = dataclasses.replace(preset, temperatures=tuple(sorted(set(preset.temperatures))))
     corpora = load_corpora(
         data_args.dataset,
         data_dir=data_args.data_dir,
@@ -740,33 +913,31 @@ def run_study(
         split_names={"train": data_args.train_split, "validation": data_args.validation_split, "test": data_args.test_split},
         max_samples={"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples},
     )
-    output_dir = Path(study_args.output_dir)
-    if (output_dir / "results.json").exists() and not (study_args.resume or study_args.overwrite_output_dir):
-        raise ValueError(
-            f"output_dir={str(output_dir)!r} already holds results.json; pass --resume to continue it "
-            "or --overwrite_output_dir to start over"
-        )
     state = _Processes()
     cpu_threads = state.set_cpu_threads(study_args.cpu_threads)
-    if study_args.overwrite_output_dir and state.is_main_process and output_dir.exists():
-        shutil.rmtree(output_dir)
-    state.wait_for_everyone()
-
+    bf16 = study_args.bf16 if study_args.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    config = run_config(data_args, model_args, study_args, preset, corpora, bf16=bf16, num_processes=state.num_processes)
     command = command or " ".join(sys.argv)
-    previous = read_json(output_dir / "results.json")["config"] if (output_dir / "results.json").is_file() else None
-    config = {
-        # A resumed run keeps the command that started it and lists the ones that continued it.
-        "command": previous["command"] if previous else command,
-        "resumed_with": [*previous.get("resumed_with", []), command] if previous else [],
-        "preset_name": model_args.preset,
-        "preset": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(preset).items()},
-        "alphas": study_args.alphas,
-        "seed": study_args.seed,
-        "n_bins": study_args.n_bins,
-        "train_sentences": len(corpora["train"]),
-        "test_sentences": len(corpora["test"]),
-        "num_processes": state.num_processes,
-    }
+    if state.is_main_process:
+        config = run.open(
+            config, command=command, resume=study_args.resume, overwrite=study_args.overwrite_output_dir,
+            extendable=RESUME_EXTENDABLE,
+        )  # fmt: skip
+    state.wait_for_everyone()
+    try:
+        if not state.is_main_process:
+            config = read_json(run.config_path)["config"]
+            run.commands = read_json(run.config_path)["commands"]
+        return _run(run, config, preset, corpora, study_args, state, cpu_threads=cpu_threads, bf16=bf16, start=study_start)
+    finally:
+        run.close()
+
+
+def _run(run, config, preset, corpora, study_args, state, *, cpu_threads, bf16, start) -> dict[str, Any]:
+    """The study in an opened run directory, with ``config``'s (possibly extended) alphas and temperatures."""
+    output_dir = run.path
+    preset = dataclasses.replace(preset, temperatures=tuple(config["preset"]["temperatures"]))
+    alphas = config["alphas"]
     with state.main_process_first():  # the main process trains the tokenizer, the others load it
         tokenizer = load_or_train_tokenizer(
             output_dir / "tokenizer", corpora["train"].source + corpora["train"].target, preset.vocab_size
@@ -776,21 +947,28 @@ def run_study(
     validation_dataset = _tokenize(corpora["validation"], tokenizer, preset.max_length)
 
     timings_path = output_dir / "timings.json"
-    earlier = read_json(timings_path) if (study_args.resume and timings_path.is_file()) else {}
+    earlier: dict[str, Any] = {}
+    if study_args.resume and timings_path.is_file():
+        try:
+            earlier = read_json(timings_path)
+        except InputError as exc:  # wall-clock only: say so and start a new record
+            warnings.warn(f"{exc}; earlier wall-clock times are lost", LsSeqWarning, stacklevel=2)
     # Each invocation's wall-clock is kept: a resumed run's times alone would hide what the first one took.
     timings: dict[str, Any] = {"earlier_runs": [*earlier.pop("earlier_runs", []), earlier] if earlier else []}
     timings["device"] = str(state.device)
     timings["cpu_threads_per_process"] = cpu_threads
     timings["num_processes"] = state.num_processes
-    results: dict[str, Any] = {"config": config, "versions": _versions(), "models": []}
+    # A resumed run keeps the command that started it and lists the ones that continued it.
+    results_config = {"command": run.commands[0], "resumed_with": run.commands[1:], **config}
+    results: dict[str, Any] = {"config": results_config, "versions": _versions(), "models": []}
     grid = list(preset.temperatures)
-    for alpha in study_args.alphas:
+    for alpha in alphas:
         model_dir = output_dir / f"alpha_{alpha}"
         t0 = time.time()
         model, summary = train_model(
             alpha, preset, tokenizer, train_dataset, model_dir,
-            seed=study_args.seed, resume=study_args.resume, bf16=study_args.bf16,
-            logging_steps=study_args.logging_steps, state=state,
+            seed=config["seed"], resume=study_args.resume, bf16=bf16,
+            logging_steps=config["logging_steps"], state=state,
         )  # fmt: skip
         timings[f"alpha_{alpha}"] = {"train_seconds": summary["seconds"]}
         results["models"].append({"alpha": alpha})
@@ -805,7 +983,7 @@ def run_study(
         model.to(state.device)
         ev = evaluate_model(
             model, tokenizer, corpora["test"], test_dataset, preset, model_dir,
-            n_bins=study_args.n_bins, seed=study_args.seed, state=state, on_progress=on_progress,
+            n_bins=config["n_bins"], seed=config["seed"], state=state, on_progress=on_progress,
             validation_dataset=validation_dataset,
         )  # fmt: skip
         state.wait_for_everyone()
@@ -815,7 +993,8 @@ def run_study(
         if state.is_main_process:  # after every model, so a killed run's times are kept too
             atomic_write_json(timings_path, timings)
         del model
-    timings["total_seconds_this_run"] = round(time.time() - study_start, 1)
+    stage_boundary("report")
+    timings["total_seconds_this_run"] = round(time.time() - start, 1)
     if state.is_main_process:
         atomic_write_json(timings_path, timings)
         write_report(output_dir, results, timings)

@@ -16,6 +16,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ls_seq.errors import CheckpointError
+from ls_seq.io import directory_mode
+
 __all__ = ["EOS", "PAD", "UNK", "load_or_train_tokenizer", "train_joint_tokenizer"]
 
 # Marian's convention: decoder_start_token_id = pad_token_id, and every sequence ends with </s>.
@@ -57,11 +60,18 @@ def load_or_train_tokenizer(directory: str | os.PathLike, texts: Iterable[str], 
     """
     directory = Path(directory)
     if (directory / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast.from_pretrained(str(directory))
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(str(directory))
+        except Exception as exc:  # tokenizers reports a damaged file without naming it
+            raise CheckpointError(
+                f"{str(directory / 'tokenizer.json')!r} is damaged ({' '.join(str(exc).split())}); the models of this "
+                "run were trained with it: restore it, or start over with --overwrite_output_dir"
+            ) from exc
     tokenizer = train_joint_tokenizer(texts, vocab_size)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
+        tmp.chmod(directory_mode())  # mkdtemp's 0o700 would hide the tokenizer of a shared run
         tokenizer.save_pretrained(str(tmp))
         if directory.exists():  # an empty or partial directory from an older run
             shutil.rmtree(directory)

@@ -8,6 +8,7 @@ import io
 
 import pytest
 
+from ls_seq.errors import InputError
 from ls_seq.translation import data
 from ls_seq.translation.data import (
     MULTI30K_SHA256,
@@ -143,3 +144,33 @@ def test_wmt14_goes_through_datasets_with_the_papers_splits(monkeypatch):
     corpora = load_corpora("wmt14", max_samples={"train": 100})
     assert calls == [("wmt14", "de-en", "train[:100]"), ("wmt14", "de-en", "validation"), ("wmt14", "de-en", "test")]
     assert corpora["test"].source == ["A house.", "Two."] and corpora["test"].target == ["Ein Haus.", "Zwei."]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Damaged and odd files: named with the line, never a traceback from the codec
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_invalid_utf8_is_refused_naming_the_file_and_line(tmp_path, gz):
+    raw = "\n".join(EN).encode("utf-8").replace(b"Two", b"Tw\xff") + b"\n"  # Latin-1 byte in line 2
+    path = tmp_path / ("train.en.gz" if gz else "train.en")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    _write(tmp_path / "train.de", DE)
+    with pytest.raises(InputError, match=rf"'{path}' line 2 is not valid UTF-8 \(invalid start byte at byte 3 of the line\)"):
+        read_parallel_split(tmp_path, "train")
+
+
+def test_a_truncated_gzip_is_refused_naming_the_file(tmp_path):
+    lines = [f"sentence {i} " + "x" * (i % 50) for i in range(5000)]
+    blob = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"))
+    (tmp_path / "train.en.gz").write_bytes(blob[: len(blob) // 2])  # an interrupted copy
+    _write(tmp_path / "train.de", lines)
+    with pytest.raises(InputError, match=r"train\.en\.gz' is a truncated or damaged gzip file \(.*\) after line \d+"):
+        read_parallel_split(tmp_path, "train")
+
+
+def test_a_byte_order_mark_is_stripped_and_crlf_line_ends_removed(tmp_path):
+    (tmp_path / "train.en").write_bytes(("\ufeff" + "\r\n".join(EN) + "\r\n").encode("utf-8"))
+    _write(tmp_path / "train.de", DE, gz=False)
+    corpus = read_parallel_split(tmp_path, "train")
+    assert corpus.source == EN  # no "\ufeffA" as the first word, no "\r" at the ends

@@ -1,21 +1,17 @@
-"""The EN-DE recipe end to end on a slice of Multi30k, its refusals of bad input, resume after SIGKILL,
-and the study's bookkeeping (source check, Table-3 row, summaries)."""
+"""The EN-DE recipe end to end on a slice of Multi30k, its refusals of bad input, and the study's bookkeeping
+(source check, Table-3 row, summaries). Resume and the other faults: ``test_faults.py``."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import os
-import signal
+import stat
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from ls_seq.io import read_json
+from ls_seq.io import file_mode, read_json
 from ls_seq.translation.study import (
     SOURCE_DISTINCT_MIN,
     SOURCE_NLL_GAP_MIN,
@@ -25,31 +21,8 @@ from ls_seq.translation.study import (
     summarize_model,
     table3_row,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "recipes" / "wmt_en_de.py"
-TEMPS = ["0.8", "1.0", "1.5"]
-MULTI30K_DIR = ROOT.parent / "shared" / "data" / "multi30k"  # as in tests/conftest.py
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("wmt_en_de", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def slice_args(data_dir, out, *extra):
-    """A run of seconds: 2000 pairs, 30 steps of a 1+1-layer d_model 32 model, 3 temperatures, tiny eval sets."""
-    return [
-        "--preset", "tiny", "--data_dir", str(data_dir), "--output_dir", str(out),
-        "--max_train_samples", "2000", "--max_eval_samples", "48", "--max_bleu_samples", "24",
-        "--max_steps", "30", "--save_steps", "10", "--warmup_steps", "5", "--logging_steps", "10",
-        "--batch_size", "32", "--eval_batch_size", "16",
-        "--vocab_size", "1000", "--d_model", "32", "--ffn_dim", "64", "--attention_heads", "2",
-        "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1", *extra,
-    ]  # fmt: skip
-
+from translation.ende_runs import RECIPE, error_lines, slice_args
+from translation.ende_runs import recipe as _recipe
 
 # ------------------------------------------------------------------------------------------------------
 # Bad input: refused before any work, naming the argument or path, nothing written.
@@ -130,7 +103,9 @@ def test_bad_input_exits_nonzero_from_the_command_line(tmp_path):
         [sys.executable, str(RECIPE), "--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--alphas", "1.5"],
         check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert proc.returncode != 0 and "alphas[0]" in proc.stderr
+    assert proc.returncode == 2  # bad input
+    assert error_lines(proc.stderr) == [proc.stderr.strip()]  # one line, no traceback
+    assert "`alphas[0]` must be in [0, 1), got 1.5" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -190,31 +165,6 @@ def test_summary_and_table3_row_from_partial_and_full_sweeps():
 # End to end on a slice of the real data
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run in-process with one intra-op thread, as the subprocesses (OMP_NUM_THREADS=1) do.
-
-    Matmul blocking depends on the thread count, so runs that are compared bit for bit must use the same one.
-    """
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    if not (MULTI30K_DIR / "train.en.gz").exists():
-        pytest.skip(f"real Multi30k data not found at {MULTI30K_DIR}")
-    out = tmp_path_factory.mktemp("ende") / "run"
-    start = time.time()
-    with _one_thread():
-        results = _recipe().main(slice_args(MULTI30K_DIR, out))
-    return {"out": out, "results": results, "seconds": time.time() - start, "data": MULTI30K_DIR}
-
-
 @pytest.mark.slow
 def test_recipe_end_to_end_writes_consistent_results(reference_run):
     out, results = reference_run["out"], reference_run["results"]
@@ -259,6 +209,10 @@ def test_recipe_end_to_end_writes_consistent_results(reference_run):
     for png in ("reliability.png", "temperature_sweep.png", "table3.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "alpha_0.1" / "model" / "model.safetensors").is_file()
+    # every result, model and checkpoint file gets the umask's mode (mkstemp and transformers leave 0o600)
+    for path in [*out.glob("*.*"), *out.glob("alpha_*/**/*"), *out.glob("tokenizer/*")]:
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == file_mode(), path
     assert reference_run["seconds"] < 120
 
 
@@ -266,68 +220,3 @@ def test_recipe_end_to_end_writes_consistent_results(reference_run):
 def test_existing_results_need_resume_or_overwrite(reference_run):
     with pytest.raises(ValueError, match="--resume"):
         _recipe().main(slice_args(reference_run["data"], reference_run["out"]))
-
-
-def _run_until(args, out, ready, env, timeout=180):
-    """Start the recipe in a subprocess and SIGKILL it as soon as ``ready(out)`` holds."""
-    proc = subprocess.Popen([sys.executable, str(RECIPE), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
-    try:
-        while not ready(out):
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended ({proc.returncode}) before it could be interrupted: {proc.stderr.read()[-3000:]}")
-            assert time.time() < deadline, "the run never reached the interruption point"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-        proc.stderr.close()
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_in_training_and_in_the_sweep_gives_the_same_results(reference_run, tmp_path):
-    out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    args = slice_args(reference_run["data"], out)
-
-    # 1. killed during the second model's training, after its first checkpoint
-    _run_until(args, out, lambda o: any((o / "alpha_0.1" / "checkpoints").glob("checkpoint-*/trainer_state.json")), env)
-    assert not (out / "alpha_0.1" / "model").exists()
-
-    # 2. resumed, and killed again once its sweep has a finished point
-    def sweep_started(o):
-        path = o / "alpha_0.1" / "evaluation.json"
-        try:
-            return path.is_file() and len(read_json(path).get("sweep_bleu", {})) >= 1
-        except ValueError:  # never: the file is written atomically; kept to make a failure readable
-            return False
-
-    _run_until([*args, "--resume"], out, sweep_started, env)
-    partial = read_json(out / "results.json")  # complete JSON whenever the process died
-    assert [m["alpha"] for m in partial["models"]] == [0.0, 0.1]
-
-    # 3. resumed to the end: the same results as the uninterrupted run with the same seed
-    with _one_thread():
-        _recipe().main([*args, "--resume"])
-    got, ref = read_json(out / "results.json"), read_json(reference_run["out"] / "results.json")
-    assert read_json(out / "alpha_0.1" / "train_summary.json")["resumed_from"] == "checkpoint-10"
-    assert got["config"].pop("resumed_with") == [f"accelerate launch recipes/wmt_en_de.py {' '.join([*args, '--resume'])}"] * 2
-    assert got["config"]["command"].endswith(f"--output_dir {out} " + " ".join(args[args.index("--max_train_samples"):]))
-    got["config"].pop("command"), ref["config"].pop("command"), ref["config"].pop("resumed_with")
-    assert got == ref
-    # The killed runs' wall-clock is kept (each wrote it after its first model), not overwritten.
-    timings = read_json(out / "timings.json")
-    assert [sorted(r) for r in timings["earlier_runs"]] == [["alpha_0.0", "cpu_threads_per_process", "device", "num_processes"]] * 2
-    assert (timings["cpu_threads_per_process"], timings["num_processes"], timings["device"]) == (1, 1, "cpu")
-
-
-def test_resume_picks_the_last_complete_checkpoint(tmp_path):
-    from ls_seq.translation.study import _last_checkpoint
-
-    assert _last_checkpoint(tmp_path) is None
-    for step, complete in ((10, True), (20, True), (30, False), (100, False)):  # 30, 100: killed while saving
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        if complete:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-x").mkdir()
-    assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")  # numeric order, not "100" < "20"

@@ -1,0 +1,219 @@
+"""Checkpoints checked before they are used: damaged ones are named, set aside and the previous one used.
+
+A checkpoint directory (HF Trainer's ``checkpoint-N``, a saved model) or a single ``torch.save`` file is
+*verified* before a resume or an evaluation trusts it:
+
+* every ``*.json`` parses, and ``trainer_state.json`` (when required) says ``global_step == N``;
+* every ``*.safetensors`` has a whole header (8-byte length, JSON), tensors whose byte ranges match their
+  shape and dtype and cover the file exactly, and only finite floating-point values;
+* every ``torch.save`` archive (``*.pt``, ``*.pth``, ``*.bin``) passes its zip CRC-32 check;
+* when :func:`write_checksums` recorded a SHA-256 for each file at save time (``ls_seq_checksums.json``),
+  every file still has it: this catches a garbled byte that leaves the structure valid.
+
+:func:`latest_good_checkpoint` walks ``checkpoint-N`` from the newest, renames each damaged one to
+``damaged-checkpoint-N`` (kept for inspection, never deleted; HF's rotation ignores the name) with a
+warning naming the file and the cause, and returns the newest good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+import warnings
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from ls_seq.errors import CheckpointError, LsSeqWarning, NonFiniteWeightsError
+from ls_seq.io import atomic_write_json, sha256_file
+
+__all__ = [
+    "CHECKSUMS_NAME",
+    "check_finite_weights",
+    "checkpoint_steps",
+    "first_non_finite",
+    "latest_good_checkpoint",
+    "set_aside",
+    "verify_checkpoint",
+    "verify_safetensors",
+    "verify_torch_archive",
+    "write_checksums",
+]
+
+CHECKSUMS_NAME = "ls_seq_checksums.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# bytes per element of the safetensors dtypes (https://github.com/huggingface/safetensors, format spec)
+_DTYPE_SIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+_TORCH_ARCHIVES = (".pt", ".pth", ".bin")
+
+
+def first_non_finite(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    named = [(n, t) for n, t in named_tensors if t.is_floating_point()]
+    if not named:
+        return None
+    flags = torch.stack([torch.isfinite(t).all() for _, t in named])  # one host sync for all of them
+    if bool(flags.all()):
+        return None
+    return named[int((~flags).nonzero()[0])][0]
+
+
+def check_finite_weights(model: torch.nn.Module, where: str, *, step: int | None = None) -> None:
+    """Raise :class:`NonFiniteWeightsError` (``where`` says when) if a parameter or buffer is not finite."""
+    bad = first_non_finite((*model.named_parameters(), *model.named_buffers()))
+    if bad is not None:
+        raise NonFiniteWeightsError(
+            f"non-finite weights {where}: {bad!r} holds NaN or inf; nothing from this point is saved "
+            "(lower the learning rate, or look for inf/NaN in the inputs)",
+            step=step,
+        )
+
+
+def write_checksums(directory: str | os.PathLike) -> Path:
+    """Record the SHA-256 of every file in ``directory`` in ``ls_seq_checksums.json`` (written last, atomically)."""
+    directory = Path(directory)
+    sums = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS_NAME}
+    return atomic_write_json(directory / CHECKSUMS_NAME, {"sha256": sums})
+
+
+def verify_safetensors(path: str | os.PathLike, *, finite: bool = True) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless it is a whole safetensors file (with finite floats)."""
+    path = Path(path)
+    size = path.stat().st_size
+
+    def bad(cause: str) -> CheckpointError:
+        return CheckpointError(f"{str(path)!r} is damaged: {cause}")
+
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or 8 + n > size:
+            raise bad(f"header length {n} does not fit in the file's {size} bytes (truncated or overwritten)")
+        try:
+            header = json.loads(handle.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise bad(f"the header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    data_size, end = size - 8 - n, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = (int(x) for x in info["data_offsets"])
+            count = math.prod(int(d) for d in info["shape"])
+            itemsize = _DTYPE_SIZE[info["dtype"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"tensor {name!r} has a malformed header entry ({exc!r})") from exc
+        if not 0 <= begin <= stop <= data_size or stop - begin != count * itemsize:
+            raise bad(f"tensor {name!r} needs bytes [{begin}, {stop}) of {data_size} for {count} x {info['dtype']}")
+        end = max(end, stop)
+    if end != data_size:
+        raise bad(f"the tensors cover {end} of its {data_size} data bytes")
+    if finite:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as tensors:
+            bad_name = first_non_finite((k, tensors.get_tensor(k)) for k in tensors.keys())  # noqa: SIM118
+        if bad_name is not None:
+            raise bad(f"tensor {bad_name!r} holds NaN or infinite values")
+
+
+def verify_torch_archive(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless it is a whole ``torch.save`` zip archive (CRC-32)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"{str(path)!r} is damaged: not a whole torch.save archive ({exc})") from exc
+    if broken is not None:
+        raise CheckpointError(f"{str(path)!r} is damaged: member {broken!r} fails its CRC-32 check")
+
+
+def checkpoint_steps(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(N, path)`` of every ``checkpoint-N`` directory in ``directory``, newest (largest N) first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def verify_checkpoint(directory: str | os.PathLike, *, require: tuple[str, ...] = ("trainer_state.json",)) -> None:
+    """Raise :class:`CheckpointError` naming the first damaged file of ``directory`` (see the module docstring).
+
+    ``require`` lists files that must be present: ``trainer_state.json`` for a Trainer checkpoint (HF
+    writes it last, so a checkpoint killed while saving lacks it), ``model.safetensors`` for a model.
+    """
+    directory = Path(directory)
+    for name in require:
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{str(directory)!r} is incomplete: no {name} (killed while saving?)")
+    for file in sorted(directory.iterdir()):
+        if not file.is_file() or file.name == CHECKSUMS_NAME:
+            continue
+        if file.suffix == ".json":
+            try:
+                content = json.loads(file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{str(file)!r} is damaged: not valid JSON ({exc})") from exc
+            match = _CHECKPOINT.match(directory.name)
+            if file.name == "trainer_state.json" and match and content.get("global_step") != int(match.group(1)):
+                raise CheckpointError(
+                    f"{str(file)!r} says global_step {content.get('global_step')!r}, not {match.group(1)} as its folder"
+                )
+        elif file.suffix == ".safetensors":
+            verify_safetensors(file)
+        elif file.suffix in _TORCH_ARCHIVES:
+            verify_torch_archive(file)
+    sums_path = directory / CHECKSUMS_NAME
+    if sums_path.is_file():
+        try:
+            sums = json.loads(sums_path.read_text(encoding="utf-8"))["sha256"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{str(sums_path)!r} is damaged ({exc})") from exc
+        for name, expected in sums.items():
+            file = directory / name
+            if not file.is_file():
+                raise CheckpointError(f"{str(file)!r} is missing (listed in {CHECKSUMS_NAME})")
+            if sha256_file(file) != expected:
+                raise CheckpointError(f"{str(file)!r} is damaged: its SHA-256 differs from the one recorded when it was saved")
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename ``path`` to ``damaged-<name>`` beside it (``damaged-<name>-2``, ... when taken); returns the new path."""
+    path = Path(path)
+    target, k = path.with_name(f"damaged-{path.name}"), 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"damaged-{path.name}-{k}")
+    os.replace(path, target)
+    return target
+
+
+def latest_good_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest verified ``checkpoint-N`` in ``directory`` (None when there is none).
+
+    Each damaged checkpoint newer than it is renamed by :func:`set_aside` with an ``LsSeqWarning`` naming the
+    damaged file, the cause and where it went.
+    """
+    for _, path in checkpoint_steps(directory):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as exc:
+            moved = set_aside(path)
+            warnings.warn(f"{exc}; set aside as {str(moved)!r}, using an earlier checkpoint", LsSeqWarning, stacklevel=2)
+            continue
+        return path
+    return None
