@@ -17,6 +17,7 @@ __all__ = [
     "check_choice",
     "check_finite_tensor",
     "check_logits_labels",
+    "check_nonnegative",
     "check_positive_int",
     "check_prior",
     "check_temperature",
@@ -66,6 +67,16 @@ def check_temperatures(temperatures: Any, name: str = "temperatures") -> list[fl
     return [check_temperature(t, name=f"{name}[{i}]") for i, t in enumerate(values)]
 
 
+def check_nonnegative(value: Any, name: str) -> float:
+    """Return ``value`` as a float after checking it is a finite real number >= 0."""
+    if not _is_real_number(value):
+        raise TypeError(f"`{name}` must be a real number >= 0, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"`{name}` must be finite and >= 0, got {value!r}")
+    return value
+
+
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     """Return ``value`` after checking it is an int >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -96,8 +107,13 @@ def check_logits_labels(
     ignore_index: int = -100,
     logits_name: str = "logits",
     labels_name: str = "labels",
+    check_range: bool = True,
 ) -> None:
-    """Check that logits are (..., V) floats and labels (...) integers in [0, V) or ``ignore_index``."""
+    """Check that logits are (..., V) floats and labels (...) integers in [0, V) or ``ignore_index``.
+
+    ``check_range=False`` checks only types, dtypes and shapes (tensor metadata: no device sync), for hot
+    paths that check the label range on the device instead.
+    """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"`{logits_name}` must be a torch.Tensor, got {type(logits).__name__}")
     if not isinstance(labels, torch.Tensor):
@@ -115,7 +131,7 @@ def check_logits_labels(
             f"`{labels_name}` must have the shape of `{logits_name}` without its last (class) dimension: "
             f"expected {tuple(logits.shape[:-1])}, got {tuple(labels.shape)}"
         )
-    if labels.numel():
+    if check_range and labels.numel():
         vocab = logits.shape[-1]
         valid = (labels == ignore_index) | ((labels >= 0) & (labels < vocab))
         if not bool(valid.all()):

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
 from ls_seq._validation import check_positive_int, check_temperatures
+from ls_seq.calibration_metrics import calibration_log_values
+from ls_seq.distributed import real_rows
 from ls_seq.metrics import TokenCalibration
-from ls_seq.trainer import teacher_forced_logits
+from ls_seq.model_io import teacher_forced_logits
 
-__all__ = ["CalibrationCallback"]
+__all__ = ["CalibrationCallback", "label_key"]
 
 
-def _metric_prefix(metrics: dict[str, Any] | None) -> str:
+def _metric_prefix(metrics: Mapping[str, Any] | None) -> str:
     """``"eval"``, or ``"eval_<name>"`` when the Trainer evaluates a dict of datasets."""
     for key in metrics or {}:
         if key.endswith("_runtime"):
@@ -23,39 +26,51 @@ def _metric_prefix(metrics: dict[str, Any] | None) -> str:
     return "eval"
 
 
-class CalibrationCallback(TrainerCallback):
-    """Measure token calibration on the evaluation set after each evaluation of any (Seq2Seq)Trainer.
+def label_key(args: Any) -> str:
+    """The one label tensor of a batch: ``TrainingArguments.label_names`` (default ``labels``)."""
+    names = getattr(args, "label_names", None) or ["labels"]
+    if len(names) != 1:
+        raise ValueError(f"token calibration needs exactly one label tensor, but `label_names` is {names}")
+    return names[0]
 
-    On ``on_evaluate`` it runs a teacher-forced pass (the model's logits given the reference prefix) over
-    the Trainer's evaluation dataloader, updates a :class:`ls_seq.metrics.TokenCalibration`, and adds to the
-    evaluation metrics (``<prefix>`` is ``eval``):
+
+class CalibrationCallback(TrainerCallback):
+    """Token calibration of the evaluation set on every evaluation of any (Seq2Seq)Trainer.
+
+    Adds to the evaluation metrics (``<prefix>`` is ``eval``, or ``eval_<name>`` for a dict of datasets):
 
     * ``eval_ece``, ``eval_mce``, ``eval_rms_ce``, ``eval_nll``, ``eval_token_accuracy``,
       ``eval_mean_confidence`` at temperature 1, and ``eval_n_tokens`` (target tokens measured);
     * with ``temperatures``: ``eval_best_temperature`` (lowest NLL on the grid, 1.0 always included),
       ``eval_ece_at_best_temperature`` and ``eval_nll_at_best_temperature``.
 
-    The Trainer logs its evaluation metrics *before* it calls ``on_evaluate``, so to reach the loggers
-    (TensorBoard, ...) the callback needs the trainer: build it with ``trainer=`` or call
-    :meth:`attach`. Without it, the values still land in the dict ``trainer.evaluate()`` returns (usable as
-    ``metric_for_best_model="eval_ece"``) and in ``trainer.state.log_history``.
+    **In ls-seq's trainers** (:class:`ls_seq.LabelSmoothingTrainer`, :class:`ls_seq.LabelSmoothingSeq2SeqTrainer`)
+    the Trainer's own evaluation loop feeds the metric: no second forward pass, and the values are part of
+    the evaluation metrics every logger (TensorBoard, W&B, ...) receives.
 
-    Under several processes (DDP), each process measures its shard and ``TokenCalibration`` sums the per-bin
-    state across processes. The padding samples that accelerate repeats to even out the last batch are
-    found with ``accelerator.gather_for_metrics`` (what the Trainer's own evaluation loop uses) and masked,
-    so every evaluation sample counts exactly once and the result equals the 1-process one.
+    **In any other Trainer** the callback runs its own teacher-forced pass in ``on_evaluate``, after the
+    Trainer has logged. The values land in the dict ``trainer.evaluate()`` returns (usable as
+    ``metric_for_best_model="eval_ece"``) and in ``trainer.state.log_history``; to send them to the loggers
+    too, :meth:`attach` the callback to the trainer. For calibration inside a plain Trainer's own loop, use
+    :class:`ls_seq.calibration_metrics.CalibrationMetrics` (``preprocess_logits_for_metrics`` +
+    ``compute_metrics``).
+
+    Any number of processes: each measures its shard, ``TokenCalibration`` sums the per-bin state, and the
+    samples accelerate repeats to even out the last batch are dropped (:func:`ls_seq.distributed.real_rows`),
+    so the result equals the 1-process one. The labels are ``TrainingArguments.label_names`` (default
+    ``labels``).
 
     Args:
-        n_bins: equal-width confidence bins.
-        temperatures: optional grid of temperatures ``T > 0`` measured in the same pass.
+        n_bins: equal-width confidence bins, ``[k/B, (k+1)/B)``, confidence 1 in the last.
+        temperatures: optional grid of temperatures ``T > 0`` measured in the same pass (1.0 is added).
         plot: save a reliability diagram ``<output_dir>/<prefix>_reliability_step<N>.png`` (main process)
-            and log it as an image to TensorBoard when that integration is active.
-        trainer: the trainer to log through (see above); same as calling :meth:`attach`.
+            and log it as an image to TensorBoard when that integration is active (trainer known).
+        trainer: the trainer to log through; same as calling :meth:`attach`.
         ignore_index: label value of padding.
 
     Example:
-        >>> trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=val, ...)  # doctest: +SKIP
-        >>> CalibrationCallback(temperatures=[0.8, 1.0, 1.25, 1.5]).attach(trainer)  # doctest: +SKIP
+        >>> trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=val,  # doctest: +SKIP
+        ...                          callbacks=[CalibrationCallback(temperatures=[0.8, 1.0, 1.25, 1.5])])
         >>> trainer.evaluate()["eval_ece"]  # doctest: +SKIP
     """
 
@@ -72,11 +87,14 @@ class CalibrationCallback(TrainerCallback):
         self.temperatures = None if temperatures is None else sorted(set(check_temperatures(temperatures)) | {1.0})
         if not isinstance(plot, bool):
             raise TypeError(f"`plot` must be a bool, got {type(plot).__name__}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
         self.plot = plot
         self.ignore_index = ignore_index
         self.trainer = None
         self.last_metrics: dict[str, float] | None = None
         self.last_plot_path: str | None = None
+        self._in_loop: dict[str, Any] | None = None  # a result the trainer's evaluation loop measured
         if trainer is not None:
             self.attach(trainer)
 
@@ -92,104 +110,90 @@ class CalibrationCallback(TrainerCallback):
             trainer.add_callback(self)
         return self
 
-    # ---- measurement ------------------------------------------------------------------------------------
+    def new_metric(self, device: torch.device | str | None = None) -> TokenCalibration:
+        return TokenCalibration(self.n_bins, self.ignore_index, self.temperatures).to(device)
 
-    def _rows_to_keep(self, labels: torch.Tensor, accelerator: Any) -> torch.Tensor:
-        """Labels with accelerate's duplicated padding samples set to ``ignore_index``."""
-        n_rows, rank = labels.shape[0], accelerator.process_index
-        local_ids = torch.arange(n_rows, device=labels.device) + rank * n_rows
-        # gather_for_metrics drops the samples repeated to even out the last batch; the ids that survive tell
-        # which of this process's rows are real. Each process holds the same number of rows (even_batches).
-        kept = accelerator.gather_for_metrics(local_ids)
-        keep = torch.isin(local_ids, kept)  # (B,)
-        if bool(keep.all()):
-            return labels
-        return torch.where(keep.view(-1, *([1] * (labels.dim() - 1))), labels, torch.full_like(labels, self.ignore_index))
+    # ---- the measurement -----------------------------------------------------------------------------------
 
     def measure(self, model: torch.nn.Module, dataloader: Any, args: Any) -> TokenCalibration:
         """Teacher-forced pass of ``model`` over ``dataloader``; returns the (not yet synced) metric."""
-        accelerator = None if self.trainer is None else self.trainer.accelerator
-        distributed = args.world_size > 1
-        if distributed and accelerator is None:
-            raise ValueError(
-                "CalibrationCallback under several processes needs the trainer to find accelerate's padding "
-                "samples: use CalibrationCallback(...).attach(trainer)"
-            )
-        dedupe = distributed and getattr(accelerator, "even_batches", True)
-        metric = TokenCalibration(self.n_bins, self.ignore_index, self.temperatures).to(args.device)
+        key = label_key(args)
+        metric = self.new_metric(args.device)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 for batch in dataloader:
                     batch = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                    logits, labels = teacher_forced_logits(model, batch, where=f"{type(model).__name__}'s output")
-                    if dedupe:
-                        labels = self._rows_to_keep(labels, accelerator)
-                    metric.update(logits, labels)
+                    logits, scored = teacher_forced_logits(model, batch, key, self.ignore_index)
+                    keep = real_rows(scored.shape[0], scored.device)  # read while the dataloader is at this batch
+                    if keep is not None:
+                        scored = scored.masked_fill(~keep.view(-1, *([1] * (scored.dim() - 1))), self.ignore_index)
+                    metric.update(logits, scored)
         finally:
             model.train(was_training)
         return metric
 
+    def _summarize(self, metric: TokenCalibration, prefix: str) -> tuple[dict[str, float], dict[str, torch.Tensor], int, int]:
+        """The logged values of a filled metric (a collective: every process calls it) and its reliability."""
+        values = metric.compute()
+        reliability = {k: v.reshape(-1, self.n_bins) for k, v in metric.reliability().items()}  # (T, B)
+        logs = calibration_log_values(values, self.temperatures)
+        temps = [1.0] if self.temperatures is None else self.temperatures
+        i1 = temps.index(1.0)
+        best = temps.index(logs["best_temperature"]) if "best_temperature" in logs else i1
+        return {f"{prefix}_{k}": v for k, v in logs.items()}, reliability, i1, best
+
+    # ---- the in-loop protocol of ls-seq's trainers ----------------------------------------------------------
+
+    def begin_in_loop(self, trainer: Any) -> TokenCalibration:
+        """Called by ls-seq's trainers before their evaluation loop: the metric the loop's logits will feed."""
+        self.trainer = trainer
+        self._in_loop = None
+        return self.new_metric(trainer.args.device)
+
+    def end_in_loop(self, metric: TokenCalibration, prefix: str, state: Any) -> dict[str, float]:
+        """Called after the loop (on every process): the values to add to the loop's metrics."""
+        logs, reliability, i1, best = self._summarize(metric, prefix)
+        self._in_loop = {"prefix": prefix, "step": state.global_step, "logs": logs, "reliability": (reliability, i1, best)}
+        return logs
+
     # ---- TrainerCallback ----------------------------------------------------------------------------------
 
     def on_evaluate(self, args, state, control, model=None, eval_dataloader=None, metrics=None, **kwargs):
-        if eval_dataloader is None:
-            raise ValueError(
-                "CalibrationCallback runs on the evaluation dataloader, but the Trainer has none: pass eval_dataset="
-            )
-        if model is None:
-            raise ValueError("CalibrationCallback needs the model; the Trainer passed model=None")
         prefix = _metric_prefix(metrics)
-        metric = self.measure(model, eval_dataloader, args)
-        values = metric.compute()  # collective: every process calls it
-        reliability = metric.reliability()
-
-        i1 = best = None
-        if self.temperatures is not None:
-            temps = metric.temperatures
-            i1 = int(torch.nonzero(temps == 1.0)[0])
-            best = int(torch.argmin(values["nll"]))
-
-        def at(name: str, i: int | None) -> float:
-            return float(values[name] if i is None else values[name][i])
-
-        logs = {
-            f"{prefix}_ece": at("ece", i1),
-            f"{prefix}_mce": at("mce", i1),
-            f"{prefix}_rms_ce": at("rms", i1),
-            f"{prefix}_nll": at("nll", i1),
-            f"{prefix}_token_accuracy": at("accuracy", i1),
-            f"{prefix}_mean_confidence": at("mean_confidence", i1),
-            f"{prefix}_n_tokens": int(values["n_tokens"].reshape(-1)[0]),
-        }
-        if best is not None:
-            logs[f"{prefix}_best_temperature"] = float(metric.temperatures[best])
-            logs[f"{prefix}_ece_at_best_temperature"] = at("ece", best)
-            logs[f"{prefix}_nll_at_best_temperature"] = at("nll", best)
+        done, self._in_loop = self._in_loop, None
+        if done is not None and done["prefix"] == prefix and done["step"] == state.global_step:
+            logs, (reliability, i1, best) = done["logs"], done["reliability"]
+            logged = True  # part of the metrics the Trainer logged
+        else:
+            if eval_dataloader is None:
+                raise ValueError(
+                    "CalibrationCallback runs on the evaluation dataloader, but the Trainer has none: pass eval_dataset="
+                )
+            if model is None:
+                raise ValueError("CalibrationCallback needs the model; the Trainer passed model=None")
+            logs, reliability, i1, best = self._summarize(self.measure(model, eval_dataloader, args), prefix)
+            logged = False
         if metrics is not None:
             metrics.update(logs)
         self.last_metrics = dict(logs)
-
         if self.plot and state.is_world_process_zero:
-            self._plot(args, state, prefix, reliability, metric, i1, best)
-        if self.trainer is not None:
-            self.trainer.log(dict(logs))
-        else:
-            state.log_history.append({**logs, "step": state.global_step})
+            self._plot(args, state, prefix, reliability, i1, best)
+        if not logged:
+            if self.trainer is not None:
+                self.trainer.log(dict(logs))
+            else:
+                state.log_history.append({**logs, "step": state.global_step})
         return control
 
-    def _plot(self, args, state, prefix, reliability, metric, i1, best) -> None:
+    def _plot(self, args, state, prefix, reliability, i1, best) -> None:
         from ls_seq.io import atomic_savefig
         from ls_seq.plots import plot_reliability_diagram
 
-        if i1 is None:
-            curves = {"T=1": reliability}
-        else:
-            curves = {"T=1": {k: v[i1] for k, v in reliability.items()}}
-            if best != i1:
-                t = float(metric.temperatures[best])
-                curves[f"T={t:g}, best NLL"] = {k: v[best] for k, v in reliability.items()}
+        curves = {"T=1": {k: v[i1] for k, v in reliability.items()}}
+        if best != i1:
+            curves[f"T={self.temperatures[best]:g}, best NLL"] = {k: v[best] for k, v in reliability.items()}
         fig = plot_reliability_diagram(curves, title=f"{prefix}, step {state.global_step}")
         path = os.path.join(args.output_dir, f"{prefix}_reliability_step{state.global_step}.png")
         atomic_savefig(fig, path, dpi=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,6 +93,20 @@ class TokenCalibration(Metric):
 
     def _squeeze(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in values.items()} if self._scalar else values
+
+    def _wrap_compute(self, compute: Any) -> Any:
+        # torchmetrics' compute wrapper (sync, cache) squeezes one-element results to 0-dim, which would take a
+        # one-temperature grid's (1,) shape away; the shape is put back around it (also after copy/pickle,
+        # which wrap compute again).
+        synced = super()._wrap_compute(compute)
+
+        @functools.wraps(synced)
+        def shaped(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+            values = synced(*args, **kwargs)
+            n_temps = self._temperatures.numel()
+            return values if self._scalar else {k: v.reshape(n_temps) for k, v in values.items()}
+
+        return shaped
 
     def compute(self) -> dict[str, torch.Tensor]:
         """The metrics over every token seen (on every process); a ``RuntimeError`` before any token."""

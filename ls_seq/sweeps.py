@@ -26,7 +26,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from ls_seq._validation import check_positive_int, check_temperatures
 from ls_seq.generation import BeamSearchTemperature
 from ls_seq.metrics import TokenCalibration
-from ls_seq.trainer import teacher_forced_logits
+from ls_seq.distributed import dist_info
+from ls_seq.model_io import teacher_forced_logits
 
 __all__ = [
     "beam_search_sweep",
@@ -37,13 +38,6 @@ __all__ = [
     "shard_indices",
     "teacher_forced_sweep",
 ]
-
-
-def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def shard_indices(n: int, rank: int | None = None, world_size: int | None = None) -> list[int]:

@@ -1,47 +1,59 @@
-"""HuggingFace Trainer integration: label smoothing with ls-seq's loss, exact under accumulation and DDP.
+"""HuggingFace Trainers that train with ls-seq's label-smoothed loss, exact for every model family.
 
-Three entry points, from least to most invasive:
+* :class:`LabelSmoothingTrainer` (a ``Trainer``): causal LMs (GPT-2, Llama, Qwen, Mistral, ...) and any
+  model with logits; :class:`LabelSmoothingSeq2SeqTrainer` (a ``Seq2SeqTrainer``): encoder-decoders (Marian,
+  BART, T5). Both are :class:`LabelSmoothingTrainerMixin` over the HF class, so one implementation.
+* :class:`LabelSmoothingTrainingArguments` / :class:`LabelSmoothingSeq2SeqTrainingArguments`: HF's
+  arguments plus the options HF has no field for. Alpha stays ``label_smoothing_factor``.
 
-* :func:`label_smoothing_loss_func` -- a callable for ``Trainer(compute_loss_func=...)``.
-* :class:`LabelSmoothingSeq2SeqTrainer` -- a ``Seq2SeqTrainer`` whose alpha is the standard
-  ``args.label_smoothing_factor``; it replaces HF's ``LabelSmoother`` and logs the plain token NLL
-  (``nll_loss``) beside ``loss``.
-* :class:`LabelSmoothingSeq2SeqTrainingArguments` -- ``Seq2SeqTrainingArguments`` plus the options that HF
-  has no field for (smoothing convention, unigram prior, confidence penalty, fused linear loss).
+What the trainers do that HF's do not:
 
-Why the trainer computes the loss itself: Marian's and BART's own loss is a per-micro-batch mean, so with
-``gradient_accumulation_steps > 1`` or padded batches of different lengths the tokens of short micro-batches
-weigh more than those of long ones. Here every micro-batch returns ``sum of token losses / N`` where ``N`` is
-HF's ``num_items_in_batch`` (the non-ignored tokens of the whole accumulated batch, on all ranks), so the
-accumulated gradient is that of one big batch.
+* **The loss of every family, exactly.** How logits align with labels comes from
+  :mod:`ls_seq.model_io` (one shift, written once). Each micro-batch returns ``sum of token losses / N``,
+  where ``N`` is the number of labels *scored* in the whole accumulated batch on all ranks, recounted by
+  the trainer: transformers' own ``num_items_in_batch`` counts the unshifted labels for models whose
+  ``loss_type`` is not ``ForCausalLM`` (``GPT2LMHeadModel``), which scales their loss by ``(N - B) / N``.
+  So one optimizer step over batch 16 equals one over 4 x 4 accumulation steps, or 2 processes x 8.
+* **The fused loss inside the model's forward** (``fused_linear_loss=True``, :mod:`ls_seq.fused_head`):
+  the ``(tokens, V)`` logits are never built, under DDP too, with gradient checkpointing and peft.
+* **``nll_loss``** is logged beside ``loss``, averaged the same way.
+* **Calibration inside the evaluation pass**: a :class:`ls_seq.CalibrationCallback` among the trainer's
+  callbacks is fed the logits of the Trainer's own evaluation loop (no second forward), and its metrics
+  (``eval_ece``, ...) are part of the evaluation metrics every logger receives.
+* **A non-finite training loss stops the run** with an error naming the step (HF's
+  ``logging_nan_inf_filter`` would only hide it from the log).
 """
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import os
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate.utils import DistributedType
 from torch import nn
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
-from ls_seq._validation import check_alpha, check_choice, check_positive_int, check_prior
-from ls_seq.functional.losses import CONVENTIONS, confidence_penalty_loss, label_smoothed_cross_entropy
+from ls_seq._validation import check_alpha, check_choice, check_nonnegative, check_positive_int, check_prior
+from ls_seq.callbacks import CalibrationCallback
+from ls_seq.distributed import real_rows
+from ls_seq.errors import NonFiniteLossError
+from ls_seq.functional.losses import CONVENTIONS
+from ls_seq.fused_head import check_fused_matches_model, fused_output_layer
+from ls_seq.loss_func import LabelSmoothingLossFunc
+from ls_seq.model_io import ModelIO, logits_of, model_io
+from ls_seq.prior import estimate_unigram_prior, load_prior_file
 
 __all__ = [
-    "LabelSmoothingLossFunc",
+    "LabelSmoothingArgumentsMixin",
     "LabelSmoothingSeq2SeqTrainer",
     "LabelSmoothingSeq2SeqTrainingArguments",
-    "estimate_unigram_prior",
-    "label_smoothing_loss_func",
-    "logits_of",
-    "teacher_forced_logits",
-    "teacher_forcing_inputs",
+    "LabelSmoothingTrainer",
+    "LabelSmoothingTrainerMixin",
+    "LabelSmoothingTrainingArguments",
+    "NonFiniteLossError",
 ]
 
 PRIOR_CHOICES = ("uniform", "unigram")
@@ -53,274 +65,13 @@ _DDP_TYPES = {
 }
 
 
-def _check_beta(beta: Any, name: str) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"`{name}` must be a real number >= 0, got {type(beta).__name__} ({beta!r})")
-    if not (math.isfinite(beta) and beta >= 0.0):
-        raise ValueError(f"`{name}` must be finite and >= 0, got {beta!r}")
-    return float(beta)
-
-
-def logits_of(outputs: Any, where: str = "the model output") -> torch.Tensor:
-    """Return ``outputs["logits"]`` or raise a ``ValueError`` that says how to get logits."""
-    if isinstance(outputs, Mapping) and "logits" in outputs and outputs["logits"] is not None:
-        return outputs["logits"]
-    keys = list(outputs.keys()) if isinstance(outputs, Mapping) else type(outputs).__name__
-    raise ValueError(
-        f"{where} has no `logits` (got {keys}); ls-seq needs a model that returns a ModelOutput with `logits` "
-        "(a ...ForConditionalGeneration / ...MTModel / ...ForCausalLM head, called with return_dict=True)"
-    )
-
-
-def teacher_forcing_inputs(model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor) -> dict[str, Any]:
-    """``inputs`` plus ``decoder_input_ids`` built from ``labels`` when an encoder-decoder lacks them.
-
-    ``model`` is the unwrapped model. An encoder-decoder builds them itself when it receives labels, which it
-    no longer does once the caller pops them to compute the loss (or the metric) itself.
-    """
-    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-        return inputs
-    if (
-        inputs.get("decoder_input_ids") is None
-        and inputs.get("decoder_inputs_embeds") is None
-        and hasattr(model, "prepare_decoder_input_ids_from_labels")
-    ):
-        inputs = {**inputs, "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels=labels)}
-    return inputs
-
-
-def teacher_forced_logits(model: nn.Module, batch: dict[str, Any], where: str = "the model output") -> tuple[torch.Tensor, torch.Tensor]:
-    """One teacher-forced forward pass: ``(logits (..., V), labels (...))``, aligned token for token.
-
-    The labels are taken out of the batch, so the model does not compute a loss nobody reads; a causal LM's
-    logits at position t are paired with the label at t + 1. ``model`` may be wrapped (DDP).
-    """
-    batch = dict(batch)
-    labels = batch.pop("labels", None)
-    if labels is None:
-        raise ValueError(f"a teacher-forced pass needs `labels` in every batch; this batch has only {sorted(batch)}")
-    unwrapped = getattr(model, "module", model)
-    logits = logits_of(model(**teacher_forcing_inputs(unwrapped, batch, labels)), where=where)
-    if not getattr(getattr(unwrapped, "config", None), "is_encoder_decoder", True):
-        logits, labels = logits[..., :-1, :], labels[..., 1:]
-    return logits, labels
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Unigram prior
-
-
-def _label_sequences(data: Any, label_key: str) -> Iterable[Any]:
-    """Yield label sequences from a ``datasets.Dataset``, an iterable of dicts, or an iterable of sequences."""
-    column_names = getattr(data, "column_names", None)
-    if isinstance(column_names, list) and hasattr(data, "iter"):
-        if label_key not in column_names:
-            raise ValueError(f"the dataset has no `{label_key}` column to estimate a unigram prior from; columns: {column_names}")
-        for batch in data.iter(batch_size=1024):  # column access in batches: no per-row Python dicts
-            yield from batch[label_key]
-        return
-    for item in data:
-        if isinstance(item, Mapping):
-            if label_key not in item:
-                raise ValueError(f"a dataset item has no `{label_key}` key; keys: {sorted(item)}")
-            yield item[label_key]
-        else:
-            yield item
-
-
-def estimate_unigram_prior(
-    dataset_or_label_iterable: Any,
-    vocab_size: int,
-    *,
-    ignore_index: int = -100,
-    smoothing: float = 1.0,
-    label_key: str = "labels",
-    progress: bool = True,
-) -> torch.Tensor:
-    r"""Unigram distribution of the target tokens, with additive smoothing, for ``prior=`` smoothing.
-
-    Args:
-        dataset_or_label_iterable: a ``datasets.Dataset`` with a ``labels`` column, an iterable of dicts with
-            a ``labels`` key, or an iterable of label sequences (lists, arrays or tensors of token ids).
-        vocab_size: V, the number of output classes (``lm_head`` rows).
-        ignore_index: label value that is not a token (padding); not counted.
-        smoothing: pseudo-count added to every class (Laplace smoothing for 1), so no class has zero mass.
-        label_key: the key of the labels in dataset items / the column name.
-        progress: show a tqdm progress bar (over sequences).
-
-    Returns:
-        float64 tensor ``(V,)``: ``q_k = (c_k + smoothing) / (sum_j c_j + V * smoothing)`` where ``c_k``
-        counts label ``k``.
-
-    Example:
-        >>> estimate_unigram_prior([[0, 0, 1, -100]], vocab_size=3, smoothing=1.0).tolist()
-        [0.5, 0.3333333333333333, 0.16666666666666666]
-    """
-    vocab_size = check_positive_int(vocab_size, "vocab_size")
-    smoothing = _check_beta(smoothing, "smoothing")
-    counts = torch.zeros(vocab_size, dtype=torch.float64)
-    from tqdm.auto import tqdm
-
-    chunk: list[torch.Tensor] = []
-
-    def flush() -> None:
-        if not chunk:
-            return
-        ids = torch.cat(chunk)
-        chunk.clear()
-        ids = ids[ids != ignore_index]
-        bad = (ids < 0) | (ids >= vocab_size)
-        if bool(bad.any()):
-            raise ValueError(
-                f"labels must be in [0, {vocab_size}) or ignore_index={ignore_index}; found {int(ids[bad][0])} "
-                "(is `vocab_size` the size of the model's output layer?)"
-            )
-        counts.add_(torch.bincount(ids, minlength=vocab_size).to(torch.float64))
-
-    sequences = _label_sequences(dataset_or_label_iterable, label_key)
-    for seq in tqdm(sequences, desc="unigram prior", unit="seq", mininterval=2.0, disable=not progress):
-        chunk.append(torch.as_tensor(seq, dtype=torch.long).reshape(-1))
-        if len(chunk) >= 4096:
-            flush()
-    flush()
-    total = counts.sum() + vocab_size * smoothing
-    if float(total) == 0.0:
-        raise ValueError("no labels to estimate a unigram prior from (all ignored or empty) and smoothing=0")
-    return (counts + smoothing) / total
-
-
-def _load_prior_file(path: str) -> torch.Tensor:
-    """A prior saved as a JSON list of V numbers or as a torch tensor (``.pt``)."""
-    if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            return torch.tensor(json.load(f), dtype=torch.float64)
-    return torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True), dtype=torch.float64)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Loss callable (compute_loss_func / label_smoother)
-
-
-class LabelSmoothingLossFunc:
-    """The ls-seq loss with HF's ``compute_loss_func`` signature; build it with :func:`label_smoothing_loss_func`.
-
-    ``__call__(outputs, labels, num_items_in_batch=None)`` returns ``sum of token losses / N`` with
-    ``N = num_items_in_batch`` when given (HF's count over the accumulated batch), else the non-ignored tokens.
-    The per-token loss is the label-smoothed cross-entropy of ``ls_seq.label_smoothed_cross_entropy`` minus
-    ``confidence_penalty * H(p)``.
-    """
-
-    def __init__(
-        self,
-        alpha: float = 0.1,
-        *,
-        convention: str = "uniform",
-        prior: torch.Tensor | None = None,
-        confidence_penalty: float = 0.0,
-        ignore_index: int = -100,
-        shift_labels: bool = False,
-    ) -> None:
-        self.alpha = check_alpha(alpha, "alpha", allow_one=False)
-        self.convention = check_choice(convention, "convention", CONVENTIONS)
-        if prior is not None:
-            if convention != "uniform":
-                raise ValueError(f"`prior` is only defined for convention='uniform', got convention={convention!r}")
-            prior = torch.as_tensor(prior, dtype=torch.float64)
-            if prior.dim() != 1:
-                raise ValueError(f"`prior` must be a 1-D tensor of V probabilities, got shape {tuple(prior.shape)}")
-            check_prior(prior, prior.numel())
-        self.prior = prior
-        self.confidence_penalty = _check_beta(confidence_penalty, "confidence_penalty")
-        self.ignore_index = int(ignore_index)
-        self.shift_labels = bool(shift_labels)
-        self._prior_on: dict[torch.device, torch.Tensor] = {}
-
-    def _prior_for(self, device: torch.device) -> torch.Tensor | None:
-        if self.prior is None:
-            return None
-        if device not in self._prior_on:  # one host-to-device copy, not one per step
-            self._prior_on[device] = self.prior.to(device=device, dtype=torch.float32)
-        return self._prior_on[device]
-
-    def sums(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ``(loss_sum, nll_sum, n_tokens)`` over the non-ignored tokens; only ``loss_sum`` has a graph."""
-        if self.shift_labels:
-            logits, labels = logits[..., :-1, :], labels[..., 1:]
-        loss_sum, nll_sum = label_smoothed_cross_entropy(
-            logits,
-            labels,
-            self.alpha,
-            ignore_index=self.ignore_index,
-            prior=self._prior_for(logits.device),
-            convention=self.convention,
-            reduction="sum",
-            return_nll=True,
-        )
-        if self.confidence_penalty:
-            # confidence_penalty_loss is NLL - beta * H; subtracting the NLL leaves the entropy term alone.
-            penalty = confidence_penalty_loss(
-                logits, labels, self.confidence_penalty, ignore_index=self.ignore_index, reduction="sum"
-            )
-            loss_sum = loss_sum + (penalty - nll_sum)
-        n_tokens = (labels != self.ignore_index).sum()
-        return loss_sum, nll_sum.detach(), n_tokens
-
-    def __call__(
-        self,
-        outputs: Any,
-        labels: torch.Tensor,
-        num_items_in_batch: int | torch.Tensor | None = None,
-        shift_labels: bool = False,
-    ) -> torch.Tensor:
-        if labels is None:
-            raise ValueError("the ls-seq loss needs `labels`; the batch has none (does the collator return them?)")
-        logits = logits_of(outputs)
-        if shift_labels and not self.shift_labels:  # HF's LabelSmoother interface, used for causal LMs
-            logits, labels = logits[..., :-1, :], labels[..., 1:]
-        loss_sum, _, n_tokens = self.sums(logits, labels)
-        denom = n_tokens.clamp_min(1) if num_items_in_batch is None else num_items_in_batch
-        return loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp_min(1).to(loss_sum.dtype)
-
-    def __repr__(self) -> str:
-        prior = None if self.prior is None else f"tensor(V={self.prior.numel()})"
-        return (
-            f"{type(self).__name__}(alpha={self.alpha}, convention={self.convention!r}, prior={prior}, "
-            f"confidence_penalty={self.confidence_penalty}, ignore_index={self.ignore_index})"
-        )
-
-
-def label_smoothing_loss_func(alpha: float = 0.1, **options: Any) -> LabelSmoothingLossFunc:
-    """A loss for ``Trainer(compute_loss_func=...)``: ``(outputs, labels, num_items_in_batch=None) -> loss``.
-
-    Args:
-        alpha: smoothing mass in [0, 1).
-        **options: ``convention`` ("uniform" | "fairseq"), ``prior`` (length-V probabilities),
-            ``confidence_penalty`` (beta >= 0), ``ignore_index`` (-100), ``shift_labels`` (True for causal LMs,
-            whose logits at t predict the label at t + 1).
-
-    The returned loss is ``sum / num_items_in_batch`` so HF's gradient accumulation is exact. Seq2seq models
-    need ``decoder_input_ids`` in the batch, because the Trainer removes ``labels`` before the forward pass:
-    use ``DataCollatorForSeq2Seq(tokenizer, model=model)``.
-
-    Example:
-        >>> import torch
-        >>> loss_func = label_smoothing_loss_func(0.1)
-        >>> logits, labels = torch.randn(2, 3, 5), torch.tensor([[1, 2, -100], [0, 4, 3]])
-        >>> loss = loss_func({"logits": logits}, labels)
-        >>> ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), labels.reshape(-1), label_smoothing=0.1)
-        >>> bool(torch.isclose(loss, ref))
-        True
-    """
-    return LabelSmoothingLossFunc(alpha, **options)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Arguments
 
 
 @dataclass
-class LabelSmoothingSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
-    """``Seq2SeqTrainingArguments`` plus ls-seq's loss options. Alpha stays ``label_smoothing_factor``."""
+class LabelSmoothingArgumentsMixin:
+    """The ls-seq fields of :class:`LabelSmoothingTrainingArguments` and :class:`LabelSmoothingSeq2SeqTrainingArguments`."""
 
     label_smoothing_convention: str = field(
         default="uniform",
@@ -347,16 +98,19 @@ class LabelSmoothingSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
     fused_linear_loss: bool = field(
         default=False,
         metadata={
-            "help": "Compute lm_head and the loss in chunks (ls_seq.functional.fused) so the (tokens x V) logits "
-            "are never stored. Single process only; `nll_loss` is not logged on this path."
+            "help": "Compute the output layer and the loss in chunks inside the model's forward "
+            "(ls_seq.fused_head), so the (tokens x V) logits are never stored; any number of processes."
         },
     )
     fused_chunk_size: int | None = field(
         default=None, metadata={"help": "Tokens per chunk of the fused loss (None: its default)."}
     )
+    stop_on_nonfinite_loss: bool = field(
+        default=True,
+        metadata={"help": "Raise ls_seq.errors.NonFiniteLossError, naming the step, when a training loss is NaN or infinite."},
+    )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check_label_smoothing_arguments(self) -> None:
         check_alpha(self.label_smoothing_factor, "label_smoothing_factor", allow_one=False)
         check_choice(self.label_smoothing_convention, "label_smoothing_convention", CONVENTIONS)
         prior = self.label_smoothing_prior
@@ -369,90 +123,124 @@ class LabelSmoothingSeq2SeqTrainingArguments(Seq2SeqTrainingArguments):
                 "`label_smoothing_prior` other than 'uniform' needs label_smoothing_convention='uniform', "
                 f"got {self.label_smoothing_convention!r}"
             )
-        _check_beta(self.unigram_prior_smoothing, "unigram_prior_smoothing")
-        _check_beta(self.confidence_penalty, "confidence_penalty")
+        check_nonnegative(self.unigram_prior_smoothing, "unigram_prior_smoothing")
+        check_nonnegative(self.confidence_penalty, "confidence_penalty")
         if self.fused_linear_loss and self.confidence_penalty:
             raise ValueError("`confidence_penalty` needs the full logits; it cannot be combined with fused_linear_loss=True")
         if self.fused_chunk_size is not None:
             check_positive_int(self.fused_chunk_size, "fused_chunk_size")
 
 
+@dataclass
+class LabelSmoothingTrainingArguments(LabelSmoothingArgumentsMixin, TrainingArguments):
+    """``TrainingArguments`` plus ls-seq's loss options (see :class:`LabelSmoothingArgumentsMixin`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_label_smoothing_arguments()
+
+
+@dataclass
+class LabelSmoothingSeq2SeqTrainingArguments(LabelSmoothingArgumentsMixin, Seq2SeqTrainingArguments):
+    """``Seq2SeqTrainingArguments`` plus ls-seq's loss options (see :class:`LabelSmoothingArgumentsMixin`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_label_smoothing_arguments()
+
+
+_OPTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LabelSmoothingArgumentsMixin)}
+
+
+def _option(args: Any, name: str) -> Any:
+    """An ls-seq option from any TrainingArguments: its value, or the default for plain HF arguments."""
+    return getattr(args, name, _OPTION_DEFAULTS[name])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Trainer
 
 
-def _output_size(model: nn.Module) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return int(model.config.vocab_size)
+class _GenerateEvalLoss:
+    """What ``Seq2SeqTrainer.prediction_step`` calls as ``label_smoother(outputs, labels)`` when it generates:
+    ls-seq's loss on the teacher-forced logits, which also feed the in-loop calibration."""
+
+    def __init__(self, trainer: LabelSmoothingTrainerMixin) -> None:
+        self._trainer = trainer
+
+    def __call__(self, outputs: Any, labels: torch.Tensor, shift_labels: bool = False, **_: Any) -> torch.Tensor:
+        trainer = self._trainer
+        logits = logits_of(outputs)
+        scored = trainer.io.scored_labels(labels, None, trainer.loss_fn.ignore_index)
+        loss_sum, _, n_tokens = trainer.loss_fn.sums(logits, scored)
+        trainer._feed_calibration(logits, scored)
+        return loss_sum / n_tokens.clamp_min(1).to(loss_sum.dtype)
 
 
-class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
-    """``Seq2SeqTrainer`` that trains with ls-seq's label-smoothed loss and logs ``nll_loss`` beside ``loss``.
-
-    Alpha is ``args.label_smoothing_factor`` (in [0, 1)), so existing configs keep working. With
-    :class:`LabelSmoothingSeq2SeqTrainingArguments` the convention, prior, confidence penalty and fused loss
-    are configurable; plain ``Seq2SeqTrainingArguments`` means the uniform convention.
+class LabelSmoothingTrainerMixin:
+    """The label-smoothing implementation shared by :class:`LabelSmoothingTrainer` and
+    :class:`LabelSmoothingSeq2SeqTrainer`; put it before a ``Trainer`` class in the bases of your own.
 
     Args:
-        *args, **kwargs: those of ``Seq2SeqTrainer`` (``compute_loss_func`` is not allowed: this trainer is
-            the loss).
+        *args, **kwargs: those of the HF trainer (``compute_loss_func`` is not allowed: this trainer is the
+            loss).
         prior: an explicit length-V smoothing prior (tensor), for when it does not come from
             ``args.label_smoothing_prior`` (giving both is a ``ValueError``).
 
-    The loss of a micro-batch is ``sum of token losses / num_items_in_batch`` (all tokens of the accumulated
-    batch on all ranks), times the number of processes because DDP averages gradients over ranks -- the same
-    scaling HF applies to losses normalised by ``num_items_in_batch``. One optimizer step with batch 16 then
-    equals one with batch 4 and 4 accumulation steps.
-
-    Example:
-        >>> trainer = LabelSmoothingSeq2SeqTrainer(  # doctest: +SKIP
-        ...     model=model, args=LabelSmoothingSeq2SeqTrainingArguments("out", label_smoothing_factor=0.1),
-        ...     train_dataset=train, data_collator=DataCollatorForSeq2Seq(tok, model=model))
+    The loss of a micro-batch is ``sum of token losses / N`` with ``N`` the scored labels of the accumulated
+    batch on all ranks (:meth:`get_batch_samples`), times the number of processes because DDP averages
+    gradients over ranks (HF's own scaling for losses normalised by ``num_items_in_batch``).
     """
+
+    io: ModelIO
+    loss_fn: LabelSmoothingLossFunc
 
     def __init__(self, *args: Any, prior: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.compute_loss_func is not None:
             raise ValueError(
-                "LabelSmoothingSeq2SeqTrainer computes its own loss; drop `compute_loss_func`, or use a plain "
-                "Seq2SeqTrainer with compute_loss_func=ls_seq.label_smoothing_loss_func(...)"
+                f"{type(self).__name__} computes its own loss; drop `compute_loss_func`, or use a plain Trainer "
+                "with compute_loss_func=ls_seq.label_smoothing_loss_func(..., model=model)"
             )
+        if len(self.label_names) != 1:
+            raise ValueError(
+                f"`label_names` must name exactly one label tensor (the token labels), got {self.label_names}"
+            )
+        self.label_key = self.label_names[0]
         a = self.args
         alpha = check_alpha(a.label_smoothing_factor, "label_smoothing_factor", allow_one=False)
-        self.fused_linear_loss = bool(getattr(a, "fused_linear_loss", False))
-        loss = LabelSmoothingLossFunc(
+        self.io = model_io(self.model)
+        self.loss_fn = LabelSmoothingLossFunc(
             alpha,
-            convention=getattr(a, "label_smoothing_convention", "uniform"),
+            convention=_option(a, "label_smoothing_convention"),
             prior=self._resolve_prior(prior),
-            confidence_penalty=getattr(a, "confidence_penalty", 0.0),
-            shift_labels=False,
+            confidence_penalty=_option(a, "confidence_penalty"),
+            model=self.model,
         )
-        # Replaces HF's LabelSmoother: Seq2SeqTrainer.prediction_step (predict_with_generate) calls it for the
-        # evaluation loss. Also set as compute_loss_func, the public switch that makes the Trainer count
-        # num_items_in_batch for every model (it otherwise counts only for models taking **kwargs).
-        self.label_smoother = loss
-        self.compute_loss_func = loss
+        self.fused_linear_loss = bool(_option(a, "fused_linear_loss"))
+        if self.fused_linear_loss:
+            self.io.output_layer()  # a model without a fusable head is refused here, not at the first step
+            refusal = self.io.fused_refusal()
+            if refusal:
+                raise ValueError(f"fused_linear_loss=True: {refusal}, so the fused loss would differ from the model's")
         self._fused_checked = False
+        # Replaces HF's LabelSmoother, which Seq2SeqTrainer.prediction_step calls when it generates.
+        self.label_smoother = _GenerateEvalLoss(self)
         # Sum over the micro-batches since the last training log of nll_sum / (the loss's own divisor): the NLL
         # term of the logged loss, averaged the same way as HF averages `loss` (see `log`).
         self._nll_share: torch.Tensor | None = None
         self._nll_share_is_global = True
         self._nll_first_step = 0
-
-    @property
-    def loss_fn(self) -> LabelSmoothingLossFunc:
-        """The :class:`LabelSmoothingLossFunc` this trainer trains with."""
-        return self.label_smoother
+        self._evaluating = False
+        self._calibration_meters: list[Any] = []
 
     def _resolve_prior(self, prior: torch.Tensor | None) -> torch.Tensor | None:
-        choice = getattr(self.args, "label_smoothing_prior", "uniform")
+        choice = _option(self.args, "label_smoothing_prior")
         if prior is not None and choice != "uniform":
             raise ValueError(
                 f"give the prior once: either `prior=` or args.label_smoothing_prior (got {choice!r}), not both"
             )
-        vocab = _output_size(self.model)
+        vocab = model_io(self.model).output_size
         if prior is not None:
             return check_prior(prior, vocab)
         if choice == "uniform":
@@ -463,10 +251,37 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
             return estimate_unigram_prior(
                 self.train_dataset,
                 vocab,
-                smoothing=getattr(self.args, "unigram_prior_smoothing", 1.0),
+                smoothing=_option(self.args, "unigram_prior_smoothing"),
+                label_key=self.label_names[0],
                 progress=self.is_local_process_zero(),  # every process counts the same labels; one bar
             )
-        return check_prior(_load_prior_file(choice), vocab, name="label_smoothing_prior")
+        return check_prior(load_prior_file(choice), vocab, name="label_smoothing_prior")
+
+    # ---- the token count ---------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        """HF's micro-batches of one optimizer step, with ``num_items_in_batch`` recounted as the labels the
+        loss scores (summed over ranks when ``average_tokens_across_devices``, as HF does)."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts = [
+            self.io.count(batch[self.label_key], batch.get("shift_labels"), self.loss_fn.ignore_index).to(device)
+            for batch in batch_samples
+            if batch.get(self.label_key) is not None
+        ]
+        if not counts:
+            return batch_samples, None
+        n_items = torch.stack(counts).sum()
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            n_items = self.accelerator.gather(n_items).sum()
+        elif self.args.n_gpu > 1:  # torch DataParallel: HF's approximation, kept for parity
+            n_items = n_items // self.args.n_gpu
+        for size in ("get_tp_size", "get_cp_size", "get_sp_size"):  # ranks that share one batch count it once
+            ranks = getattr(self, size)() if hasattr(self, size) else 1
+            if ranks != 1:
+                n_items = n_items / ranks
+        return batch_samples, n_items
+
+    # ---- the loss ----------------------------------------------------------------------------------------
 
     def compute_loss(
         self,
@@ -475,29 +290,36 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        if inputs.get("labels") is None:
-            raise ValueError("LabelSmoothingSeq2SeqTrainer needs `labels` in every batch; this batch has none")
+        inputs = dict(inputs)  # never edit the caller's batch
+        labels = inputs.pop(self.label_key, None)
+        if labels is None:
+            raise ValueError(
+                f"{type(self).__name__} needs `{self.label_key}` (TrainingArguments.label_names) in every batch; "
+                f"this batch has {sorted(inputs)}"
+            )
+        ignore = self.loss_fn.ignore_index
+        scored = self.io.scored_labels(labels, inputs.get("shift_labels"), ignore)
+        forward_inputs = self.io.teacher_forcing_inputs(inputs, labels)
         if model.training:
             self._check_ddp_wrapped(model)
-        inputs = dict(inputs)  # never edit the caller's batch
-        labels = inputs.pop("labels")
-        unwrapped = self.accelerator.unwrap_model(model)
-        inputs = teacher_forcing_inputs(unwrapped, inputs, labels)
-        shift = not getattr(getattr(unwrapped, "config", None), "is_encoder_decoder", True)
         if self.fused_linear_loss and model.training:
-            loss_sum, n_tokens, outputs = self._fused_loss_sum(model, unwrapped, inputs, labels)
-            nll_sum = None
+            if not self._fused_checked:
+                check_fused_matches_model(self.io, forward_inputs, labels.shape[0])
+                self._fused_checked = True
+            with fused_output_layer(self.io, scored, self.loss_fn, _option(self.args, "fused_chunk_size")) as fused:
+                outputs = model(**forward_inputs)
+            loss_sum, nll_sum, n_tokens = fused["loss_sum"], fused["nll_sum"], fused["n_tokens"]
         else:
-            outputs = model(**inputs)
-            logits = logits_of(outputs)
-            if shift:  # causal LM: logits at t predict the label at t + 1
-                logits, labels = logits[..., :-1, :], labels[..., 1:]
-            loss_sum, nll_sum, n_tokens = self.loss_fn.sums(logits, labels)
+            outputs = model(**forward_inputs)
+            logits = logits_of(outputs, where=f"{self.io.name}'s output")
+            loss_sum, nll_sum, n_tokens = self.loss_fn.sums(logits, scored)
+            if not model.training:
+                self._feed_calibration(logits, scored)
         denom = torch.as_tensor(n_tokens if num_items_in_batch is None else num_items_in_batch, device=loss_sum.device)
         denom = denom.clamp_min(1).to(loss_sum.dtype)
         loss = loss_sum / denom
         global_count = self.args.average_tokens_across_devices and num_items_in_batch is not None
-        if model.training and nll_sum is not None:
+        if model.training:
             share = nll_sum.float() / denom
             if self._nll_share is None:  # first micro-batch since the last log: remember where the interval starts
                 self._nll_share, self._nll_first_step = share, self.state.global_step
@@ -513,6 +335,19 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # One host read per micro-batch; HF's logging_nan_inf_filter (on by default) already reads it.
+        if _option(self.args, "stop_on_nonfinite_loss") and not bool(torch.isfinite(loss).all()):
+            step = self.state.global_step + 1
+            raise NonFiniteLossError(
+                f"non-finite training loss {float(loss)} at step {step} (epoch {self.state.epoch or 0:.3f}); "
+                "stopped before the optimizer applied it. Lower the learning rate, check the data of this step, "
+                "or set stop_on_nonfinite_loss=False",
+                step=step,
+            )
+        return loss
+
     def _check_ddp_wrapped(self, model: nn.Module) -> None:
         """Refuse to train an unwrapped model under DDP: its gradients would never be all-reduced.
 
@@ -527,67 +362,43 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
                     "evaluate() runs before train()); use eval_on_start=True instead of an evaluate() call before train()"
                 )
 
-    def _fused_loss_sum(
-        self, model: nn.Module, unwrapped: nn.Module, inputs: dict[str, Any], labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """Loss sum with the output layer fused into the loss: the (tokens, V) logits are never stored.
+    # ---- calibration inside the evaluation loop ---------------------------------------------------------
 
-        ``unwrapped`` is ``model`` without its accelerate/DDP wrapper."""
-        from ls_seq.functional.fused import fused_linear_label_smoothed_cross_entropy
+    def _calibration_callbacks(self) -> list[CalibrationCallback]:
+        return [cb for cb in self.callback_handler.callbacks if isinstance(cb, CalibrationCallback)]
 
-        if unwrapped is not model:
-            # Calling a submodule bypasses DDP's forward, whose hooks all-reduce the gradients.
-            raise ValueError(
-                "fused_linear_loss=True runs the model's base without its lm_head, which bypasses the "
-                f"{type(model).__name__} wrapper; it is supported in a single process only"
-            )
-        base = unwrapped.base_model
-        head = unwrapped.get_output_embeddings()
-        if base is unwrapped or head is None:
-            raise ValueError(
-                f"fused_linear_loss=True needs a model with a base model and an output layer; {type(unwrapped).__name__} has none"
-            )
-        outputs = base(**inputs)
-        hidden = outputs[0]  # (B, T, d)
-        bias = getattr(head, "bias", None)
-        final_bias = getattr(unwrapped, "final_logits_bias", None)  # Marian/BART: (1, V) buffer
-        if final_bias is not None:
-            bias = final_bias.reshape(-1) if bias is None else bias + final_bias.reshape(-1)
-        if not self._fused_checked:
-            self._check_fused_head(unwrapped, inputs, head.weight, bias)
-        fn = self.loss_fn
-        loss_sum = fused_linear_label_smoothed_cross_entropy(
-            hidden,
-            head.weight,
-            labels,
-            fn.alpha,
-            bias=bias,
-            ignore_index=fn.ignore_index,
-            prior=fn._prior_for(hidden.device),
-            convention=fn.convention,
-            reduction="sum",
-            chunk_size=getattr(self.args, "fused_chunk_size", None),
-        )
-        return loss_sum, (labels != fn.ignore_index).sum(), outputs
+    def _feed_calibration(self, logits: torch.Tensor, scored: torch.Tensor) -> None:
+        """Add an evaluation batch to the calibration callbacks' metrics, without accelerate's repeated rows."""
+        if not self._calibration_meters:
+            return
+        keep = real_rows(scored.shape[0], scored.device)
+        if keep is not None:
+            scored = scored.masked_fill(~keep.view(-1, *([1] * (scored.dim() - 1))), self.loss_fn.ignore_index)
+        for meter in self._calibration_meters:
+            meter.update(logits.detach(), scored)
 
-    def _check_fused_head(self, model, inputs, weight, bias) -> None:
-        """Once: the model's logits must be ``hidden @ W.T + b`` (T5, e.g., rescales hidden first)."""
-        first = {k: v[:1] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
-        was_training = model.training
-        model.eval()  # same (no) dropout in both passes
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        self._evaluating = True
         try:
-            with torch.no_grad():
-                full = logits_of(model(**first)).float()  # (1, T, V)
-                hidden = model.base_model(**first)[0].float()  # (1, T, d)
-                mine = torch.nn.functional.linear(hidden, weight.float(), None if bias is None else bias.float())
+            return super().evaluate(*args, **kwargs)
         finally:
-            model.train(was_training)
-        if not torch.allclose(full, mine, rtol=1e-3, atol=1e-3):
-            raise ValueError(
-                f"fused_linear_loss=True: {type(model).__name__}'s logits are not output_layer(base_model(...)[0]) "
-                "+ final_logits_bias, so the fused loss would differ from the model's; set fused_linear_loss=False"
-            )
-        self._fused_checked = True
+            self._evaluating = False
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:  # fmt: skip
+        """HF's loop; with calibration callbacks (during ``evaluate()``) its logits also feed their metrics, and
+        their results join the loop's metrics, so the Trainer logs them with the rest."""
+        callbacks = self._calibration_callbacks() if self._evaluating else []
+        self._calibration_meters = [cb.begin_in_loop(self) for cb in callbacks]
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        finally:
+            meters, self._calibration_meters = self._calibration_meters, []
+        for cb, meter in zip(callbacks, meters):
+            output.metrics.update(cb.end_in_loop(meter, metric_key_prefix, self.state))  # every process: a collective
+        return output
+
+    # ---- logging -----------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add ``nll_loss`` beside ``loss``, averaged exactly as HF averages ``loss``.
@@ -605,3 +416,32 @@ class LabelSmoothingSeq2SeqTrainer(Seq2SeqTrainer):
             steps = max(self.state.global_step - self._nll_first_step, 1)
             logs["nll_loss"] = float(share) / steps
         super().log(logs, start_time)
+
+
+class LabelSmoothingTrainer(LabelSmoothingTrainerMixin, Trainer):
+    """A ``Trainer`` that trains with ls-seq's label-smoothed loss: causal LMs and any model with logits.
+
+    Alpha is ``args.label_smoothing_factor`` (in [0, 1)); with :class:`LabelSmoothingTrainingArguments` the
+    convention, prior, confidence penalty and fused loss are configurable (plain ``TrainingArguments`` mean
+    the uniform convention). See :class:`LabelSmoothingTrainerMixin` and the module docstring.
+
+    Example:
+        >>> trainer = LabelSmoothingTrainer(  # doctest: +SKIP
+        ...     model=AutoModelForCausalLM.from_pretrained("gpt2"),
+        ...     args=LabelSmoothingTrainingArguments("out", label_smoothing_factor=0.1, fused_linear_loss=True),
+        ...     train_dataset=train, eval_dataset=val, data_collator=collator,
+        ...     callbacks=[CalibrationCallback(temperatures=[0.8, 1.0, 1.25])])
+    """
+
+
+class LabelSmoothingSeq2SeqTrainer(LabelSmoothingTrainerMixin, Seq2SeqTrainer):
+    """A ``Seq2SeqTrainer`` that trains with ls-seq's label-smoothed loss (Marian, BART, T5, ...).
+
+    Same implementation as :class:`LabelSmoothingTrainer`; ``predict_with_generate`` evaluation scores the
+    teacher-forced logits with the same loss. Use ``DataCollatorForSeq2Seq(tokenizer, model=model)``.
+
+    Example:
+        >>> trainer = LabelSmoothingSeq2SeqTrainer(  # doctest: +SKIP
+        ...     model=model, args=LabelSmoothingSeq2SeqTrainingArguments("out", label_smoothing_factor=0.1),
+        ...     train_dataset=train, data_collator=DataCollatorForSeq2Seq(tok, model=model))
+    """

@@ -43,7 +43,7 @@ def _training_args(**kwargs):
 def _loss_func(outputs, labels, **kwargs):
     from ls_seq import label_smoothing_loss_func
 
-    return label_smoothing_loss_func(0.1, **kwargs)(outputs, labels)
+    return label_smoothing_loss_func(0.1, **{"shift_labels": False, **kwargs})(outputs, labels)
 
 
 def _callback_without_eval_dataset():

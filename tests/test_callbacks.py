@@ -145,6 +145,9 @@ def test_bad_input_is_reported(tmp_path):
         def forward(self, **kwargs):
             return {"loss": torch.tensor(0.0)}
 
+        def prepare_decoder_input_ids_from_labels(self, labels):
+            return labels.clamp_min(0)
+
     args = training_args(str(tmp_path))
     loader = [collate(list(tiny_dataset(2)))]
     with pytest.raises(ValueError, match="no `logits`"):

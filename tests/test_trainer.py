@@ -26,12 +26,9 @@ from distributed.tiny import (
 )
 from transformers import Seq2SeqTrainer
 
-from ls_seq.trainer import (
-    LabelSmoothingSeq2SeqTrainer,
-    LabelSmoothingSeq2SeqTrainingArguments,
-    estimate_unigram_prior,
-    label_smoothing_loss_func,
-)
+from ls_seq.loss_func import label_smoothing_loss_func
+from ls_seq.prior import estimate_unigram_prior
+from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
 
 ARGS = LabelSmoothingSeq2SeqTrainingArguments
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -253,8 +250,9 @@ def test_plain_mean_loss_is_not_exact_so_the_accumulation_test_can_fail(tmp_path
 def test_loss_func_matches_cross_entropy_and_shifts_for_causal_lms():
     logits, labels = torch.randn(3, 5, 11), torch.randint(0, 11, (3, 5))
     labels[0, 3:] = IGNORE
-    loss = label_smoothing_loss_func(0.1)({"logits": logits}, labels)
+    loss = label_smoothing_loss_func(0.1, shift_labels=False)({"logits": logits}, labels)
     torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), label_smoothing=0.1))
+    labels[:, 0] = IGNORE  # a masked first label (a prompt token): every count agrees, so num_items_in_batch is trusted
     shifted = label_smoothing_loss_func(0.1, shift_labels=True)({"logits": logits}, labels, num_items_in_batch=20)
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), label_smoothing=0.1, reduction="sum")
     torch.testing.assert_close(shifted, ref / 20)
@@ -309,7 +307,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         LabelSmoothingSeq2SeqTrainer(model=model, args=training_args(str(tmp_path), cls=ARGS),
                                      compute_loss_func=label_smoothing_loss_func(0.1))
     with pytest.raises(ValueError, match="logits"):
-        label_smoothing_loss_func(0.1)({"loss": torch.tensor(1.0)}, torch.zeros(2, 3, dtype=torch.long))
+        label_smoothing_loss_func(0.1, shift_labels=False)({"loss": torch.tensor(1.0)}, torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="alpha"):
         label_smoothing_loss_func(1.0)
 

@@ -61,11 +61,13 @@ def _calibration_update(
     ignore_index: int,
     temperatures: torch.Tensor,
     chunk_rows: int | None = None,
+    per_row: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-bin sums of one batch at every temperature.
 
     Returns float64 tensors: ``bin_count``, ``bin_confidence``, ``bin_correct`` of shape ``(T, n_bins)``,
-    ``nll_sum`` of shape ``(T,)``, and scalars ``n_tokens``, ``n_correct``.
+    ``nll_sum`` of shape ``(T,)``, and scalars ``n_tokens``, ``n_correct``. With ``per_row`` the sums are
+    kept apart for each row of the batch (``labels.shape[0]`` rows): every shape gets a leading ``R``.
     Raises ``ValueError`` if a non-ignored row holds NaN or an infinite logit.
 
     One fused softmax over the logits per temperature, chunk by chunk, and no copy of them: the row max,
@@ -124,19 +126,31 @@ def _calibration_update(
     correct = correct.index_select(0, valid).double()  # (n,)
     bins = (confidence * n_bins).floor().long().clamp_(max=n_bins - 1)  # (T, n)
     offsets = (torch.arange(n_temps, device=device) * n_bins)[:, None]  # (T, 1)
-    flat = (bins + offsets).flatten()
-    size = n_temps * n_bins
-    shape = (n_temps, n_bins)
-    return {
+    n_groups = labels.shape[0] if per_row and labels.dim() > 0 else 1
+    # Row r of the batch owns tokens r * L ... (r + 1) * L - 1 of the flattened labels.
+    group = valid // max(1, n_rows // n_groups) if n_groups > 1 else torch.zeros_like(valid)  # (n,)
+    flat = (bins + offsets + group[None, :] * (n_temps * n_bins)).flatten()  # (T * n,)
+    size = n_groups * n_temps * n_bins
+    shape = (n_groups, n_temps, n_bins)
+    if n_groups == 1:
+        nll_sum = nll.double().sum(dim=-1)[None, :]  # (1, T)
+        n_tokens = torch.full((1,), float(valid.numel()), dtype=torch.float64, device=device)
+        n_correct = correct.sum()[None]
+    else:
+        nll_sum = torch.zeros(n_groups, n_temps, dtype=torch.float64, device=device).index_add_(0, group, nll.double().T)
+        n_tokens = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add_(0, group, torch.ones_like(correct))
+        n_correct = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add_(0, group, correct)
+    out = {
         "bin_count": torch.bincount(flat, minlength=size).view(shape).double(),
         "bin_confidence": torch.bincount(flat, weights=confidence.double().flatten(), minlength=size).view(shape),
         "bin_correct": torch.bincount(flat, weights=correct.expand(n_temps, -1).flatten(), minlength=size).view(
             shape
         ),
-        "nll_sum": nll.double().sum(dim=-1),
-        "n_tokens": torch.tensor(float(valid.numel()), dtype=torch.float64, device=device),
-        "n_correct": correct.sum(),
+        "nll_sum": nll_sum,
+        "n_tokens": n_tokens,
+        "n_correct": n_correct,
     }
+    return out if per_row else {k: v[0] for k, v in out.items()}
 
 
 def _calibration_compute(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from ls_seq._validation import check_alpha, check_choice, check_logits_labels, c
 from ls_seq.functional._kernels import chunk_rows_for, compute_dtype_for, softmax_target_chunk_
 from ls_seq.functional.losses import CONVENTIONS, REDUCTIONS, _check_num_items, smoothing_weights
 
-__all__ = ["fused_linear_label_smoothed_cross_entropy"]
+__all__ = ["fused_linear_label_smoothed_cross_entropy", "fused_smoothed_sums"]
 
 
 def _project_chunks(h, weight, bias, y, w_hot, w_q, q, chunk_rows, needs, grad_rows):
@@ -45,6 +45,7 @@ def _project_chunks(h, weight, bias, y, w_hot, w_q, q, chunk_rows, needs, grad_r
     if isinstance(grad_rows, torch.Tensor):
         grad_rows = grad_rows.to(cdtype)[:, None]  # (N, 1)
     rows = torch.empty(n_rows, dtype=cdtype, device=h.device)  # (N,) per-row loss
+    nll = torch.empty(n_rows, dtype=cdtype, device=h.device)  # (N,) per-row -log p_y
     for start in range(0, n_rows, chunk_rows):
         stop = min(start + chunk_rows, n_rows)
         h_c = h32[start:stop]  # (c, d)
@@ -56,6 +57,7 @@ def _project_chunks(h, weight, bias, y, w_hot, w_q, q, chunk_rows, needs, grad_r
         scale = grad_rows[start:stop] if isinstance(grad_rows, torch.Tensor) else grad_rows
         lse, z_y, q_z = softmax_target_chunk_(logits, y[start:stop], w_hot, w_q, q, logits, scale)
         rows[start:stop] = lse - w_hot * z_y - w_q * q_z
+        nll[start:stop] = lse - z_y
         # logits now hold (softmax - target) * scale of the chunk
         if grad_h is not None:
             torch.mm(logits, w32, out=grad_h[start:stop])  # (c, d)
@@ -63,16 +65,18 @@ def _project_chunks(h, weight, bias, y, w_hot, w_q, q, chunk_rows, needs, grad_r
             grad_w.addmm_(logits.t(), h_c)  # (V, d)
         if grad_b is not None:
             grad_b.add_(logits.sum(0))  # (V,)
-    return rows, (grad_h, grad_w, grad_b)
+    return rows, nll, (grad_h, grad_w, grad_b)
 
 
 class _FusedLinearLSCE(torch.autograd.Function):
-    """Sum (or per-row values) of the smoothed loss of ``h @ W.T + b`` over rows that all count."""
+    """Sum (or per-row values) of the smoothed loss of ``h @ W.T + b`` over rows that all count, and the NLL.
+
+    The NLL (same reduction) comes from the same row statistics and is not differentiable."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, y, w_hot, w_q, q, chunk_rows, per_row, needs):
         precompute = not per_row and any(needs)
-        rows, grads = _project_chunks(
+        rows, nll, grads = _project_chunks(
             h, weight, bias, y, w_hot, w_q, q, chunk_rows, needs, 1.0 if precompute else None
         )
         ctx.per_row, ctx.needs = per_row, needs
@@ -82,16 +86,18 @@ class _FusedLinearLSCE(torch.autograd.Function):
         ctx.save_for_backward(h, weight, bias, y, q)
         ctx.w_hot, ctx.w_q, ctx.chunk_rows = w_hot, w_q, chunk_rows
         ctx.grads = grads if precompute else None
-        return rows if per_row else rows.sum()
+        nll = nll if per_row else nll.sum()
+        ctx.mark_non_differentiable(nll)
+        return (rows if per_row else rows.sum()), nll
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, grad_nll):
         grads, ctx.grads = ctx.grads, None
         if grads is None:  # reduction="none", or a second backward (retain_graph=True, gradcheck)
             h, weight, bias, y, q = ctx.saved_tensors
             grad_rows = grad_out if ctx.per_row else grad_out.expand(h.shape[0])
-            _, grads = _project_chunks(
+            _, _, grads = _project_chunks(
                 h, weight, bias, y, ctx.w_hot, ctx.w_q, q, ctx.chunk_rows, ctx.needs, grad_rows
             )
         else:  # scaled in place: a second (V, d) copy would be the largest temporary of the backward
@@ -189,6 +195,45 @@ def fused_linear_label_smoothed_cross_entropy(
             raise ValueError(f"`prior` is only defined for convention='uniform', got convention={convention!r}")
         prior = check_prior(prior, vocab)
     w_hot, w_q = smoothing_weights(alpha, vocab, convention)
+    per_row = reduction == "none"
+    out, _, n_valid = _fused(hidden, weight, bias, labels, w_hot, w_q, prior, ignore_index, chunk_size, per_row)
+    if reduction != "mean":
+        return out
+    if num_items_in_batch is None:
+        denom = torch.as_tensor(max(n_valid, 1), dtype=out.dtype, device=out.device)
+    else:
+        denom = torch.as_tensor(num_items_in_batch, device=out.device).clamp_min(1).to(out.dtype)
+    return out / denom
+
+
+def fused_smoothed_sums(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    w_hot: float,
+    w_q: float,
+    prior: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss_sum, nll_sum)`` of ``hidden @ weight.T + bias`` for callers that validated their configuration.
+
+    The trainers' hot path (the public function checks every call); ``hidden`` and ``weight`` may differ in
+    dtype (mixed precision: both are computed in the wider one). Only ``loss_sum`` is differentiable.
+    """
+    if hidden.dtype != weight.dtype:
+        wide = torch.promote_types(hidden.dtype, weight.dtype)
+        hidden, weight = hidden.to(wide), weight.to(wide)
+        bias = None if bias is None else bias.to(wide)
+    loss, nll, _ = _fused(hidden, weight, bias, labels, w_hot, w_q, prior, ignore_index, chunk_size, per_row=False)
+    return loss, nll
+
+
+def _fused(hidden, weight, bias, labels, w_hot, w_q, prior, ignore_index, chunk_size, per_row):
+    """Shared body: ``(loss, nll, n_valid)``, each loss summed or per token (shaped like ``labels``)."""
+    vocab, dim = weight.shape
     cdtype = compute_dtype_for(hidden.dtype)
     q = None if prior is None else prior.to(device=hidden.device, dtype=cdtype)
 
@@ -212,19 +257,12 @@ def fused_linear_label_smoothed_cross_entropy(
     # ran 1.5x faster at 1024 rows than at 128 on the loaded 2-core machine, and the chunk is still
     # ~0.1x of the unfused path's extra memory at N = 4096.
     chunk_rows = chunk_rows_for(n_valid, vocab, chunk_size)
-    per_row = reduction == "none"
-    out = _FusedLinearLSCE.apply(
-        h_v.contiguous(), weight, bias, y_v, w_hot, w_q, q, chunk_rows, per_row, needs
-    )
+    # Mixed precision (autocast) must not recast the chunk matmuls, which write into float32 buffers.
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        loss, nll = _FusedLinearLSCE.apply(h_v.contiguous(), weight, bias, y_v, w_hot, w_q, q, chunk_rows, per_row, needs)
+    if per_row and not all_valid:  # back to every position, 0 where ignored
+        loss = loss.new_zeros(y.shape[0]).index_copy(0, idx, loss)
+        nll = nll.new_zeros(y.shape[0]).index_copy(0, idx, nll)
     if per_row:
-        if all_valid:
-            return out.reshape(labels.shape)
-        full = out.new_zeros(y.shape[0]).index_copy(0, idx, out)  # (N,)
-        return full.reshape(labels.shape)
-    if reduction == "sum":
-        return out
-    if num_items_in_batch is None:
-        denom = torch.as_tensor(max(n_valid, 1), dtype=out.dtype, device=out.device)
-    else:
-        denom = torch.as_tensor(num_items_in_batch, device=out.device).clamp_min(1).to(out.dtype)
-    return out / denom
+        loss, nll = loss.reshape(labels.shape), nll.reshape(labels.shape)
+    return loss, nll, n_valid

@@ -176,6 +176,33 @@ def label_smoothed_cross_entropy(
     return loss, _reduce(nll_tok, mask, reduction, num_items_in_batch, labels.shape)
 
 
+def smoothed_sums(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    w_hot: float,
+    w_q: float,
+    prior: torch.Tensor | None,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss_sum, nll_sum)`` over the non-ignored tokens, for callers that validated their configuration once.
+
+    The hot path of the trainers and of :func:`ls_seq.label_smoothing_loss_func`: no argument checks and no
+    host sync (the public :func:`label_smoothed_cross_entropy` checks every call). ``logits`` ``(..., V)`` and
+    ``labels`` ``(...)`` must already be aligned; ``prior`` is ``(V,)`` float32 on the logits' device or None.
+    """
+    z, y, mask = _flatten(logits, labels, ignore_index)
+    loss_tok, nll_tok = label_smoothed_ce_rows(z, y, mask, w_hot, w_q, prior, compute_dtype=torch.float32)  # (N,), (N,)
+    return loss_tok.sum(), nll_tok.sum()
+
+
+def entropy_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Summed entropy ``H(softmax(z))`` over the non-ignored tokens (unchecked, like :func:`smoothed_sums`)."""
+    z, _, mask = _flatten(logits, labels, ignore_index)
+    log_p = F.log_softmax(z.float(), dim=-1)  # (N, V)
+    entropy = -(log_p.exp() * log_p).sum(-1)  # (N,)
+    return torch.where(mask, entropy, torch.zeros_like(entropy)).sum()
+
+
 def confidence_penalty_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -198,8 +225,7 @@ def confidence_penalty_loss(
     check_choice(reduction, "reduction", REDUCTIONS)
     _check_num_items(num_items_in_batch)
     z, y, mask = _flatten(logits, labels, ignore_index)
-    z = z.float()
-    log_p = F.log_softmax(z, dim=-1)  # (N, V)
+    log_p = F.log_softmax(z.float(), dim=-1)  # (N, V)
     nll = -log_p.gather(1, y[:, None]).squeeze(1)  # (N,)
     entropy = -(log_p.exp() * log_p).sum(-1)  # (N,)
     per_token = torch.where(mask, nll - beta * entropy, torch.zeros_like(nll))

@@ -1,13 +1,16 @@
 """Run under ``torchrun --nproc_per_node 2`` (gloo, CPU) by test_two_processes.py; rank 0 writes the results.
 
-Usage: ``torchrun --standalone --nproc_per_node 2 ddp_checks.py OUT_DIR``. Three checks share one launch
+Usage: ``torchrun --standalone --nproc_per_node 2 ddp_checks.py OUT_DIR``. The checks share one launch
 (process start-up is the expensive part):
 
 1. ``TokenCalibration`` with an uneven split: the ranks update different numbers of tokens.
-2. One optimizer step of ``LabelSmoothingSeq2SeqTrainer`` with 2 ranks x batch 4 x 2 accumulation steps.
-3. ``CalibrationCallback`` on an evaluation set of 13 examples (not a multiple of 2 ranks x batch 4).
-4. ``fused_linear_loss=True``, and training after ``evaluate()`` (transformers then skips the DDP wrapper),
-   raise instead of silently skipping the gradient all-reduce.
+2. One optimizer step of ``LabelSmoothingSeq2SeqTrainer`` with 2 ranks x batch 4 x 2 accumulation steps, and
+   the same with the fused loss for Marian, GPT-2 and Llama (``LabelSmoothingTrainer`` for the causal LMs).
+3. Calibration on an evaluation set of 13 examples (not a multiple of 2 ranks x batch 4) through each route:
+   ``CalibrationCallback`` given the HF way (``callbacks=[...]``, no attach) to ls-seq's trainer (in-loop) and
+   to a plain Seq2SeqTrainer (its own pass), and ``CalibrationMetrics`` in a plain Trainer's loop.
+4. Training after ``evaluate()`` (transformers then skips the DDP wrapper) raises instead of silently
+   skipping the gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -19,12 +22,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
+from families import CAUSAL, calibration_routes, family_collate, family_dataset, family_model
 from tiny import CALIB_SPLIT, TEMPERATURES, calibration_tokens, collate, tiny_dataset, tiny_model, training_args
 
-from ls_seq.callbacks import CalibrationCallback
 from ls_seq.io import atomic_write_bytes, atomic_write_json
 from ls_seq.metrics import TokenCalibration
-from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
+from ls_seq.trainer import (
+    LabelSmoothingSeq2SeqTrainer,
+    LabelSmoothingSeq2SeqTrainingArguments,
+    LabelSmoothingTrainer,
+    LabelSmoothingTrainingArguments,
+)
+
+FUSED_FAMILIES = ("marian", "gpt2", "llama")
 
 
 def check_token_calibration(rank: int) -> dict:
@@ -40,12 +50,14 @@ def check_token_calibration(rank: int) -> dict:
     return out
 
 
-def ls_trainer(out_dir: Path, name: str, **overrides) -> LabelSmoothingSeq2SeqTrainer:
-    """The trainer under test on the tiny Marian (seed 2) and the 16 training examples (seed 5)."""
-    args = training_args(str(out_dir / name), cls=LabelSmoothingSeq2SeqTrainingArguments, label_smoothing_factor=0.1,
-                         **overrides)
-    return LabelSmoothingSeq2SeqTrainer(model=tiny_model("marian", seed=2), args=args,
-                                        train_dataset=tiny_dataset(16, seed=5), data_collator=collate)
+def ls_trainer(out_dir: Path, name: str, family: str = "marian", **overrides):
+    """The trainer under test on a tiny model of ``family`` (seed 2) and 16 training examples (seed 5)."""
+    causal = family in CAUSAL
+    args = training_args(str(out_dir / name), cls=LabelSmoothingTrainingArguments if causal else LabelSmoothingSeq2SeqTrainingArguments,
+                         label_smoothing_factor=0.1, **overrides)  # fmt: skip
+    cls = LabelSmoothingTrainer if causal else LabelSmoothingSeq2SeqTrainer
+    return cls(model=family_model(family, seed=2), args=args, train_dataset=family_dataset(family, 16, seed=5),
+               data_collator=family_collate(family))
 
 
 def error_of(fn, kind: type[Exception]) -> str:
@@ -56,14 +68,25 @@ def error_of(fn, kind: type[Exception]) -> str:
     return "no error"
 
 
-def check_trainer_step(out_dir: Path) -> dict:
-    trainer = ls_trainer(out_dir, "train", per_device_train_batch_size=4, gradient_accumulation_steps=2)
+def train_and_save(trainer, path: Path) -> dict:
     trainer.train()
     if trainer.is_world_process_zero():
         buffer = io.BytesIO()
         torch.save({n: p.detach() for n, p in trainer.model.named_parameters()}, buffer)
-        atomic_write_bytes(out_dir / "params.pt", buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue())
     return next(entry for entry in trainer.state.log_history if "loss" in entry)
+
+
+def check_trainer_step(out_dir: Path) -> dict:
+    trainer = ls_trainer(out_dir, "train", per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    return train_and_save(trainer, out_dir / "params.pt")
+
+
+def check_fused_step(out_dir: Path, family: str) -> dict:
+    """The fused loss inside the DDP-wrapped forward, 2 ranks x batch 4 x 2 accumulation steps."""
+    trainer = ls_trainer(out_dir, f"fused_{family}", family, fused_linear_loss=True, fused_chunk_size=7,
+                         per_device_train_batch_size=4, gradient_accumulation_steps=2)  # fmt: skip
+    return train_and_save(trainer, out_dir / f"params_fused_{family}.pt")
 
 
 def check_eval_loss(out_dir: Path) -> float:
@@ -82,21 +105,6 @@ def check_evaluate_then_train_is_refused(out_dir: Path) -> str:
     return error_of(trainer.train, RuntimeError)
 
 
-def check_fused_refuses_ddp(out_dir: Path) -> str:
-    """The fused path calls the base model directly, which would skip DDP's gradient all-reduce."""
-    return error_of(ls_trainer(out_dir, "fused", fused_linear_loss=True).train, ValueError)
-
-
-def check_callback(out_dir: Path) -> dict:
-    from transformers import Seq2SeqTrainer
-
-    model = tiny_model("marian", seed=3, scale=4.0)
-    args = training_args(str(out_dir / "calib"), per_device_eval_batch_size=4)
-    trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=tiny_dataset(13, seed=11), data_collator=collate)
-    CalibrationCallback(n_bins=10, temperatures=TEMPERATURES, plot=True).attach(trainer)
-    return trainer.evaluate()
-
-
 def main() -> None:
     out_dir = Path(sys.argv[1])
     state = PartialState(cpu=True)  # gloo process group, the one the Trainer will use too
@@ -105,9 +113,9 @@ def main() -> None:
         "world_size": state.num_processes,
         "token_calibration": check_token_calibration(state.process_index),
         "trainer_log": check_trainer_step(out_dir),
+        "fused_logs": {family: check_fused_step(out_dir, family) for family in FUSED_FAMILIES},
         "eval_loss": check_eval_loss(out_dir),
-        "callback_metrics": check_callback(out_dir),
-        "fused_error": check_fused_refuses_ddp(out_dir),
+        "calibration": calibration_routes(out_dir),
         "evaluate_then_train_error": check_evaluate_then_train_is_refused(out_dir),
     }
     if state.is_main_process:

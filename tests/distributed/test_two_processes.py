@@ -1,7 +1,7 @@
 """2 processes equal 1: torchrun --nproc_per_node 2 (gloo, CPU) runs ddp_checks.py once; each test checks one part.
 
 References are computed here, in one process: TokenCalibration on all tokens, a hand-made SGD step on the
-whole batch, and CalibrationCallback under a 1-process Trainer.
+whole batch (``distributed.families.sgd_reference``), and each calibration route under a 1-process Trainer.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distributed.families import calibration_routes, family_examples, family_model, sgd_reference
 from distributed.tiny import (
     TEMPERATURES,
     VOCAB,
@@ -73,7 +74,7 @@ def test_trainer_step_on_two_ranks_equals_one_big_batch(ddp_run):
     nll = F.cross_entropy(logits.reshape(-1, VOCAB), full["labels"].reshape(-1))
     assert log["loss"] == pytest.approx(loss.item(), rel=1e-5)
     assert log["nll_loss"] == pytest.approx(nll.item(), rel=1e-5)
-    assert ddp_run["stdout"].count("'nll_loss'") == 1, "only the main process prints the training log"
+    assert ddp_run["stdout"].count("'nll_loss'") == 1 + 3, "only the main process prints the training logs (4 trainers)"
 
 
 def test_trainer_eval_loss_on_two_ranks_is_the_one_process_loss(ddp_run):
@@ -90,28 +91,34 @@ def test_trainer_eval_loss_on_two_ranks_is_the_one_process_loss(ddp_run):
     assert ddp_run["results"]["eval_loss"] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("family", ["marian", "gpt2", "llama"])
+def test_fused_loss_on_two_ranks_equals_one_big_batch(ddp_run, family):
+    """The fused loss runs inside the DDP-wrapped forward, so gradients are all-reduced: 2 ranks x 4 x 2 == 16."""
+    ref, ref_loss, ref_nll = sgd_reference(family, family_model(family, seed=2), family_examples(family, 16, seed=5), 0.1, 0.5)
+    params = torch.load(ddp_run["out"] / f"params_fused_{family}.pt", weights_only=True)
+    for name, expected in ref.items():
+        torch.testing.assert_close(params[name], expected, rtol=1e-5, atol=1e-6, msg=name)
+    log = ddp_run["results"]["fused_logs"][family]
+    assert log["loss"] == pytest.approx(ref_loss, rel=1e-5)
+    assert log["nll_loss"] == pytest.approx(ref_nll, rel=1e-5)
+
+
 def test_unsynchronised_training_is_refused(ddp_run):
-    assert "single process" in ddp_run["results"]["fused_error"]
     assert "DistributedDataParallel" in ddp_run["results"]["evaluate_then_train_error"]
 
 
-def test_calibration_callback_on_two_ranks_equals_one_process(ddp_run, tmp_path):
-    from transformers import Seq2SeqTrainer
+CALIBRATION_KEYS = ("ece", "mce", "rms_ce", "nll", "token_accuracy", "mean_confidence", "best_temperature",
+                    "ece_at_best_temperature", "nll_at_best_temperature")  # fmt: skip
 
-    from ls_seq.callbacks import CalibrationCallback
 
-    val = tiny_dataset(13, seed=11)
-    model = tiny_model("marian", seed=3, scale=4.0)
-    trainer = Seq2SeqTrainer(model=model, args=training_args(str(tmp_path), per_device_eval_batch_size=4),
-                             eval_dataset=val, data_collator=collate)
-    CalibrationCallback(n_bins=10, temperatures=TEMPERATURES, plot=False).attach(trainer)
-    one = trainer.evaluate()
-    two = ddp_run["results"]["callback_metrics"]
-    n_tokens = sum(len(x) for x in val["labels"])
-    assert two["eval_n_tokens"] == one["eval_n_tokens"] == n_tokens, "padding samples counted twice"
-    for key, value in one.items():
-        if key.startswith("eval_") and key.split("_", 1)[1] in (
-            "ece", "mce", "rms_ce", "nll", "token_accuracy", "mean_confidence", "best_temperature",
-            "ece_at_best_temperature", "nll_at_best_temperature"):
-            assert two[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+def test_every_calibration_route_on_two_ranks_equals_one_process(ddp_run, tmp_path):
+    """13 examples: the last global batch of 2 ranks x 4 holds 3 samples accelerate repeats; none may count."""
+    two = ddp_run["results"]["calibration"]
+    n_tokens = {"in_loop": None, "callback": sum(len(x) for x in tiny_dataset(13, seed=11)["labels"]), "metrics_pair": None}
+    for route, one in calibration_routes(tmp_path, plot=False).items():
+        if n_tokens[route] is not None:
+            assert one["eval_n_tokens"] == n_tokens[route]
+        assert two[route]["eval_n_tokens"] == one["eval_n_tokens"], f"{route}: padding samples counted twice"
+        for key in CALIBRATION_KEYS:
+            assert two[route][f"eval_{key}"] == pytest.approx(one[f"eval_{key}"], rel=1e-5, abs=1e-7), f"{route}: {key}"
     assert (ddp_run["out"] / "calib" / "eval_reliability_step0.png").is_file()

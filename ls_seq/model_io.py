@@ -1,0 +1,297 @@
+"""How a model's logits line up with its labels: the one place ls-seq knows about model families.
+
+Every part of ls-seq that scores tokens (the trainers, :func:`ls_seq.label_smoothing_loss_func`, the fused
+loss, :class:`ls_seq.CalibrationCallback`, the sweeps, ``ls-seq evaluate``) asks :func:`model_io` instead
+of looking at the model itself. For a model, wrapped (DDP, FSDP, DeepSpeed, ``torch.compile``) or not,
+with a peft adapter or not, a :class:`ModelIO` knows
+
+* whether it is an encoder-decoder (``config.is_encoder_decoder``) or a causal LM, and so how logits and
+  labels align: an encoder-decoder's logits at ``t`` score the label at ``t`` (its decoder input is the
+  labels shifted right); a causal LM's logits at ``t`` score the label at ``t + 1``. The shift is written
+  once, in :meth:`ModelIO.scored_labels`, the way transformers' ``ForCausalLMLoss`` writes it: the labels
+  move one step left and get ``ignore_index`` at the end, so the logits keep their shape (no copy);
+* which labels count: :meth:`ModelIO.count` is the number of labels actually scored, the divisor that makes
+  gradient accumulation and DDP exact. A ``shift_labels`` tensor in the batch (padding-free collators,
+  sequence parallelism) is used as it is, as transformers does. Packed rows (``DataCollatorWithFlattening``,
+  TRL's padding-free collator) put ``ignore_index`` at the first label of every packed sequence, so the
+  shift never scores a token across two sequences;
+* where the output layer and its bias are (``get_output_embeddings()``, plus Marian/BART's
+  ``final_logits_bias``), for the fused loss;
+* whether transformers' own ``Trainer`` counts the same labels in ``num_items_in_batch``: it counts
+  ``labels[..., 1:]`` only for models whose ``loss_type`` maps to ``ForCausalLMLoss`` (``LlamaForCausalLM``,
+  ``Qwen2ForCausalLM``, ...), and the unshifted labels for the others (``GPT2LMHeadModel`` has
+  ``loss_type=None``), which scales their loss by about ``(N - B) / N``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ModelIO", "logits_of", "model_io", "scored_labels", "shift_from_output", "teacher_forced_logits", "unwrap_model"]
+
+# Output classes of transformers, by name: a causal LM's output scores the next token, a seq2seq one the same.
+_CAUSAL_OUTPUT_MARKERS = ("CausalLM",)
+_SEQ2SEQ_OUTPUT_MARKERS = ("Seq2Seq",)
+# Heads whose logits score the label at the same position (no shift) and are not encoder-decoders.
+_ALIGNED_LOSS_TYPES = ("ForMaskedLM", "ForTokenClassification")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """``model`` without DDP/FSDP/DeepSpeed/``torch.compile`` wrappers and without a peft adapter wrapper.
+
+    The peft adapter layers stay in the returned model (they are modules inside it); only the
+    ``PeftModel`` shell, which forwards to the base model, is removed.
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    inner = extract_model_from_parallel(model, keep_fp32_wrapper=True)
+    if type(inner).__module__.startswith("peft.") and callable(getattr(inner, "get_base_model", None)):
+        inner = inner.get_base_model()
+    return inner
+
+
+def logits_of(outputs: Any, where: str = "the model output") -> torch.Tensor:
+    """Return ``outputs["logits"]`` or raise a ``ValueError`` that says how to get logits."""
+    if isinstance(outputs, Mapping) and outputs.get("logits") is not None:
+        return outputs["logits"]
+    keys = list(outputs.keys()) if isinstance(outputs, Mapping) else type(outputs).__name__
+    raise ValueError(
+        f"{where} has no `logits` (got {keys}); ls-seq needs a model that returns a ModelOutput with `logits` "
+        "(a ...ForConditionalGeneration / ...MTModel / ...ForCausalLM / ...LMHeadModel head, with return_dict=True)"
+    )
+
+
+def shift_from_output(outputs: Any) -> bool | None:
+    """True for a causal-LM output class, False for a seq2seq one, None when the class does not say."""
+    name = type(outputs).__name__
+    if any(marker in name for marker in _CAUSAL_OUTPUT_MARKERS):
+        return True
+    if any(marker in name for marker in _SEQ2SEQ_OUTPUT_MARKERS):
+        return False
+    return None
+
+
+@functools.cache
+def _causal_lm_class_names() -> frozenset[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names: set[str] = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([value] if isinstance(value, str) else value)
+    return frozenset(names)
+
+
+def _shifts(model: nn.Module) -> bool:
+    """Whether ``model``'s logits at t score the label at t + 1; refuses a model it cannot place."""
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    name = type(model).__name__
+    if name in _causal_lm_class_names() or name.endswith(("ForCausalLM", "LMHeadModel")):
+        return True
+    if getattr(model, "loss_type", None) in _ALIGNED_LOSS_TYPES:
+        return False
+    raise ValueError(
+        f"ls-seq cannot tell how {name}'s logits align with its labels: it is neither an encoder-decoder "
+        "(config.is_encoder_decoder) nor a causal LM (a ...ForCausalLM / ...LMHeadModel in transformers' "
+        "causal-LM registry); pass shift_labels=True (logits at t score the label at t + 1) or False explicitly"
+    )
+
+
+def _names_read(code: Any) -> set[str]:
+    """Attribute and global names a function's code reads, nested code (comprehensions) included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names_read(const)
+    return names
+
+
+def _trainer_counts_shifted_labels(model: nn.Module, is_encoder_decoder: bool) -> bool:
+    """Whether transformers' ``Trainer`` counts ``labels[..., 1:]`` (not all labels) in ``num_items_in_batch``.
+
+    transformers 5.x (huggingface/transformers#46204) counts the shifted labels when the model's ``loss_type``
+    maps to ``ForCausalLMLoss``; older releases count every label. Detected from the Trainer's own code (the
+    attribute its counting reads), not from a version number.
+    """
+    from transformers import Trainer
+
+    counter = getattr(Trainer, "_get_num_items_in_batch", None)
+    if counter is None or "_loss_shifts_labels" not in _names_read(counter.__code__):
+        return False
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+
+    return LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not is_encoder_decoder
+
+
+@dataclass(frozen=True, eq=False)
+class ModelIO:
+    """What ls-seq needs to know about one model; build it with :func:`model_io`.
+
+    Attributes:
+        model: the unwrapped model (no DDP/peft shell).
+        is_encoder_decoder: ``config.is_encoder_decoder``.
+        shifts_labels: logits at ``t`` score the label at ``t + 1`` (causal LMs).
+    """
+
+    model: nn.Module
+    is_encoder_decoder: bool
+    shifts_labels: bool
+
+    @property
+    def name(self) -> str:
+        return type(self.model).__name__
+
+    @property
+    def trainer_counts_scored_labels(self) -> bool:
+        """Whether transformers' ``Trainer`` counts exactly the scored labels in ``num_items_in_batch`` for this
+        model (read from ``model.loss_type`` now, so setting ``model.loss_type = "ForCausalLM"`` counts)."""
+        return (not self.shifts_labels) or _trainer_counts_shifted_labels(self.model, self.is_encoder_decoder)
+
+    # ---- alignment ---------------------------------------------------------------------------------------
+
+    def scored_labels(
+        self, labels: torch.Tensor, shift_labels: torch.Tensor | None = None, ignore_index: int = -100
+    ) -> torch.Tensor:
+        """The label each logit position scores, shaped like ``labels``: ``ignore_index`` where none.
+
+        A causal LM's labels move one step left (``labels[..., 1:]``, then ``ignore_index``); a
+        ``shift_labels`` tensor from the batch is returned as it is.
+        """
+        return scored_labels(labels, self.shifts_labels, shift_labels, ignore_index)
+
+    def count(self, labels: torch.Tensor, shift_labels: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
+        """Number of scored labels (a 0-dim int64 tensor on the labels' device; no host sync)."""
+        return self.scored_labels(labels, shift_labels, ignore_index).ne(ignore_index).sum()
+
+    # ---- teacher forcing ---------------------------------------------------------------------------------
+
+    def teacher_forcing_inputs(self, inputs: Mapping[str, Any], labels: torch.Tensor) -> dict[str, Any]:
+        """``inputs`` plus ``decoder_input_ids`` built from ``labels`` when an encoder-decoder lacks them.
+
+        An encoder-decoder builds them itself when it receives labels, which it no longer does once the
+        caller pops them to compute the loss (or the metric) itself. Never edits ``inputs``.
+        """
+        inputs = dict(inputs)
+        inputs.pop("shift_labels", None)  # consumed by ls-seq's alignment; the model must not see it
+        if (
+            self.is_encoder_decoder
+            and inputs.get("decoder_input_ids") is None
+            and inputs.get("decoder_inputs_embeds") is None
+        ):
+            prepare = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
+            if prepare is None:
+                raise ValueError(
+                    f"{self.name} is an encoder-decoder without prepare_decoder_input_ids_from_labels: give the batch "
+                    "`decoder_input_ids` (e.g. DataCollatorForSeq2Seq(tokenizer, model=model))"
+                )
+            inputs["decoder_input_ids"] = prepare(labels=labels)
+        return inputs
+
+    # ---- output layer ------------------------------------------------------------------------------------
+
+    def output_layer(self) -> tuple[nn.Linear, torch.Tensor | None]:
+        """The output projection and the total logit bias (its own bias plus ``final_logits_bias``, shape (V,)).
+
+        Raises a ``ValueError`` naming the model when there is no plain ``nn.Linear`` output layer (a LoRA'd
+        or quantised head cannot be fused: its logits are not ``weight @ h + bias``).
+        """
+        get = getattr(self.model, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        if head is None:
+            raise ValueError(
+                f"{self.name} has no output layer (get_output_embeddings() is None): the fused loss needs one"
+            )
+        if type(head) is not nn.Linear or not head.weight.is_floating_point():
+            raise ValueError(
+                f"{self.name}'s output layer is a {type(head).__module__}.{type(head).__name__}, not a plain "
+                "torch.nn.Linear (a LoRA'd, quantised or custom head): its logits are not weight @ h + bias, so "
+                "the fused loss cannot be used; set fused_linear_loss=False"
+            )
+        bias = head.bias
+        final = getattr(self.model, "final_logits_bias", None)  # Marian/BART/Pegasus: a (1, V) buffer
+        if isinstance(final, torch.Tensor):
+            bias = final.reshape(-1) if bias is None else bias + final.reshape(-1)
+        return head, bias
+
+    @property
+    def output_size(self) -> int:
+        """V: the rows of the output layer, or ``config.vocab_size`` when there is no layer to read."""
+        get = getattr(self.model, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        weight = getattr(head, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return int(weight.shape[0])
+        return int(self.model.config.vocab_size)
+
+    def fused_refusal(self) -> str | None:
+        """Why the fused loss would not equal the model's loss, when the configuration says so; else None.
+
+        Logit soft-capping (Gemma 2/3) and logit scaling (Cohere) act on the logits after the output layer.
+        A one-batch numerical check (in the trainer) catches what the configuration does not name.
+        """
+        config = getattr(self.model, "config", None)
+        for attr in ("final_logit_softcapping", "logit_softcapping"):
+            if getattr(config, attr, None):
+                return f"{self.name} soft-caps its logits ({attr}={getattr(config, attr)}), after the output layer"
+        if getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+            return f"{self.name} multiplies its logits by logit_scale={config.logit_scale} after the output layer"
+        return None
+
+
+def scored_labels(
+    labels: torch.Tensor, shifts: bool, shift_labels: torch.Tensor | None = None, ignore_index: int = -100
+) -> torch.Tensor:
+    """The label each logit position scores (see :meth:`ModelIO.scored_labels`), for a known alignment."""
+    if shift_labels is not None:
+        if shift_labels.shape != labels.shape:
+            raise ValueError(
+                f"`shift_labels` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(shift_labels.shape)}"
+            )
+        return shift_labels
+    if not shifts:
+        return labels
+    # transformers' ForCausalLMLoss: pad one ignored label at the end, drop the first.
+    return torch.nn.functional.pad(labels[..., 1:], (0, 1), value=ignore_index)
+
+
+def model_io(model: nn.Module, *, shift_labels: bool | None = None) -> ModelIO:
+    """The :class:`ModelIO` of ``model`` (wrapped or not, peft or not).
+
+    Args:
+        model: a transformers model, or any ``nn.Module`` with a ``config`` when ``shift_labels`` is given.
+        shift_labels: override the alignment (True: logits at t score the label at t + 1). By default it
+            comes from the model: encoder-decoders do not shift, causal LMs do, anything else is refused.
+    """
+    inner = unwrap_model(model)
+    config = getattr(inner, "config", None)
+    is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    shifts = _shifts(inner) if shift_labels is None else bool(shift_labels)
+    return ModelIO(inner, is_encoder_decoder, shifts)
+
+
+def teacher_forced_logits(
+    model: torch.nn.Module, batch: Mapping[str, Any], labels_key: str = "labels", ignore_index: int = -100
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One teacher-forced forward pass: ``(logits (..., V), scored labels (...))``, aligned position by position.
+
+    The labels are taken out of the batch, so the model does not compute a loss nobody reads; the alignment
+    (a causal LM's shift, a batch's ``shift_labels``) is :mod:`ls_seq.model_io`'s. ``model`` may be wrapped.
+    """
+    batch = dict(batch)
+    labels = batch.pop(labels_key, None)
+    if labels is None:
+        raise ValueError(
+            f"a teacher-forced pass needs `{labels_key}` (TrainingArguments.label_names) in every batch; "
+            f"this batch has {sorted(batch)}"
+        )
+    io = model_io(model)
+    scored = io.scored_labels(labels, batch.get("shift_labels"), ignore_index)
+    logits = logits_of(model(**io.teacher_forcing_inputs(batch, labels)), where=f"{io.name}'s output")
+    return logits, scored
