@@ -1,0 +1,70 @@
+"""The EN-DE corpora as fairseq data: the study's tokenizer applied, then ``fairseq-preprocess``.
+
+The text comes from the HF study's reader (:func:`ls_seq.translation.data.load_corpora`) and is split into
+the subword pieces of the same joint tokenizer (:mod:`ls_seq.translation.tokenizer`), one sentence per line,
+pieces separated by spaces, truncated as the HF study truncates (``max_length`` tokens with ``</s>``).
+``fairseq-preprocess --joined-dictionary`` binarises it (one vocabulary for source and target, as the
+tied embeddings need). The subsets are fairseq's names: ``train``, ``valid``, ``test`` and the extra test
+sets ``test1`` (the test sources deranged against their targets: does the model use its source?) and
+``test2`` (the first ``n_bleu`` test pairs, for the BLEU temperature sweep).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ls_seq.translation.data import ParallelCorpus
+
+__all__ = ["SUBSETS", "binarize", "write_token_files"]
+
+SRC, TGT = "en", "de"
+# fairseq subset name -> what it holds
+SUBSETS = {"train": "train", "valid": "validation", "test": "test", "test1": "test, sources deranged", "test2": "BLEU subset"}
+
+
+def _pieces(tokenizer: Any, text: str, max_length: int) -> str:
+    # The HF study truncates to max_length ids including </s>; fairseq appends </s> itself.
+    return " ".join(tokenizer.tokenize(text)[: max_length - 1])
+
+
+def write_token_files(splits: dict[str, ParallelCorpus], tokenizer: Any, directory: Path, max_length: int) -> None:
+    """``directory/{name}.{en,de}``: the pieces of every pair of ``splits`` (fairseq subset name -> corpus)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, corpus in splits.items():
+        for lang, lines in ((SRC, corpus.source), (TGT, corpus.target)):
+            with open(directory / f"{name}.{lang}", "w", encoding="utf-8") as f:
+                f.writelines(_pieces(tokenizer, line, max_length) + "\n" for line in lines)
+
+
+def binarize(text_dir: Path, dest_dir: Path, *, workers: int = 1) -> Path:
+    """``fairseq-preprocess`` of the files of :func:`write_token_files` into ``dest_dir`` (returned).
+
+    Written to a temporary directory and renamed, so ``dest_dir`` exists only when complete; an existing
+    ``dest_dir`` is kept as it is (the resume of a study).
+    """
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    if (dest_dir / "dict.de.txt").is_file():
+        return dest_dir
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest_dir.parent, prefix=f".{dest_dir.name}."))
+    try:
+        tests = ",".join(str(text_dir / name) for name in ("test", "test1", "test2"))
+        argv = [
+            "--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary", "--workers", str(workers),
+            "--trainpref", str(text_dir / "train"), "--validpref", str(text_dir / "valid"), "--testpref", tests,
+            "--destdir", str(tmp),
+        ]  # fmt: skip
+        preprocess.main(options.get_preprocessing_parser().parse_args(argv))
+        if dest_dir.exists():  # an incomplete directory from an older run
+            shutil.rmtree(dest_dir)
+        os.replace(tmp, dest_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dest_dir
