@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -129,7 +130,21 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 # ("IoError(Os { code: 28, kind: StorageFull, ...})") and torch.save ("PytorchStreamWriter failed writing
 # file data/0: file write failed").
 _DISK_FULL_TEXT = ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded")
-_WRITE_FAILED_TEXT = ("file write failed", "PytorchStreamWriter failed")
+_WRITE_FAILED_TEXT = ("file write failed", "PytorchStreamWriter failed", "unexpected pos")
+# torch.save on a full disk can also fail with "unexpected pos 138240 vs 138128" (a short write): a failed write
+# on a file system with less than this much space left is reported as a full disk.
+_NEARLY_FULL = 1 << 20
+
+
+def _free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system of ``path`` (or of its nearest existing parent); None if unknown."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -168,8 +183,9 @@ def describe_fault(exc: BaseException) -> tuple[int, str] | None:
 
 @contextlib.contextmanager
 def writing_to(path: str | os.PathLike, what: str = "") -> Iterator[None]:
-    """Inside, a failed write of ``path`` (a full disk, ``file write failed`` from torch/safetensors) becomes
-    :class:`DiskFullError` or an ``OSError`` naming ``path``; other exceptions pass unchanged.
+    """Inside, a failed write of ``path`` (ENOSPC, safetensors' ``StorageFull``, torch's ``file write failed``
+    or ``unexpected pos``, or any ``OSError``/``RuntimeError`` while less than 1 MiB is free there) becomes
+    :class:`DiskFullError` naming ``path``; other exceptions pass unchanged.
 
     For code that writes through libraries whose errors do not name the file (``Trainer.save_model``,
     ``torch.save``)::
@@ -183,8 +199,10 @@ def writing_to(path: str | os.PathLike, what: str = "") -> Iterator[None]:
         raise
     except Exception as exc:
         label = f"{what} {os.fspath(path)!r}" if what else repr(os.fspath(path))
-        if _is_disk_full(exc):
-            raise DiskFullError(errno.ENOSPC, f"no space left on device writing {label}: {_one_line(exc)}") from exc
+        free = _free_bytes(path)
+        if _is_disk_full(exc) or (free is not None and free < _NEARLY_FULL and isinstance(exc, (OSError, RuntimeError))):
+            room = "" if free is None else f" ({free} bytes free)"
+            raise DiskFullError(errno.ENOSPC, f"no space left on device writing {label}{room}: {_one_line(exc)}") from exc
         if any(t in str(exc) for t in _WRITE_FAILED_TEXT):
             raise DiskFullError(errno.EIO, f"could not write {label} (disk full?): {_one_line(exc)}") from exc
         raise
@@ -204,6 +222,20 @@ class _Terminated(BaseException):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars a fault left open, so the message starts a line of its own (a bar ends in ``\r``)."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
+def _report(prog: str, message: str) -> None:
+    _close_progress_bars()
+    sys.stderr.flush()
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
 
 
 def run_main(
@@ -240,7 +272,7 @@ def run_main(
     except _Terminated:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: error: terminated (SIGTERM); finished work is kept, continue with --resume", file=sys.stderr)
+        _report(prog, "terminated (SIGTERM); finished work is kept, continue with --resume")
         return 128 + signal.SIGTERM
     except Exception as exc:
         fault = describe_fault(exc)
@@ -250,12 +282,12 @@ def run_main(
             traceback.print_exc()
         code, message = fault
         hint = "" if debug else " (--debug or LS_SEQ_DEBUG=1 for the traceback)"
-        print(f"{prog}: error: {message}{hint}", file=sys.stderr)
+        _report(prog, f"{message}{hint}")
         return code
     except KeyboardInterrupt as exc:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: error: {describe_fault(exc)[1]}", file=sys.stderr)
+        _report(prog, describe_fault(exc)[1])
         return 128 + signal.SIGINT
     finally:
         warnings.showwarning = show_warning

@@ -5,16 +5,21 @@
     python recipes/vision_study.py args.json        # the same arguments from one JSON/YAML file
 
 Arguments are :class:`vision.study.VisionStudyConfig` (``--help`` lists them), validated before any work;
-everything else lives in the ``vision`` package. Writes ``results.json``, ``report.md`` and PNG figures.
+everything else lives in the ``vision`` package. Writes ``results.json``, ``report.md`` and PNG figures;
+``--resume`` continues a run, ``--overwrite_output_dir`` starts over. Bad input exits 2 and a fault (a full
+disk, a locked output directory) exits 1, each with one line; ``--debug`` (or ``LS_SEQ_DEBUG=1``) adds the
+traceback.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from transformers import HfArgumentParser
 
+from ls_seq.errors import run_main
 from vision.study import VisionStudyConfig, run_study
 
 
@@ -31,11 +36,12 @@ def parse_args(argv: list[str] | None = None) -> VisionStudyConfig:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    results = run_study(parse_args(argv))
+    argv = sys.argv[1:] if argv is None else argv
+    results = run_study(parse_args(argv), command="python recipes/vision_study.py " + shlex.join(argv))
     for claim in results["claims"]:
         print(f"[{claim['verdict']}] {claim['claim']}: {claim['measured']}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, prog="vision_study.py"))

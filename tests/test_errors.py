@@ -156,3 +156,17 @@ def test_handled_faults_are_warned_in_one_line(capsys):
 
     assert run_main(main, [], prog="p") == 0
     assert capsys.readouterr().err == "p: warning: took over the stale lock of pid 7\n"
+
+
+def test_an_open_progress_bar_is_closed_so_the_message_starts_its_own_line(capsys):
+    import sys
+
+    from tqdm import tqdm
+
+    def main(argv):
+        bar = tqdm(total=10, file=sys.stderr)
+        bar.update(3)  # a fault in the middle of a loop leaves the bar open, its line ended by "\r" only
+        raise InputError("bad")
+
+    assert run_main(main, [], prog="p") == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.split("\n")[-2].startswith("p: error: bad")

@@ -8,31 +8,59 @@
    (``alpha``); the mutual-information callback rides along when that study is asked for;
 3. projection (:mod:`vision.projection`), calibration (:mod:`vision.calibration`), distillation
    (:mod:`vision.distillation`), each plotted by :mod:`vision.plots` or ``ls_seq.plots``;
-4. ``results.json``, ``report.md`` and the PNG figures in ``output_dir``, each written atomically.
+4. ``results.json``, ``report.md`` and the PNG figures in ``output_dir``, each written atomically (the
+   figures first, ``report.md`` and ``results.json`` last, as one set).
 
-Checkpoints live in ``output_dir/runs/<run>/``; running the same command again resumes every run.
+``output_dir`` is a :class:`ls_seq.study.RunDirectory`: locked for the run, with its configuration in
+``run_config.json``. Checkpoints live in ``output_dir/runs/<run>/``; ``--resume`` continues every run from
+its checkpoint when the configuration is the same (another ``--study`` may be added; anything else that
+differs is refused, listing the differences), ``--overwrite_output_dir`` starts over.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from ls_seq._validation import check_alpha, check_choice, check_positive_int, check_temperatures
-from ls_seq.io import atomic_savefig, atomic_write_json, atomic_write_text
+from ls_seq._validation import (
+    check_alpha,
+    check_choice,
+    check_positive_int,
+    check_temperatures,
+)
+from ls_seq.io import atomic_savefig, atomic_write_files, json_bytes
 from ls_seq.plots import plot_reliability_diagram
-
+from ls_seq.study import RunDirectory
 from vision.calibration import HARD, HARD_TS, SMOOTHED, calibration_table
-from vision.data import DATASETS, HFImageDataset, VisionData, check_data_dir, load_vision_data
-from vision.distillation import FROM_HARD, FROM_LS, STUDENT, TEACHER, DistillationPoint, distillation_study
+from vision.data import (
+    DATASETS,
+    HFImageDataset,
+    VisionData,
+    check_data_dir,
+    load_vision_data,
+)
+from vision.distillation import (
+    FROM_HARD,
+    FROM_LS,
+    STUDENT,
+    TEACHER,
+    DistillationPoint,
+    distillation_study,
+)
 from vision.information import MutualInformationCallback, select_two_class_indices
 from vision.models import MODELS
 from vision.plots import plot_distillation, plot_mutual_information, plot_projection
-from vision.projection import check_classes, cluster_tightness, template_plane_basis, template_plane_projection
+from vision.projection import (
+    check_classes,
+    cluster_tightness,
+    template_plane_basis,
+    template_plane_projection,
+)
 from vision.train import TrainConfig, TrainResult, collect_outputs, train_model
 
 __all__ = ["PRESETS", "STUDIES", "VisionStudyConfig", "run_study"]
@@ -94,6 +122,8 @@ class VisionStudyConfig:
     mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", default="no")
     cpu: bool = _help("train on the CPU even when a GPU is present", default=False)
     progress: bool = _help("show tqdm progress bars", default=True)
+    resume: bool = _help("continue the run in output_dir (same configuration; another --study may be added)", default=False)
+    overwrite_output_dir: bool = _help("start over in an output_dir that holds a run", default=False)
 
     def __post_init__(self) -> None:
         check_choice(self.dataset, "dataset", DATASETS)
@@ -121,6 +151,8 @@ class VisionStudyConfig:
         self.distill_alphas = [check_alpha(a, f"distill_alphas[{i}]", allow_one=False) for i, a in enumerate(self.distill_alphas)]
         self.distill_temperatures = check_temperatures(self.distill_temperatures, "distill_temperatures")
         check_choice(self.mixed_precision, "mixed_precision", ("no", "fp16", "bf16"))
+        if self.resume and self.overwrite_output_dir:
+            raise ValueError("`resume` and `overwrite_output_dir` exclude each other: keep the run or start over")
         check_data_dir(self.data_dir, required=self.dataset == "imagenet")
         num_classes = preset["num_classes"] or _count_imagenet_classes(self.data_dir)
         self.projection_classes = list(check_classes(self.projection_classes or [0, 1, 2], num_classes, 3, "projection_classes"))
@@ -338,8 +370,8 @@ def _claims(results: dict) -> list[dict]:
     return claims
 
 
-def _report(cfg: VisionStudyConfig, results: dict) -> str:
-    lines = [f"# Vision study: {cfg.dataset}, study={cfg.study}", ""]
+def _report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> str:
+    lines = [f"# Vision study: {cfg.dataset}, studies: {', '.join(sorted(studies))}", ""]
     d = results["data"]
     lines += [
         f"{d['num_classes']} classes; {d['n_train']} train / {d['n_val']} validation / {d['n_test']} test examples. "
@@ -392,22 +424,52 @@ def _report(cfg: VisionStudyConfig, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_study(cfg: VisionStudyConfig) -> dict:
+# What decides the numbers, beside the data: everything but where things are written, shown or cached.
+_NOT_CONFIGURATION = ("study", "output_dir", "data_dir", "cache_dir", "progress", "resume", "overwrite_output_dir")
+
+
+def run_config(cfg: VisionStudyConfig, data: VisionData) -> dict[str, Any]:
+    """What ``run_config.json`` holds and ``--resume`` compares: the arguments that decide the results (the
+    studies as a list, which a resume may extend), and the data by its sizes."""
+    config = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CONFIGURATION}
+    config["studies"] = sorted(cfg.studies())
+    config["data"] = {"name": data.name, "num_classes": data.num_classes, "n_train": len(data.train),
+                      "n_val": len(data.val), "n_test": len(data.test)}  # fmt: skip
+    return config
+
+
+def run_study(cfg: VisionStudyConfig, command: str | None = None) -> dict:
     """Run the studies of ``cfg`` and write ``results.json``, ``report.md`` and figures to ``cfg.output_dir``.
 
     Returns the results dict written to ``results.json`` (history of the base runs, each study's numbers,
-    and ``claims``: the paper's claims with the measured numbers and a verdict).
+    and ``claims``: the paper's claims with the measured numbers and a verdict). ``command`` is recorded in
+    ``run_config.json`` (default: ``sys.argv``).
     """
     if not isinstance(cfg, VisionStudyConfig):
         raise TypeError(f"`cfg` must be a VisionStudyConfig, got {type(cfg).__name__}")
-    studies = cfg.studies()
+    run = RunDirectory(cfg.output_dir, "vision")  # refuses an unusable output_dir before any work
     data = load_vision_data(
         cfg.dataset, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, seed=cfg.seed,
         max_train_samples=cfg.max_train_samples, val_size=cfg.val_size,
     )
-    out = os.fspath(cfg.output_dir)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    config = run_config(cfg, data)
+    if main_process:
+        config = run.open(
+            config, command=command or " ".join(sys.argv), resume=cfg.resume, overwrite=cfg.overwrite_output_dir,
+            extendable={"studies": "sort"},
+        )  # fmt: skip
+    try:
+        return _run_studies(cfg, data, set(config["studies"]), os.fspath(run.path), write=main_process)
+    finally:
+        run.close()
+
+
+def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], out: str, *, write: bool) -> dict:
     results: dict[str, Any] = {
-        "config": asdict(cfg),
+        # not the flags of this invocation (resume, progress): a resumed run writes what an uninterrupted one does
+        "config": {**{k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite_output_dir", "progress")},
+                   "studies": sorted(studies)},
         "data": {"name": data.name, "num_classes": data.num_classes, "n_train": len(data.train),
                  "n_val": len(data.val), "n_test": len(data.test)},
     }
@@ -431,6 +493,9 @@ def run_study(cfg: VisionStudyConfig) -> dict:
     if "distillation" in studies:
         results["distillation"] = _distillation(cfg, data, out)
     results["claims"] = _claims(results)
-    atomic_write_json(os.path.join(out, "results.json"), results)
-    atomic_write_text(os.path.join(out, "report.md"), _report(cfg, results))
+    if write:  # the figures are written; the report and the results that name them come last, together
+        atomic_write_files({
+            os.path.join(out, "report.md"): _report(cfg, results, studies),
+            os.path.join(out, "results.json"): json_bytes(results),
+        })  # fmt: skip
     return results

@@ -11,6 +11,13 @@ Every study (projection, calibration, distillation, mutual information) trains t
 * Determinism and resume: the shuffling order, the augmentation and dropout of epoch ``e`` are seeded by
   ``(seed, e)``, and a checkpoint (model, optimiser, scheduler, history) is written atomically after every
   epoch, so an interrupted run resumed from its checkpoint ends with the same weights as an uninterrupted one.
+  The previous epoch's checkpoint is kept (``checkpoint-prev.pt``): a checkpoint that fails its checks (zip
+  CRC, loadable, finite weights) is set aside as ``damaged-checkpoint.pt`` with a warning and the previous
+  one is used.
+* Non-finite training: the first optimizer step whose loss is NaN or infinite is recorded on the device
+  (no host sync per step) and, with any non-finite weight, stops the run at the end of that epoch with
+  :class:`ls_seq.errors.NonFiniteTrainingError` naming the epoch and the step, before its checkpoint is
+  written: no checkpoint and no returned model holds a NaN.
 * Callbacks: objects with ``on_epoch_end(epoch, model) -> dict | None`` (and optionally
   ``on_train_begin(model) -> dict | None``, recorded as epoch 0); the numbers they return join the epoch's
   history entry, which is saved in the checkpoint, so a resumed run keeps them.
@@ -22,6 +29,7 @@ import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -32,8 +40,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ls_seq import distillation_loss, label_smoothed_cross_entropy
+from ls_seq._validation import (
+    check_alpha,
+    check_choice,
+    check_positive_int,
+    check_temperature,
+)
+from ls_seq.checkpoints import (
+    check_finite_weights,
+    first_non_finite,
+    set_aside,
+    verify_torch_archive,
+)
+from ls_seq.errors import CheckpointError, LsSeqWarning, NonFiniteLossError
 from ls_seq.io import atomic_write_bytes
-from ls_seq._validation import check_alpha, check_choice, check_positive_int, check_temperature
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -47,6 +67,7 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint-prev.pt"
 
 
 @dataclass(frozen=True)
@@ -147,11 +168,45 @@ def _lr_factor(step: int, total_steps: int, milestones: Sequence[float], gamma: 
     return gamma ** sum(step >= m * total_steps for m in milestones)
 
 
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` into memory, then one atomic write: a crash never leaves half a checkpoint."""
+def _save_checkpoint(obj: Any, directory: str) -> None:
+    """``torch.save`` into memory, keep the current checkpoint as the previous one, then one atomic write:
+    a crash never leaves half a checkpoint, and a damaged newest one has a fallback."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
+    path = os.path.join(directory, CHECKPOINT_NAME)
+    if os.path.exists(path):
+        os.replace(path, os.path.join(directory, PREVIOUS_CHECKPOINT_NAME))
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_checkpoint(directory: str) -> dict[str, Any] | None:
+    """The newest checkpoint in ``directory`` that passes its checks, or None.
+
+    ``checkpoint.pt`` first, then ``checkpoint-prev.pt``; one that is not a whole ``torch.save`` archive, does
+    not load, lacks a field or holds non-finite weights is renamed ``damaged-<name>`` with a warning.
+    """
+    for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            verify_torch_archive(path)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"{path!r} is damaged: it does not load ({' '.join(str(exc).split())})") from exc
+            missing = {"model", "optimizer", "epoch", "history", "config"} - set(state)
+            if missing:
+                raise CheckpointError(f"{path!r} is damaged: it lacks {sorted(missing)}")
+            bad = first_non_finite(state["model"].items())
+            if bad is not None:
+                raise CheckpointError(f"{path!r} is damaged: weight {bad!r} holds NaN or inf")
+        except CheckpointError as exc:
+            moved = set_aside(path)
+            warnings.warn(f"{exc}; set aside as {str(moved)!r}, using an earlier checkpoint", LsSeqWarning, stacklevel=3)
+            continue
+        return state
+    return None
 
 
 def _config_key(config: TrainConfig, teacher: nn.Module | None) -> str:
@@ -267,9 +322,8 @@ def train_classifier(
     history: list[dict[str, float]] = []
     start_epoch = 0
     key = _config_key(config, teacher)
-    ckpt_path = None if checkpoint_dir is None else os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME)
-    if ckpt_path is not None and os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state = _load_checkpoint(os.fspath(checkpoint_dir)) if checkpoint_dir is not None else None
+    if state is not None:
         if state["config"] != key:
             raise ValueError(
                 f"`checkpoint_dir` {os.fspath(checkpoint_dir)!r} holds a checkpoint of another run "
@@ -311,6 +365,8 @@ def train_classifier(
         model.train()
         sum_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
         n_correct = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        # the first step of this epoch with a non-finite loss (-1: none), kept on the device: no sync per step
+        first_bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)
         n_seen = 0
         step = (epoch - 1) * len(loader)
         lr = set_lr(step)
@@ -341,11 +397,22 @@ def train_classifier(
             accelerator.backward(loss)
             optimizer.step()
             step += 1
+            first_bad_step = torch.where(
+                (first_bad_step < 0) & ~torch.isfinite(loss.detach()), torch.full_like(first_bad_step, step), first_bad_step
+            )
             lr = set_lr(step)
             sum_loss += loss.detach().double() * y.shape[0]
             n_correct += (logits.detach().argmax(-1) == y).double().sum()
             n_seen += y.shape[0]
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+        bad = int(accelerator.gather(first_bad_step.unsqueeze(0)).max())  # one sync per epoch
+        if bad >= 0:
+            raise NonFiniteLossError(
+                f"{description}: non-finite training loss at step {bad} (epoch {epoch}); the last checkpoint is "
+                f"the one of epoch {epoch - 1}. Lower the learning rate or look for inf/NaN in the inputs",
+                step=bad,
+            )
+        check_finite_weights(accelerator.unwrap_model(model), f"{description}: after epoch {epoch}", step=step)
         totals = accelerator.reduce(torch.stack([sum_loss, n_correct]), reduction="sum")
         n_total = accelerator.reduce(torch.tensor(float(n_seen), device=accelerator.device), reduction="sum")
         entry = {
@@ -360,8 +427,8 @@ def train_classifier(
         for cb in callbacks:
             entry.update(cb.on_epoch_end(epoch, unwrapped) or {})
         history.append(entry)
-        if ckpt_path is not None and accelerator.is_main_process:
-            _atomic_torch_save(
+        if checkpoint_dir is not None and accelerator.is_main_process:
+            _save_checkpoint(
                 {
                     "model": unwrapped.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -369,7 +436,7 @@ def train_classifier(
                     "history": history,
                     "config": key,
                 },
-                ckpt_path,
+                os.fspath(checkpoint_dir),
             )
         accelerator.wait_for_everyone()
 

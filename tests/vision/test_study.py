@@ -6,11 +6,12 @@ import importlib.util
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from ls_seq.io import read_json
+from ls_seq.io import file_mode, read_json
 from vision.calibration import HARD, HARD_TS, SMOOTHED
 from vision.data import load_digits
 from vision.study import VisionStudyConfig, run_study
@@ -104,9 +105,9 @@ def test_digits_end_to_end_writes_results_report_and_figures_and_resumes(tmp_pat
     assert set(verdicts) <= {"agrees", "disagrees", "inconclusive"}
     assert sum(report.count(f"| {v} |") for v in ("agrees", "disagrees", "inconclusive")) == len(verdicts)
 
-    # the same command again resumes every run from its checkpoint and reproduces the numbers
+    # the same command with --resume continues every run from its checkpoint and reproduces the numbers
     mtime = os.path.getmtime(out / "runs" / "distillation" / "teacher_alpha0" / "checkpoint.pt")
-    again = run_study(_small(out))
+    again = run_study(_small(out, resume=True))
     assert os.path.getmtime(out / "runs" / "distillation" / "teacher_alpha0" / "checkpoint.pt") == mtime
     assert again["claims"] == results["claims"]
     assert again["calibration"] == results["calibration"]
@@ -165,3 +166,68 @@ def test_imagenet_folder_end_to_end_with_lazily_decoded_images(fake_imagenet, tm
     assert results["projection"]["tightness"]["hard targets"]["validation"]["n_examples"] == 3
     assert len(results["mutual_info"]["curves"]["label smoothing"]) == 2  # epoch 0 and 1
     assert (out / "report.md").is_file() and (out / "projection.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Faults: the run directory (a second run, another configuration, a lock), one-line errors, file modes
+
+
+def test_a_second_run_needs_resume_and_a_changed_configuration_is_refused(tmp_path):
+    from ls_seq.errors import ConfigMismatchError, InputError
+
+    out = tmp_path / "cal"
+    first = run_study(_small(out, study="calibration", epochs=1))
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(InputError, match="already holds a run .*pass --resume"):
+        run_study(_small(out, study="calibration", epochs=1))
+    with pytest.raises(ConfigMismatchError, match=r"epochs: 1 -> 2; .*lr: 0\.05 -> 0\.1"):
+        run_study(_small(out, study="calibration", epochs=2, lr=0.1, resume=True))
+    assert (out / "results.json").read_bytes() == before  # nothing rewritten under another configuration
+    # another study may be added: the trained networks are reused, both studies are reported
+    mtime = os.path.getmtime(out / "runs" / "digits_cnn_alpha0" / "checkpoint.pt")
+    both = run_study(_small(out, study="projection", epochs=1, resume=True))
+    assert both["config"]["studies"] == ["calibration", "projection"] and {"calibration", "projection"} <= set(both)
+    assert both["calibration"] == first["calibration"]
+    assert os.path.getmtime(out / "runs" / "digits_cnn_alpha0" / "checkpoint.pt") == mtime
+    for name in ("results.json", "report.md", "reliability.png", "run_config.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == file_mode(), name
+
+
+def test_a_locked_output_directory_is_refused(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from ls_seq.errors import RunLockedError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from ls_seq.study.run_dir import RunLock
+        RunLock(sys.argv[1]).acquire("the first run")
+        print("locked", flush=True)
+        time.sleep(120)
+    """), str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=rf"in use by pid {holder.pid} .*the first run"):
+            run_study(_small(out, study="calibration", epochs=1, overwrite_output_dir=True))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_recipe_faults_are_one_line_with_exit_code_two(tmp_path, capsys):
+    from ls_seq.errors import run_main
+
+    (tmp_path / "file").write_text("x")
+    for argv, message in (
+        (["--epochs", "0"], "`epochs` must be an int >= 1, got 0"),
+        (["--output_dir", ""], "`output_dir` must be a non-empty path"),
+        (["--output_dir", str(tmp_path / "file" / "out")], "must be a directory"),
+        (["--resume", "--overwrite_output_dir"], "exclude each other"),
+    ):
+        assert run_main(_recipe().main, argv, prog="vision_study.py") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("vision_study.py: error: ") and err.count("\n") == 1 and message in err, err

@@ -164,3 +164,69 @@ def test_teacher_with_label_smoothing_is_ambiguous_and_refused(tmp_path):
     with pytest.raises(ValueError, match="`config.alpha` must be 0 when a teacher is given"):
         train_classifier(_mlp(), _toy(), TrainConfig(alpha=0.1), teacher=_mlp(), checkpoint_dir=tmp_path)
     assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+# ------------------------------------------------------------------------------------------------------
+# Faults: a damaged checkpoint falls back to the previous epoch's; a NaN stops the run before it is saved
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_previous_epoch_resumes_to_the_same_weights(tmp_path):
+    from faults import truncate
+
+    from ls_seq.errors import LsSeqWarning
+    from vision.train import PREVIOUS_CHECKPOINT_NAME
+
+    data, cfg = _toy(), TrainConfig(epochs=3, batch_size=16, lr=0.1, cpu=True)
+    straight = train_classifier(_mlp(), data, cfg, progress=False)
+    with pytest.raises(_Interrupt):
+        train_classifier(_mlp(), data, cfg, callbacks=[_StopAfter(3)], checkpoint_dir=tmp_path, progress=False)
+    assert sorted(os.listdir(tmp_path)) == [PREVIOUS_CHECKPOINT_NAME, CHECKPOINT_NAME]  # epochs 1 and 2
+    truncate(tmp_path / CHECKPOINT_NAME)  # the newest (epoch 2) is damaged
+    with pytest.warns(LsSeqWarning, match=r"checkpoint\.pt' is damaged: not a whole torch\.save archive.*damaged-checkpoint\.pt"):
+        resumed = train_classifier(_mlp(seed=9), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.resumed_from_epoch == 1  # from the previous epoch's checkpoint
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert "damaged-checkpoint.pt" in os.listdir(tmp_path)  # kept for inspection
+
+
+def test_nan_weights_in_a_checkpoint_are_caught_before_use(tmp_path):
+    from ls_seq.errors import LsSeqWarning
+
+    data, cfg = _toy(), TrainConfig(epochs=1, batch_size=16, lr=0.1, cpu=True)
+    train_classifier(_mlp(), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    state["model"]["1.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    with pytest.warns(LsSeqWarning, match=r"weight '1\.weight' holds NaN"):
+        again = train_classifier(_mlp(), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert again.resumed_from_epoch == 0  # no good checkpoint: trained from scratch
+    assert all(torch.isfinite(p).all() for p in again.model.parameters())
+
+
+class _NanAfter(nn.Module):
+    """Outputs NaN logits from training step ``step`` on (an overflow)."""
+
+    def __init__(self, inner: nn.Module, step: int) -> None:
+        super().__init__()
+        self.inner, self.step, self.calls = inner, step, 0
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.step:
+                out = out * float("nan")
+        return out
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step_and_nothing_is_saved(tmp_path):
+    from ls_seq.errors import NonFiniteLossError
+
+    data = _toy()  # 48 examples, batch 16: 3 steps per epoch; step 5 is in epoch 2
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.1, cpu=True)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step 5 \(epoch 2\)") as info:
+        train_classifier(_NanAfter(_mlp(), step=5), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert info.value.step == 5
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
