@@ -24,8 +24,9 @@ import re
 import struct
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_finite_weights",
     "checkpoint_steps",
     "first_non_finite",
+    "first_verified",
     "latest_good_checkpoint",
     "set_aside",
     "verify_checkpoint",
@@ -53,6 +55,7 @@ _DTYPE_SIZE = {
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
 _TORCH_ARCHIVES = (".pt", ".pth", ".bin")
+T = TypeVar("T")
 
 
 def first_non_finite(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
@@ -202,18 +205,25 @@ def set_aside(path: str | os.PathLike) -> Path:
     return target
 
 
-def latest_good_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest verified ``checkpoint-N`` in ``directory`` (None when there is none).
+def first_verified(candidates: Iterable[str | os.PathLike], verify: Callable[[Path], T]) -> tuple[Path, T] | None:
+    """``(path, verify(path))`` for the first of ``candidates`` (that exists) which ``verify`` accepts, or None.
 
-    Each damaged checkpoint newer than it is renamed by :func:`set_aside` with an ``LsSeqWarning`` naming the
-    damaged file, the cause and where it went.
+    Each candidate ``verify`` refuses with :class:`CheckpointError` is renamed by :func:`set_aside`, with an
+    ``LsSeqWarning`` naming the damaged file, the cause and where it went.
     """
-    for _, path in checkpoint_steps(directory):
+    for path in map(Path, candidates):
+        if not path.exists():
+            continue
         try:
-            verify_checkpoint(path)
+            return path, verify(path)
         except CheckpointError as exc:
             moved = set_aside(path)
-            warnings.warn(f"{exc}; set aside as {str(moved)!r}, using an earlier checkpoint", LsSeqWarning, stacklevel=2)
-            continue
-        return path
+            warnings.warn(f"{exc}; set aside as {str(moved)!r}, using an earlier checkpoint", LsSeqWarning, stacklevel=3)
     return None
+
+
+def latest_good_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest verified ``checkpoint-N`` in ``directory`` (None when there is none); each damaged one newer
+    than it is set aside with a warning (:func:`first_verified`)."""
+    found = first_verified((path for _, path in checkpoint_steps(directory)), verify_checkpoint)
+    return None if found is None else found[0]

@@ -29,9 +29,9 @@ import io
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -49,10 +49,10 @@ from ls_seq._validation import (
 from ls_seq.checkpoints import (
     check_finite_weights,
     first_non_finite,
-    set_aside,
+    first_verified,
     verify_torch_archive,
 )
-from ls_seq.errors import CheckpointError, LsSeqWarning, NonFiniteLossError
+from ls_seq.errors import CheckpointError, NonFiniteLossError
 from ls_seq.io import atomic_write_bytes
 
 __all__ = [
@@ -179,34 +179,28 @@ def _save_checkpoint(obj: Any, directory: str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_checkpoint(directory: str) -> dict[str, Any] | None:
-    """The newest checkpoint in ``directory`` that passes its checks, or None.
+def _verified_state(path: Path) -> dict[str, Any]:
+    """The state saved at ``path``; :class:`CheckpointError` when it is not a whole ``torch.save`` archive, does
+    not load, lacks a field or holds non-finite weights."""
+    verify_torch_archive(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors have many types; all mean "damaged" here
+        raise CheckpointError(f"{str(path)!r} is damaged: it does not load ({' '.join(str(exc).split())})") from exc
+    missing = {"model", "optimizer", "epoch", "history", "config"} - set(state)
+    if missing:
+        raise CheckpointError(f"{str(path)!r} is damaged: it lacks {sorted(missing)}")
+    bad = first_non_finite(state["model"].items())
+    if bad is not None:
+        raise CheckpointError(f"{str(path)!r} is damaged: weight {bad!r} holds NaN or inf")
+    return state
 
-    ``checkpoint.pt`` first, then ``checkpoint-prev.pt``; one that is not a whole ``torch.save`` archive, does
-    not load, lacks a field or holds non-finite weights is renamed ``damaged-<name>`` with a warning.
-    """
-    for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
-        path = os.path.join(directory, name)
-        if not os.path.exists(path):
-            continue
-        try:
-            verify_torch_archive(path)
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(f"{path!r} is damaged: it does not load ({' '.join(str(exc).split())})") from exc
-            missing = {"model", "optimizer", "epoch", "history", "config"} - set(state)
-            if missing:
-                raise CheckpointError(f"{path!r} is damaged: it lacks {sorted(missing)}")
-            bad = first_non_finite(state["model"].items())
-            if bad is not None:
-                raise CheckpointError(f"{path!r} is damaged: weight {bad!r} holds NaN or inf")
-        except CheckpointError as exc:
-            moved = set_aside(path)
-            warnings.warn(f"{exc}; set aside as {str(moved)!r}, using an earlier checkpoint", LsSeqWarning, stacklevel=3)
-            continue
-        return state
-    return None
+
+def _load_checkpoint(directory: str) -> dict[str, Any] | None:
+    """The newest checkpoint in ``directory`` that passes its checks (``checkpoint.pt``, then
+    ``checkpoint-prev.pt``), or None; a damaged one is renamed ``damaged-<name>`` with a warning."""
+    found = first_verified([Path(directory, CHECKPOINT_NAME), Path(directory, PREVIOUS_CHECKPOINT_NAME)], _verified_state)
+    return None if found is None else found[1]
 
 
 def _config_key(config: TrainConfig, teacher: nn.Module | None) -> str:
