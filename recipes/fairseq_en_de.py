@@ -1,0 +1,42 @@
+"""EN-DE label smoothing study (Müller, Kornblith & Hinton 2019: Fig. 3, Fig. 4, Table 3) with fairseq as the trainer.
+
+    python recipes/fairseq_en_de.py --preset tiny --data_dir ../shared/data/multi30k --output_dir outputs/ende_fairseq
+    python recipes/fairseq_en_de.py --preset base --dataset wmt14            # the paper's transformer_wmt_en_de, GPUs
+    python recipes/fairseq_en_de.py config.yaml                               # all arguments in one file
+
+The same study as ``recipes/wmt_en_de.py`` (same data reader, tokenizer, presets, ``results.json``, report and
+figures), trained by ``fairseq-train`` with the ls-seq criterion and decoded by ``fairseq-generate
+--temperature T``. Needs fairseq (docs/fairseq.md). Everything happens in :mod:`ls_seq.ls_seq_fairseq.study`;
+this script parses and checks the arguments before any work (bad input: one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from transformers import HfArgumentParser
+
+from ls_seq.errors import run_main
+from ls_seq.ls_seq_fairseq.study import FairseqStudyArguments, run_study
+from ls_seq.translation.study import DataArguments, ModelArguments
+
+
+def parse_args(argv: list[str]) -> tuple[DataArguments, ModelArguments, FairseqStudyArguments]:
+    """Parse the command line, or a single ``.yaml``/``.yml``/``.json`` file holding every argument."""
+    parser = HfArgumentParser((DataArguments, ModelArguments, FairseqStudyArguments))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    data_args, model_args, study_args = parse_args(argv)
+    return run_study(data_args, model_args, study_args, command="python recipes/fairseq_en_de.py " + shlex.join(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

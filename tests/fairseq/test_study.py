@@ -1,0 +1,212 @@
+"""The fairseq EN-DE recipe end to end on a slice of Multi30k: its results.json in the HF study's schema (checked
+against a results.json the HF recipe writes in the same session), its numbers against independent recounts,
+resume, and its refusals of bad input before any work."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fairseq")
+
+from ls_seq.io import read_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "fairseq_en_de.py"
+HF_RECIPE = ROOT / "recipes" / "wmt_en_de.py"
+MULTI30K_DIR = ROOT.parent / "shared" / "data" / "multi30k"  # as tests/conftest.py
+TEMPS = ["0.8", "1.0", "1.5"]
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def slice_args(data_dir, out, *extra):
+    """Tens of seconds: 400 pairs, 30 updates of a 1+1-layer width-32 model, three temperatures, 48 test pairs."""
+    return [
+        "--preset", "tiny", "--data_dir", str(data_dir), "--output_dir", str(out),
+        "--max_train_samples", "400", "--max_eval_samples", "48", "--max_bleu_samples", "24",
+        "--max_steps", "30", "--save_steps", "10", "--warmup_steps", "5", "--logging_steps", "10", "--batch_size", "32",
+        "--vocab_size", "1000", "--d_model", "32", "--ffn_dim", "64", "--attention_heads", "2",
+        "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fairseq_run(tmp_path_factory):
+    if not (MULTI30K_DIR / "train.en.gz").exists():
+        pytest.skip(f"real Multi30k data not found at {MULTI30K_DIR}")
+    out = tmp_path_factory.mktemp("fairseq_ende") / "run"
+    results = _load(RECIPE, "fairseq_en_de").main(slice_args(MULTI30K_DIR, out))
+    return {"out": out, "results": results}
+
+
+@pytest.fixture(scope="module")
+def hf_results(tmp_path_factory):
+    """What the HF recipe writes for the same flags, on an even smaller run (2 steps, 8 test pairs): the schema."""
+    if not (MULTI30K_DIR / "train.en.gz").exists():
+        pytest.skip(f"real Multi30k data not found at {MULTI30K_DIR}")
+    out = tmp_path_factory.mktemp("hf_ende") / "run"
+    argv = slice_args(MULTI30K_DIR, out)
+    argv = argv[: argv.index("--max_train_samples")] + [
+        "--max_train_samples", "200", "--max_eval_samples", "16", "--max_bleu_samples", "4", "--max_steps", "2",
+        "--save_steps", "2", "--warmup_steps", "1", "--logging_steps", "1", "--batch_size", "8", "--eval_batch_size", "8",
+        "--vocab_size", "300", "--d_model", "16", "--ffn_dim", "32", "--attention_heads", "2", "--encoder_layers", "1",
+        "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1",
+    ]  # fmt: skip
+    _load(HF_RECIPE, "wmt_en_de").main(argv)
+    return read_json(out / "results.json")
+
+
+def _schema(value):
+    """The shape of a JSON value: dict keys (recursively), list element shapes, and number/str/bool/null leaves."""
+    if isinstance(value, dict):
+        return {k: _schema(v) for k, v in value.items()}
+    if isinstance(value, list):
+        shapes = []
+        for item in value:
+            shape = _schema(item)
+            if shape not in shapes:
+                shapes.append(shape)
+        return shapes
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else type(value).__name__
+
+
+@pytest.mark.slow
+def test_results_json_has_the_hf_studys_schema(fairseq_run, hf_results):
+    """Every model entry and the Table-3 row have exactly the HF study's keys and value kinds; the config holds
+    every HF key (plus the fairseq trainer's); versions add fairseq's."""
+    got = read_json(fairseq_run["out"] / "results.json")
+    assert set(got) == set(hf_results) == {"config", "versions", "models", "table3"}
+    assert _schema(got["models"]) == _schema(hf_results["models"])
+    assert _schema(got["table3"]) == _schema(hf_results["table3"])
+    hf_only = {"bf16"} - set(got["config"])  # the trainer's own switch; the fairseq study records fp16 beside it
+    assert not hf_only and set(got["config"]) - set(hf_results["config"]) == {"trainer", "fp16", "ls_convention", "fairseq_train_args"}
+    assert _schema({k: got["config"][k] for k in hf_results["config"]}) == _schema(hf_results["config"])
+    assert set(got["versions"]) - set(hf_results["versions"]) == {"fairseq"}
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end_writes_consistent_results(fairseq_run):
+    from ls_seq.sweeps import corpus_bleu, distinct_share
+    from ls_seq.translation.data import load_corpora
+
+    out, results = fairseq_run["out"], fairseq_run["results"]
+    on_disk = read_json(out / "results.json")
+    assert on_disk["models"] == results["models"] and [m["alpha"] for m in on_disk["models"]] == [0.0, 0.1]
+    test = load_corpora(data_dir=MULTI30K_DIR, max_samples={"test": 48})["test"]
+    # every target piece of the binarised test set plus one </s> per sentence, counted from the text
+    token_lines = (out / "text" / "test.de").read_text(encoding="utf-8").splitlines()
+    n_tokens = sum(len(line.split()) + 1 for line in token_lines)
+    for m in on_disk["models"]:
+        model_dir = out / f"alpha_{m['alpha']}"
+        t = m["test"]
+        assert t["n_tokens"] == n_tokens and sum(m["reliability"]["count"]) == pytest.approx(n_tokens)
+        assert 0 <= t["ece"] <= 1 and 0 <= t["token_accuracy"] <= 1 and t["nll"] > 0
+        assert [p["temperature"] for p in m["sweep"]] == [0.8, 1.0, 1.5]
+        assert (m["sweep"][1]["nll"], m["sweep"][1]["ece"]) == (t["nll"], t["ece"])  # the T = 1 point is the test metric
+        translations = (model_dir / "test_translations.txt").read_text(encoding="utf-8").split("\n")[:-1]
+        assert len(translations) == 48
+        assert t["bleu"] == corpus_bleu(translations, test.target)  # sacrebleu on the files, raw references
+        assert m["sweep"][1]["bleu"] == corpus_bleu(translations[:24], test.target[:24])
+        for p in (m["sweep"][0], m["sweep"][2]):
+            hyps = (model_dir / "sweep" / f"T{p['temperature']!r}.txt").read_text(encoding="utf-8").split("\n")[:-1]
+            assert len(hyps) == 24 and p["bleu"] == corpus_bleu(hyps, test.target[:24])
+        assert m["source_check"]["share_distinct_outputs"] == distinct_share(translations)
+        # the training summary is fairseq's log in nats: the last window (update 30) of the log file
+        log = (model_dir / "checkpoints" / "train.log").read_text(encoding="utf-8")
+        last = [line for line in log.splitlines() if line.startswith("{") and '"num_updates": "30"' in line][-1]
+        import json
+
+        assert m["train"]["steps"] == 30
+        assert m["train"]["final_loss"] == pytest.approx(float(json.loads(last)["loss"]) * math.log(2), rel=1e-12)
+        val = m["validation"]
+        assert val["test_ece_at_best_ece_temperature"] == next(p["ece"] for p in m["sweep"] if p["temperature"] == val["best_ece_temperature"])
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "alpha,temperature,bleu,nll,ece" and len(rows) == 1 + 2 * 3
+    report = (out / "report.md").read_text()
+    assert "python recipes/fairseq_en_de.py" in report and '"fairseq": "0.12' in report
+    for png in ("reliability.png", "temperature_sweep.png", "table3.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert on_disk["config"]["trainer"] == "fairseq" and "--criterion ls_seq_label_smoothed_cross_entropy" not in on_disk["config"]
+
+
+@pytest.mark.slow
+def test_resume_redoes_only_missing_stages(fairseq_run, tmp_path):
+    """A run that lost one sweep point and its record resumes it alone and ends with the same results."""
+    out = tmp_path / "run"
+    shutil.copytree(fairseq_run["out"], out)
+    kept = out / "alpha_0.0" / "calibration.json"
+    stamp = kept.stat().st_mtime_ns
+    (out / "alpha_0.1" / "sweep" / "T1.5.txt").unlink()
+    (out / "alpha_0.1" / "evaluation.json").unlink()
+    args = [a if a != str(fairseq_run["out"]) else str(out) for a in slice_args(MULTI30K_DIR, fairseq_run["out"])]
+    resumed = _load(RECIPE, "fairseq_en_de").main([*args, "--resume"])
+    assert kept.stat().st_mtime_ns == stamp  # not measured again
+    assert (out / "alpha_0.1" / "sweep" / "T1.5.txt").is_file()
+    assert resumed["models"] == read_json(fairseq_run["out"] / "results.json")["models"]
+    assert resumed["config"]["resumed_with"][-1].endswith("--resume")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Bad input: refused before any work, nothing written
+
+
+def _write_corpus(directory, n=12):
+    directory.mkdir()
+    for split in ("train", "val", "test_2016_flickr"):
+        (directory / f"{split}.en").write_text("".join(f"a sentence {i}\n" for i in range(n)))
+        (directory / f"{split}.de").write_text("".join(f"ein Satz {i}\n" for i in range(n)))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("flags", "error", "message"),
+    [
+        (["--alphas", "0.0", "1.0"], ValueError, r"`alphas\[1\]` must be in \[0, 1\)"),
+        (["--temperatures", "1.0", "0"], ValueError, r"`temperatures\[1\]` must be finite and > 0"),
+        (["--ls_convention", "hinton"], ValueError, r"`ls_convention` must be one of 'uniform', 'fairseq', got 'hinton'"),
+        (["--warmup_steps", "0"], ValueError, r"`warmup_steps` must be an int >= 1, got 0"),
+        (["--fairseq_train_args", "--max-tokens 'x"], ValueError, r"`fairseq_train_args` must be shell-quoted flags"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tmp_path, flags, error, message):
+    data, out = _write_corpus(tmp_path / "data"), tmp_path / "out"
+    with pytest.raises(error, match=message):
+        _load(RECIPE, "fairseq_en_de").main(["--data_dir", str(data), "--output_dir", str(out), *flags])
+    assert not out.exists()
+
+
+def test_a_flag_fairseq_train_does_not_know_is_its_argument_error_before_any_work(tmp_path, capsys):
+    data, out = _write_corpus(tmp_path / "data"), tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        _load(RECIPE, "fairseq_en_de").main(["--data_dir", str(data), "--output_dir", str(out), "--fairseq_train_args", "--no-such-flag 3"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --no-such-flag 3" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_input_exits_2_with_one_line_from_the_command_line(tmp_path):
+    data = _write_corpus(tmp_path / "data")
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE), "--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--alphas", "1.5"],
+        check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "`alphas[0]` must be in [0, 1), got 1.5" in errors[0]
+    assert not (tmp_path / "out").exists()
