@@ -122,3 +122,15 @@ def test_a_damaged_newest_checkpoint_is_set_aside_for_the_previous_one(run):
         assert latest_good_checkpoint(run) is None  # nothing good left: the caller starts from scratch
     assert sorted(p.name for p in run.iterdir()) == ["damaged-checkpoint-2", "damaged-checkpoint-4"]
     assert latest_good_checkpoint(run / "absent") is None
+
+
+def test_first_non_finite_names_the_tensor_and_ignores_a_sum_that_overflows():
+    from ls_seq.checkpoints import first_non_finite
+
+    overflowing = torch.full((10,), 3e38)  # every value finite, the float32 sum is inf
+    half = torch.full((100,), 6e4, dtype=torch.float16)  # likewise in float16
+    bad = torch.zeros(5)
+    bad[3] = float("-inf")
+    assert first_non_finite([("a", overflowing), ("h", half), ("i", torch.arange(3))]) is None
+    assert first_non_finite([("a", overflowing), ("b", torch.ones(3)), ("c", bad), ("d", bad)]) == "c"
+    assert first_non_finite([("n", torch.tensor([1.0, float("nan")]))]) == "n"
