@@ -117,7 +117,6 @@ def generate(
     max_len_b: int,
     batch_size: int,
     n_sentences: int,
-    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """``fairseq-generate DATA --path CKPT --gen-subset SUBSET --beam B [--temperature T]`` and its hypotheses.
 
@@ -132,7 +131,7 @@ def generate(
     argv = [
         str(data_dir), "--path", str(checkpoint), "--gen-subset", subset, "--beam", str(beam),
         "--max-len-a", "0", "--max-len-b", str(max_len_b), "--batch-size", str(batch_size),
-        "--results-path", str(results_dir), "--seed", "1",
+        "--results-path", str(results_dir),
     ]  # fmt: skip
     if temperature is not None:
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
@@ -140,7 +139,6 @@ def generate(
         argv += ["--temperature", repr(float(temperature))]
     if not torch.cuda.is_available():
         argv.append("--cpu")
-    argv += list(extra_args)
     parser = options.get_generation_parser()
     args = options.parse_args_and_arch(parser, argv)
     Path(results_dir).mkdir(parents=True, exist_ok=True)

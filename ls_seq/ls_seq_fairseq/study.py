@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +37,8 @@ from typing import Any
 import torch
 
 from ls_seq._validation import check_alpha, check_choice, check_positive_int, check_temperatures
-from ls_seq.errors import InputError, LsSeqError
+from ls_seq.checkpoints import first_verified, verify_torch_archive
+from ls_seq.errors import CheckpointError, InputError, LsSeqError
 from ls_seq.functional.losses import CONVENTIONS
 from ls_seq.io import atomic_write_json, atomic_write_text, read_json
 from ls_seq.study import RunDirectory, stage_boundary
@@ -65,7 +67,7 @@ from . import PLUGIN_DIR
 from .calibration import metrics_from_sums, reliability_from_sums
 from .criterion import CRITERION_NAME
 from .data import binarize, write_token_files
-from .evaluate import calibration_sums, generate
+from .evaluate import calibration_sums, generate, trusted_checkpoints
 
 __all__ = [
     "ARCHITECTURES",
@@ -189,14 +191,15 @@ def check_train_arguments(flags: list[str]) -> None:
     options.parse_args_and_arch(options.get_training_parser(), flags)
 
 
-def train_summary_from_log(log_file: Path) -> dict[str, Any]:
+def train_summary_from_log(log_file: Path, steps: int) -> dict[str, Any]:
     """Steps, epochs, final loss and the loss curve from fairseq's JSON log (fairseq logs base 2; here nats).
 
     ``--log-file`` holds one JSON object per line: the training windows (``train_inner``: ``num_updates``,
     ``loss``, ...) every ``--log-interval`` updates and an epoch summary (``train_num_updates``,
     ``train_loss``, ...) at the end of every epoch and of training. A resumed run appends and repeats the
     updates after its checkpoint: the last line of each update counts. ``final_loss`` / ``final_nll_loss``
-    are the last logged window (the last epoch summary when no window was logged), as in the HF study.
+    are the last logged window (the last epoch summary when no window was logged), as in the HF study;
+    ``steps`` (the final checkpoint's updates) scales the epoch progress of that window.
     """
     windows: dict[int, dict[str, Any]] = {}
     epochs: list[dict[str, Any]] = []
@@ -213,9 +216,8 @@ def train_summary_from_log(log_file: Path) -> dict[str, Any]:
                 windows[int(stats["num_updates"])] = stats
             elif "train_num_updates" in stats:
                 epochs.append(stats)
-    if not epochs:
-        raise LsSeqError(f"{str(log_file)!r} holds no end-of-training summary: fairseq-train did not finish")
-    steps = int(epochs[-1]["train_num_updates"])
+    if not windows and not epochs:
+        raise LsSeqError(f"{str(log_file)!r} holds no training log line: did fairseq-train run?")
     curve = [
         {"step": step, "loss": float(s["loss"]) * _LN2, "nll_loss": float(s["nll_loss"]) * _LN2}
         for step, s in sorted(windows.items())
@@ -231,31 +233,86 @@ def train_summary_from_log(log_file: Path) -> dict[str, Any]:
     return {"steps": steps, "epochs": round(done, 4), "final_loss": final_loss, "final_nll_loss": final_nll, "loss_curve": curve}
 
 
+def _updates_in(checkpoint: Path) -> int:
+    """The updates a fairseq checkpoint holds; :class:`CheckpointError` naming it when it is damaged."""
+    from fairseq import checkpoint_utils
+
+    verify_torch_archive(checkpoint)  # the zip's CRC, before unpickling anything
+    with trusted_checkpoints():
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
+    try:
+        return int(state["optimizer_history"][-1]["num_updates"])
+    except (KeyError, IndexError, TypeError) as exc:
+        raise CheckpointError(f"{str(checkpoint)!r} holds no fairseq training state ({exc!r})") from exc
+
+
+def restore_point(save_dir: Path) -> int | None:
+    """The updates in ``checkpoint_last.pt``, which fairseq-train resumes from; None when there is none.
+
+    fairseq writes its interval checkpoints (``checkpoint_<epoch>_<updates>.pt``) atomically but copies them to
+    ``checkpoint_last.pt`` in place, so a kill during the copy leaves a damaged one. It is set aside (with a
+    warning) and the newest interval checkpoint that is whole takes its place.
+    """
+    last = save_dir / "checkpoint_last.pt"
+
+    def updates_in_name(path: Path) -> int:
+        tail = path.stem.rsplit("_", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    intervals = sorted(save_dir.glob("checkpoint_*_*.pt"), key=updates_in_name, reverse=True)
+    found = first_verified([last, *intervals], _updates_in)
+    if found is None:
+        return None
+    path, updates = found
+    if path != last:
+        tmp = save_dir / "checkpoint_last.pt.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, last)
+    return updates
+
+
+def _die_with_parent() -> None:
+    """In the fairseq-train child: receive SIGKILL when the study's process dies, however it dies (Linux), so
+    a killed study leaves no training that writes on into its run directory."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def train_model(alpha: float, preset: Preset, flags: list[str], model_dir: Path, args: FairseqStudyArguments) -> dict[str, Any]:
     """Run ``fairseq-train`` (resuming from ``checkpoint_last.pt`` when there is one) and return its summary.
 
-    ``model_dir/train_summary.json`` marks a finished model; a resumed study does not train it again.
+    ``model_dir/train_summary.json`` marks a finished model; a resumed study does not train it again, nor one
+    whose ``checkpoint_last.pt`` already holds every update (killed before the summary was written: fairseq
+    would take one more update).
     """
     summary_path = model_dir / "train_summary.json"
     if summary_path.is_file():
         return read_json(summary_path)
     save_dir = model_dir / "checkpoints"
     save_dir.mkdir(parents=True, exist_ok=True)
-    resumed = (save_dir / "checkpoint_last.pt").is_file()
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # fairseq resumes from its own pickles
-    if args.cpu_threads is not None:
-        env["OMP_NUM_THREADS"] = str(args.cpu_threads)
+    resumed_at = restore_point(save_dir)
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "fairseq_cli.train", *flags], env=env, check=False)
-    if proc.returncode != 0:
-        raise LsSeqError(
-            f"fairseq-train of the alpha={alpha} model exited with {proc.returncode} (its log: {save_dir / 'train.log'}); "
-            "fix the cause and run again with --resume"
-        )
-    summary = {"alpha": alpha, **train_summary_from_log(save_dir / "train.log")}
-    if summary["steps"] != preset.max_steps:
-        raise LsSeqError(f"fairseq-train stopped at update {summary['steps']} of {preset.max_steps}; see {save_dir / 'train.log'}")
-    summary["resumed_from"] = "checkpoint_last.pt" if resumed else None
+    if resumed_at is None or resumed_at < preset.max_steps:
+        env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # fairseq resumes from its own pickles
+        if args.cpu_threads is not None:
+            env["OMP_NUM_THREADS"] = str(args.cpu_threads)
+        linux = sys.platform.startswith("linux")
+        proc = subprocess.run(
+            [sys.executable, "-m", "fairseq_cli.train", *flags], env=env, check=False,
+            preexec_fn=_die_with_parent if linux else None,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise LsSeqError(
+                f"fairseq-train of the alpha={alpha} model exited with {proc.returncode} (its log: "
+                f"{save_dir / 'train.log'}); fix the cause and run again with --resume"
+            )
+    steps = restore_point(save_dir)
+    if steps != preset.max_steps:
+        raise LsSeqError(f"fairseq-train stopped at update {steps} of {preset.max_steps}; see {save_dir / 'train.log'}")
+    summary = {"alpha": alpha, **train_summary_from_log(save_dir / "train.log", steps)}
+    summary["resumed_from"] = None if resumed_at is None else f"checkpoint_last.pt (update {resumed_at})"
     summary["seconds"] = round(time.time() - start, 1)
     atomic_write_json(summary_path, summary)
     return summary

@@ -23,33 +23,23 @@ def _python(code: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_cli_prints_the_folder_and_importing_ls_seq_never_imports_fairseq(plugin):
-    """``ls-seq fairseq-user-dir`` prints the plugin folder without importing fairseq (nor does ``import ls_seq``,
-    its CLI, metrics or HF study), and fairseq-train's own parser, given that folder, knows the criterion."""
-    proc = _python(
-        "import sys, ls_seq, ls_seq.cli, ls_seq.metrics, ls_seq.translation.study\n"
-        "assert ls_seq.cli.main(['fairseq-user-dir']) == 0\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fairseq', 'fairseq_cli', 'ls_seq_fairseq')))"
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    printed, imported = proc.stdout.strip().splitlines()[-2:]
-    assert imported == "[]"
-    assert Path(printed) == PLUGIN_DIR == Path(plugin.PLUGIN_DIR)
-    from fairseq import options
-
-    argv = ["data", "--user-dir", printed, "--criterion", "ls_seq_label_smoothed_cross_entropy", "--arch", "transformer",
-            "--ls-convention", "fairseq", "--calibration-temperatures", "0.8,1.5"]  # fmt: skip
-    args = options.parse_args_and_arch(options.get_training_parser(), argv)
-    assert (args.ls_convention, args.calibration_temperatures, args.calibration_bins, args.ls_prior) == ("fairseq", [0.8, 1.5], 15, "uniform")
+# Python's import first: what ls_seq imports before the plugin (nothing of fairseq), and what the CLI prints.
+_LS_SEQ_FIRST = (
+    "import ls_seq, ls_seq.cli, ls_seq.metrics, ls_seq.translation.study\n"
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fairseq', 'fairseq_cli', 'ls_seq_fairseq')))\n"
+    "assert ls_seq.cli.main(['fairseq-user-dir']) == 0\n"
+)
 
 
 @pytest.mark.parametrize("fairseq_first", [True, False])
-def test_one_module_under_both_names_in_either_import_order(fairseq_first):
+def test_one_module_under_both_names_in_either_import_order(fairseq_first, plugin):
     """fairseq imports the folder as ``ls_seq_fairseq``; code imports ``ls_seq.ls_seq_fairseq``. Either order
-    is one module and one registered criterion (a second import would raise "Cannot register duplicate")."""
+    is one module and one registered criterion (a second import would raise "Cannot register duplicate").
+    Before the plugin, ``import ls_seq`` (its CLI, metrics and HF study) imports nothing of fairseq, and
+    ``ls-seq fairseq-user-dir`` prints the folder, which fairseq-train's own parser accepts as ``--user-dir``."""
     user_dir = f"from fairseq import utils; import argparse; utils.import_user_module(argparse.Namespace(user_dir={str(PLUGIN_DIR)!r}))"
     python_import = "import ls_seq.ls_seq_fairseq.criterion, ls_seq.ls_seq_fairseq.study"
-    first, second = (user_dir, python_import) if fairseq_first else (python_import, user_dir)
+    first, second = (user_dir, python_import) if fairseq_first else (_LS_SEQ_FIRST + python_import, user_dir)
     proc = _python(
         f"import os, sys\n{first}\n{second}\n"
         "import ls_seq, ls_seq_fairseq, ls_seq_fairseq.criterion as a, ls_seq.ls_seq_fairseq.criterion as b\n"
@@ -59,6 +49,18 @@ def test_one_module_under_both_names_in_either_import_order(fairseq_first):
         "print(any(os.path.abspath(p or '.') == os.path.dirname(ls_seq.__file__) for p in sys.path))"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    same, on_path = proc.stdout.strip().splitlines()[-2:]
+    lines = proc.stdout.strip().splitlines()
+    same, on_path = lines[-2:]
     assert same == "True True True"
     assert on_path == "False"  # fairseq's sys.path entry for ls_seq/ is gone: ls_seq/io.py etc. shadow nothing
+    if fairseq_first:
+        return
+    imported, printed = lines[0], lines[1]
+    assert imported == "[]"
+    assert Path(printed) == PLUGIN_DIR == Path(plugin.PLUGIN_DIR)
+    from fairseq import options
+
+    argv = ["data", "--user-dir", printed, "--criterion", "ls_seq_label_smoothed_cross_entropy", "--arch", "transformer",
+            "--ls-convention", "fairseq", "--calibration-temperatures", "0.8,1.5"]  # fmt: skip
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    assert (args.ls_convention, args.calibration_temperatures, args.calibration_bins, args.ls_prior) == ("fairseq", [0.8, 1.5], 15, "uniform")

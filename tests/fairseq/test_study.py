@@ -5,11 +5,14 @@ resume, and its refusals of bad input before any work."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,8 +134,6 @@ def test_recipe_end_to_end_writes_consistent_results(fairseq_run):
         # the training summary is fairseq's log in nats: the last window (update 30) of the log file
         log = (model_dir / "checkpoints" / "train.log").read_text(encoding="utf-8")
         last = [line for line in log.splitlines() if line.startswith("{") and '"num_updates": "30"' in line][-1]
-        import json
-
         assert m["train"]["steps"] == 30
         assert m["train"]["final_loss"] == pytest.approx(float(json.loads(last)["loss"]) * math.log(2), rel=1e-12)
         val = m["validation"]
@@ -161,6 +162,52 @@ def test_resume_redoes_only_missing_stages(fairseq_run, tmp_path):
     assert (out / "alpha_0.1" / "sweep" / "T1.5.txt").is_file()
     assert resumed["models"] == read_json(fairseq_run["out"] / "results.json")["models"]
     assert resumed["config"]["resumed_with"][-1].endswith("--resume")
+
+
+def _processes_writing(path: Path) -> list[int]:
+    """Pids of the processes whose command line names ``path`` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(path) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the study's child-kill is Linux's PR_SET_PDEATHSIG")
+def test_sigkill_during_training_leaves_no_training_behind_and_resumes_to_the_same_results(fairseq_run, tmp_path):
+    """SIGKILL the study (one model: alpha 0) once it has a checkpoint: its fairseq-train child dies with it
+    (nothing trains on into the directory), and ``--resume`` (fairseq resumes from checkpoint_last.pt) ends with
+    the uninterrupted run's alpha-0 model entry, to the last digit."""
+    out = tmp_path / "run"
+    args = slice_args(MULTI30K_DIR, out, "--alphas", "0.0")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(RECIPE), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    try:
+        while not list((out / "alpha_0.0" / "checkpoints").glob("checkpoint_*_10.pt")):
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended ({proc.returncode}) before its first checkpoint: {proc.stderr.read()[-3000:]}")
+            assert time.time() < deadline, "no checkpoint after 10 updates"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    deadline = time.time() + 30
+    while _processes_writing(out) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _processes_writing(out) == []  # fairseq-train died with the study
+    assert not (out / "alpha_0.0" / "train_summary.json").exists()
+
+    resumed = _load(RECIPE, "fairseq_en_de").main([*args, "--resume"])
+    summary = read_json(out / "alpha_0.0" / "train_summary.json")
+    assert summary["resumed_from"].startswith("checkpoint_last.pt (update ")
+    reference = read_json(fairseq_run["out"] / "results.json")
+    assert resumed["models"] == reference["models"][:1]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -200,13 +247,14 @@ def test_a_flag_fairseq_train_does_not_know_is_its_argument_error_before_any_wor
     assert not out.exists()
 
 
-def test_bad_input_exits_2_with_one_line_from_the_command_line(tmp_path):
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    """What ``python recipes/fairseq_en_de.py`` does (``sys.exit(run_main(main))``): exit code 2, one line."""
+    from ls_seq.errors import run_main
+
     data = _write_corpus(tmp_path / "data")
-    proc = subprocess.run(
-        [sys.executable, str(RECIPE), "--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--alphas", "1.5"],
-        check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "`alphas[0]` must be in [0, 1), got 1.5" in errors[0]
+    recipe = _load(RECIPE, "fairseq_en_de")
+    code = run_main(recipe.main, ["--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--alphas", "1.5"], prog="fairseq_en_de.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("fairseq_en_de.py: error: `alphas[0]` must be in [0, 1), got 1.5")
     assert not (tmp_path / "out").exists()
