@@ -210,6 +210,29 @@ def test_sigkill_during_training_leaves_no_training_behind_and_resumes_to_the_sa
     assert resumed["models"] == reference["models"][:1]
 
 
+@pytest.mark.parametrize(("preset", "arch"), [("base", "transformer_wmt_en_de"), ("big", "transformer_vaswani_wmt_en_de_big")])
+def test_paper_presets_are_fairseqs_registered_transformers(tmp_path, preset, arch):
+    """The study's fairseq-train flags for ``base``/``big`` describe exactly fairseq's own ``transformer_wmt_en_de``
+    / ``transformer_vaswani_wmt_en_de_big`` (the paper's models). Reference: fairseq's parser given only the
+    architecture name (and the shared embeddings the joint vocabulary needs)."""
+    from fairseq import options
+
+    from ls_seq.ls_seq_fairseq.study import FairseqStudyArguments, train_arguments
+    from ls_seq.translation.presets import get_preset
+
+    args = FairseqStudyArguments(output_dir=str(tmp_path / "out"))
+    flags = train_arguments(0.1, get_preset(preset), preset, tmp_path / "data", tmp_path / "ckpt", args)
+    ours = vars(options.parse_args_and_arch(options.get_training_parser(), flags))
+    plain = vars(options.parse_args_and_arch(options.get_training_parser(), [str(tmp_path / "data"), "--arch", arch, "--share-all-embeddings"]))
+    keys = [
+        "arch", "encoder_layers", "decoder_layers", "encoder_embed_dim", "decoder_embed_dim", "encoder_ffn_embed_dim",
+        "decoder_ffn_embed_dim", "encoder_attention_heads", "decoder_attention_heads", "dropout", "attention_dropout",
+        "activation_dropout", "activation_fn", "share_all_embeddings", "encoder_learned_pos", "decoder_learned_pos",
+        "no_scale_embedding", "encoder_normalize_before", "decoder_normalize_before",
+    ]  # fmt: skip
+    assert {k: ours[k] for k in keys} == {k: plain[k] for k in keys}
+
+
 # ------------------------------------------------------------------------------------------------------
 # Bad input: refused before any work, nothing written
 
