@@ -160,8 +160,9 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
     def _unigram_prior(self, vocab: int, smoothing: float) -> torch.Tensor:
         """Token frequencies of the training split's targets (every token and ``</s>``), additively smoothed.
 
-        Counted from the binarised training data, not the dictionary: a ``--joined-dictionary`` counts the
-        source side too, and fairseq's dictionary files do not keep the count of ``</s>``.
+        Counted from the binarised training data (its first shard, when ``data`` lists several), not the
+        dictionary: a ``--joined-dictionary`` counts the source side too, and fairseq's dictionary files do not
+        keep the count of ``</s>``.
         """
         from ls_seq.prior import estimate_unigram_prior
 

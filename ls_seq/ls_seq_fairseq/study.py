@@ -547,7 +547,9 @@ def _run(run, config, preset, preset_name, corpora, study_args, *, start) -> dic
             "test2": test.head(n_bleu),
         }
         write_token_files(splits, tokenizer, output_dir / "text", preset.max_length)
-        binarize(output_dir / "text", data_dir)
+        # fairseq-preprocess's worker processes pay off on WMT's millions of pairs, not on Multi30k's 29k
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        binarize(output_dir / "text", data_dir, workers=1 if len(corpora["train"]) < 100_000 else min(16, cores))
         stage_boundary("binarized")
 
     timings_path = output_dir / "timings.json"
