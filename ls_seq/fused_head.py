@@ -96,11 +96,14 @@ def _first_row(inputs: Mapping[str, Any], n_rows: int) -> dict[str, Any]:
     return {k: v[:1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n_rows else v for k, v in inputs.items()}
 
 
-def check_fused_matches_model(io: ModelIO, inputs: Mapping[str, Any], n_rows: int, rtol: float = 1e-3, atol: float = 1e-3) -> None:
+def check_fused_matches_model(
+    io: ModelIO, inputs: Mapping[str, Any], n_rows: int, rtol: float = 1e-3, atol: float = 1e-3, positions: int = 16
+) -> None:
     """Raise a ``ValueError`` unless ``io.model``'s logits equal ``head(input) + bias`` on the batch's first row.
 
     ``inputs`` are the model's teacher-forcing inputs (no labels). Runs one no-grad forward of the unwrapped
-    model in eval mode (no dropout), so it needs no synchronisation with other processes.
+    model in eval mode (no dropout), so it needs no synchronisation with other processes; ``positions``
+    evenly spread positions of the row are compared, so the check holds one row of logits and no more.
     """
     refusal = io.fused_refusal()
     if refusal:
@@ -112,10 +115,16 @@ def check_fused_matches_model(io: ModelIO, inputs: Mapping[str, Any], n_rows: in
     io.model.eval()
     try:
         with torch.no_grad():
-            logits = logits_of(io.model(**_first_row(inputs, n_rows))).float()  # (1, T, V)
+            logits = logits_of(io.model(**_first_row(inputs, n_rows)))  # (1, T, V)
             if len(seen) != 1:
                 raise ValueError(f"fused_linear_loss=True: {io.name} called its output layer {len(seen)} times in one forward")
-            mine = torch.nn.functional.linear(seen[0].float(), head.weight.float(), None if bias is None else bias.float())
+            if seen[0].shape[:-1] != logits.shape[:-1]:
+                raise ValueError(f"fused_linear_loss=True: {io.name}'s output layer saw {tuple(seen[0].shape)} for logits {tuple(logits.shape)}")
+            at = torch.linspace(0, logits.shape[-2] - 1, min(positions, logits.shape[-2]), device=logits.device).long()
+            logits = logits.index_select(-2, at).float()  # (1, P, V)
+            mine = torch.nn.functional.linear(
+                seen[0].index_select(-2, at).float(), head.weight.float(), None if bias is None else bias.float()
+            )
     finally:
         handle.remove()
         io.model.train(was_training)

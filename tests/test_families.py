@@ -108,3 +108,30 @@ def test_fused_loss_refuses_logits_it_cannot_reproduce(tmp_path):
     with pytest.raises(ValueError, match="transforms them further"):
         trainer.train()
     handle.remove()
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_fused_loss_with_gradient_checkpointing(tmp_path, family):
+    base = family_model(family, seed=2)
+    ref, _, _ = sgd_reference(family, base, family_examples(family, 16, seed=5), ALPHA, LR)
+    model = copy.deepcopy(base)
+    trainer = ls_trainer(family, model, family_dataset(family, 16, seed=5), tmp_path, fused_linear_loss=True,
+                         activation_checkpointing=True, per_device_train_batch_size=8, gradient_accumulation_steps=2)  # fmt: skip
+    trainer.train()
+    assert model.is_activation_checkpointing
+    params = dict(model.named_parameters())
+    for name, expected in ref.items():
+        torch.testing.assert_close(params[name].detach(), expected, **TOL, msg=f"{family}: {name}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_fused_forward_never_builds_the_logits(tmp_path, family):
+    """The output layer sees an empty slice of its input: the model's logits have zero positions."""
+    model = family_model(family, seed=2).train()
+    trainer = ls_trainer(family, model, None, tmp_path, fused_linear_loss=True)
+    head_outputs = []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: head_outputs.append(tuple(out.shape)))
+    batch = family_collate(family)(family_examples(family, 4, seed=1))
+    loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+    assert head_outputs[-1][-2] == 0 and outputs["logits"].shape[-2] == 0
+    assert outputs["loss"] is not None and loss.requires_grad

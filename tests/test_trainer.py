@@ -342,3 +342,77 @@ def test_nll_loss_is_averaged_like_loss_over_several_steps(tmp_path):
     assert len(logs) == 2
     for log in logs:
         assert log["nll_loss"] == pytest.approx(log["loss"], rel=1e-5)
+
+
+# ---- bad input and faults on the trainers' hot path ----------------------------------------------------------
+
+
+def causal_trainer(tmp_path, model=None, **overrides):
+    from distributed.families import family_collate, family_dataset, family_model
+
+    from ls_seq.trainer import LabelSmoothingTrainer, LabelSmoothingTrainingArguments
+
+    args = training_args(str(tmp_path), cls=LabelSmoothingTrainingArguments, label_smoothing_factor=0.1, **overrides)
+    model = family_model("gpt2", seed=2) if model is None else model
+    return LabelSmoothingTrainer(model=model, args=args, train_dataset=family_dataset("gpt2", 8, seed=5),
+                                 data_collator=family_collate("gpt2"))
+
+
+def causal_batch(n=4):
+    from distributed.families import causal_collate, causal_examples
+
+    return causal_collate(causal_examples(n, seed=1))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+def test_an_all_masked_batch_gives_zero_loss_and_zero_gradient(tmp_path, fused):
+    trainer = causal_trainer(tmp_path, fused_linear_loss=fused)
+    model = trainer.model.train()
+    batch = causal_batch()
+    batch["labels"].fill_(IGNORE)
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(0))
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) and float(g.abs().max()) == 0.0 for g in grads)
+
+
+def test_labels_outside_the_vocabulary_and_missing_labels_are_named(tmp_path):
+    trainer = causal_trainer(tmp_path)
+    batch = causal_batch()
+    batch["labels"][0, -1] = VOCAB
+    with pytest.raises(RuntimeError, match=rf"`labels` must be in \[0, {VOCAB}\)"):
+        trainer.compute_loss(trainer.model, batch)
+    with pytest.raises(ValueError, match=r"needs `labels` \(TrainingArguments.label_names\)"):
+        trainer.compute_loss(trainer.model, {k: v for k, v in batch.items() if k != "labels"})
+
+
+def test_a_model_without_an_output_layer_cannot_be_fused(tmp_path):
+    from distributed.families import family_model
+
+    model = family_model("gpt2")
+    model.get_output_embeddings = lambda: None
+    with pytest.raises(ValueError, match="has no output layer"):
+        causal_trainer(tmp_path, model=model, fused_linear_loss=True)
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step(tmp_path):
+    from distributed.families import family_model
+
+    from ls_seq.errors import NonFiniteLossError
+
+    model = family_model("gpt2", seed=2)
+    calls = []
+
+    def poison(module, args, output):  # the third forward (step 3) returns NaN logits
+        calls.append(1)
+        if len(calls) == 3:
+            output["logits"] = output["logits"] * float("nan")
+        return output
+
+    model.register_forward_hook(poison)
+    trainer = causal_trainer(tmp_path, model=model, max_steps=5, per_device_train_batch_size=2)
+    with pytest.raises(NonFiniteLossError, match="at step 3") as err:
+        trainer.train()
+    assert err.value.step == 3
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters()), "the NaN step must not be applied"
