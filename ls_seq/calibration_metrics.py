@@ -24,37 +24,28 @@ from typing import Any
 
 import torch
 
-from ls_seq._validation import check_logits_labels, check_positive_int, check_temperatures
-from ls_seq.functional.calibration import _calibration_compute, _calibration_update, _reliability
+from ls_seq._validation import check_logits_labels
+from ls_seq.functional.measures import CalibrationResult, CalibrationSchema, make_config
 from ls_seq.model_io import model_io, scored_labels
 
-__all__ = ["CalibrationMetrics", "calibration_log_values"]
+__all__ = ["PER_SAMPLE_MEASURES", "CalibrationMetrics", "calibration_log_values"]
 
-_STATES = ("bin_count", "bin_confidence", "bin_correct", "nll_sum", "n_tokens", "n_correct")
+# Per-sample state travels through HF's gathers: the measures whose state is small (a few hundred floats
+# per sample at 5 temperatures). `mass` (a fine histogram) and `bootstrap` (replicates) are too large for that.
+PER_SAMPLE_MEASURES = ("width", "brier", "top_k", "sequence")
 
 
-def calibration_log_values(values: dict[str, torch.Tensor], temperatures: Sequence[float] | None) -> dict[str, float]:
-    """The reported calibration values (unprefixed names) from ``TokenCalibration.compute()``-style results.
-
-    ``ece``, ``mce``, ``rms_ce``, ``nll``, ``token_accuracy``, ``mean_confidence`` at T = 1 and ``n_tokens``;
-    with a grid also ``best_temperature`` (lowest NLL), ``ece_at_best_temperature``, ``nll_at_best_temperature``.
-    """
-    values = {k: torch.atleast_1d(v) for k, v in values.items()}
-    temps = [1.0] if temperatures is None else list(temperatures)
-    i1, best = temps.index(1.0), int(torch.argmin(values["nll"]))
-    logs = {
-        "ece": float(values["ece"][i1]),
-        "mce": float(values["mce"][i1]),
-        "rms_ce": float(values["rms"][i1]),
-        "nll": float(values["nll"][i1]),
-        "token_accuracy": float(values["accuracy"][i1]),
-        "mean_confidence": float(values["mean_confidence"][i1]),
-        "n_tokens": int(values["n_tokens"][0]),
-    }
-    if temperatures is not None:
-        logs["best_temperature"] = temps[best]
-        logs["ece_at_best_temperature"] = float(values["ece"][best])
-        logs["nll_at_best_temperature"] = float(values["nll"][best])
+def calibration_log_values(result: CalibrationResult) -> dict[str, float]:
+    """The logged calibration values (unprefixed names): every field at T = 1, and with a grid also
+    ``best_temperature`` (lowest NLL), ``ece_at_best_temperature`` and ``nll_at_best_temperature``."""
+    logs = result.at(1.0)
+    logs["n_tokens"] = int(logs["n_tokens"])
+    if "n_sequences" in logs:
+        logs["n_sequences"] = int(logs["n_sequences"])
+    if result.temperatures is not None and len(result.temperatures) > 1:
+        best = result.best_temperature("nll")
+        at_best = result.at(best)
+        logs |= {"best_temperature": best, "ece_at_best_temperature": at_best["ece"], "nll_at_best_temperature": at_best["nll"]}
     return logs
 
 
@@ -67,8 +58,12 @@ class CalibrationMetrics:
         model: the model evaluated, which says how its logits align with the labels (a causal LM's shift);
             or give ``shift_labels`` (True: logits at t score the label at t + 1). One of the two is required.
         ignore_index: label value of padding and masked prompt tokens.
+        measures: names from :data:`ls_seq.functional.measures.MEASURES` (default :data:`PER_SAMPLE_MEASURES`).
+        **options: the measures' options (``top_k``, ``classes``, ...), as for :class:`ls_seq.metrics.TokenCalibration`.
 
-    ``compute_metrics`` returns the values of :func:`calibration_log_values` (HF prefixes them with ``eval_``).
+    ``compute_metrics`` returns the values of :func:`calibration_log_values` (HF prefixes them with ``eval_``);
+    :attr:`last_result` holds the whole :class:`~ls_seq.functional.measures.CalibrationResult` and
+    :attr:`last_reliability` the equal-width reliability curves ``(T, n_bins)``.
     """
 
     def __init__(
@@ -79,24 +74,27 @@ class CalibrationMetrics:
         model: torch.nn.Module | None = None,
         shift_labels: bool | None = None,
         ignore_index: int = -100,
+        measures: Sequence[str] | None = PER_SAMPLE_MEASURES,
+        **options: Any,
     ) -> None:
-        self.n_bins = check_positive_int(n_bins, "n_bins")
-        self.temperatures = None if temperatures is None else sorted(set(check_temperatures(temperatures)) | {1.0})
         if model is None and shift_labels is None:
             raise ValueError(
                 "CalibrationMetrics needs to know how logits align with labels: pass model=model, or "
                 "shift_labels=True (causal LM) / False (encoder-decoder)"
             )
+        grid = None if temperatures is None else sorted(set(temperatures) | {1.0})
+        self.schema = CalibrationSchema(make_config(n_bins, ignore_index, grid, measures, **options))
+        self.temperatures = self.schema.config.temperatures
         self.shift_labels = model_io(model, shift_labels=shift_labels).shifts_labels if model is not None else bool(shift_labels)
         self.ignore_index = ignore_index
-        self._temps = torch.tensor([1.0] if self.temperatures is None else self.temperatures, dtype=torch.float64)
         self._sum: torch.Tensor | None = None
+        self.last_result: CalibrationResult | None = None
+        self.last_reliability: dict[str, torch.Tensor] | None = None
 
     @property
     def state_size(self) -> int:
-        """Floats per sample: ``3 * T * n_bins + T + 2``."""
-        n_temps = self._temps.numel()
-        return 3 * n_temps * self.n_bins + n_temps + 2
+        """Floats per sample (``3 T n_bins + 4 T + 2`` for the equal-width bins and the token sums, more per measure)."""
+        return self.schema.state_size()
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """``{"preprocess_logits_for_metrics": ..., "compute_metrics": ...}`` for a Trainer's constructor."""
@@ -112,16 +110,8 @@ class CalibrationMetrics:
             labels = labels[0]
         scored = scored_labels(labels, self.shift_labels, ignore_index=self.ignore_index)
         check_logits_labels(logits, scored, self.ignore_index)
-        temps = self._temps.to(logits.device)
-        stats = _calibration_update(logits.detach(), scored, self.n_bins, self.ignore_index, temps, per_row=True)
-        return torch.cat([stats[name].reshape(scored.shape[0], -1) for name in _STATES], dim=1)  # (B, S)
-
-    def _unflatten(self, total: torch.Tensor) -> dict[str, torch.Tensor]:
-        n_temps, n_bins = self._temps.numel(), self.n_bins
-        sizes = [n_temps * n_bins] * 3 + [n_temps, 1, 1]
-        shapes = [(n_temps, n_bins)] * 3 + [(n_temps,), (), ()]
-        parts = torch.split(total, sizes)
-        return {name: part.reshape(shape) for name, part, shape in zip(_STATES, parts, shapes)}
+        state = self.schema.batch_state(logits.detach(), scored, per_row=True)
+        return self.schema.flatten(state, per_row=True)  # (B, S)
 
     def compute_metrics(self, eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
         """Sum the per-sample sums (this batch's, with ``batch_eval_metrics``) and, at the end, report."""
@@ -131,6 +121,7 @@ class CalibrationMetrics:
         if not compute_result:
             return {}
         total, self._sum = self._sum, None
-        stats = self._unflatten(total)
-        self.last_reliability = _reliability(stats)  # (T, n_bins) curves, for a diagram
-        return calibration_log_values(_calibration_compute(stats), self.temperatures)
+        state = self.schema.unflatten(total)
+        self.last_result = self.schema.compute(state)
+        self.last_reliability = self.schema.reliability(state, "width")
+        return calibration_log_values(self.last_result)

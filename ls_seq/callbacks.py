@@ -37,12 +37,12 @@ def label_key(args: Any) -> str:
 class CalibrationCallback(TrainerCallback):
     """Token calibration of the evaluation set on every evaluation of any (Seq2Seq)Trainer.
 
-    Adds to the evaluation metrics (``<prefix>`` is ``eval``, or ``eval_<name>`` for a dict of datasets):
-
-    * ``eval_ece``, ``eval_mce``, ``eval_rms_ce``, ``eval_nll``, ``eval_token_accuracy``,
-      ``eval_mean_confidence`` at temperature 1, and ``eval_n_tokens`` (target tokens measured);
-    * with ``temperatures``: ``eval_best_temperature`` (lowest NLL on the grid, 1.0 always included),
-      ``eval_ece_at_best_temperature`` and ``eval_nll_at_best_temperature``.
+    Adds to the evaluation metrics (``<prefix>`` is ``eval``, or ``eval_<name>`` for a dict of datasets) every
+    field of :class:`ls_seq.metrics.TokenCalibration`'s measures at temperature 1, named as there
+    (``eval_ece``, ``eval_mce``, ``eval_rms``, ``eval_nll``, ``eval_accuracy``, ``eval_mean_confidence``,
+    ``eval_n_tokens``, ``eval_ece_mass``, ``eval_brier``, ``eval_ece_low`` / ``eval_ece_high``, ...), and with
+    ``temperatures`` also ``eval_best_temperature`` (lowest NLL on the grid, 1.0 always included),
+    ``eval_ece_at_best_temperature`` and ``eval_nll_at_best_temperature``.
 
     **In ls-seq's trainers** (:class:`ls_seq.LabelSmoothingTrainer`, :class:`ls_seq.LabelSmoothingSeq2SeqTrainer`)
     the Trainer's own evaluation loop feeds the metric: no second forward pass, and the values are part of
@@ -67,6 +67,7 @@ class CalibrationCallback(TrainerCallback):
             and log it as an image to TensorBoard when that integration is active (trainer known).
         trainer: the trainer to log through; same as calling :meth:`attach`.
         ignore_index: label value of padding.
+        measures, **options: which measures, and their options (see :class:`ls_seq.metrics.TokenCalibration`).
 
     Example:
         >>> trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=val,  # doctest: +SKIP
@@ -82,6 +83,8 @@ class CalibrationCallback(TrainerCallback):
         *,
         trainer: Any = None,
         ignore_index: int = -100,
+        measures: list[str] | None = None,
+        **options: Any,
     ) -> None:
         self.n_bins = check_positive_int(n_bins, "n_bins")
         self.temperatures = None if temperatures is None else sorted(set(check_temperatures(temperatures)) | {1.0})
@@ -91,6 +94,9 @@ class CalibrationCallback(TrainerCallback):
             raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
         self.plot = plot
         self.ignore_index = ignore_index
+        self.measures = measures
+        self.options = options
+        self.new_metric("cpu")  # the measure configuration is checked now, not at the first evaluation
         self.trainer = None
         self.last_metrics: dict[str, float] | None = None
         self.last_plot_path: str | None = None
@@ -111,7 +117,7 @@ class CalibrationCallback(TrainerCallback):
         return self
 
     def new_metric(self, device: torch.device | str | None = None) -> TokenCalibration:
-        return TokenCalibration(self.n_bins, self.ignore_index, self.temperatures).to(device)
+        return TokenCalibration(self.n_bins, self.ignore_index, self.temperatures, self.measures, **self.options).to(device)
 
     # ---- the measurement -----------------------------------------------------------------------------------
 
@@ -136,9 +142,9 @@ class CalibrationCallback(TrainerCallback):
 
     def _summarize(self, metric: TokenCalibration, prefix: str) -> tuple[dict[str, float], dict[str, torch.Tensor], int, int]:
         """The logged values of a filled metric (a collective: every process calls it) and its reliability."""
-        values = metric.compute()
-        reliability = {k: v.reshape(-1, self.n_bins) for k, v in metric.reliability().items()}  # (T, B)
-        logs = calibration_log_values(values, self.temperatures)
+        result = metric.compute()
+        reliability = {k: v.reshape(-1, self.n_bins) for k, v in metric.reliability("width").items()}  # (T, B)
+        logs = calibration_log_values(result)
         temps = [1.0] if self.temperatures is None else self.temperatures
         i1 = temps.index(1.0)
         best = temps.index(logs["best_temperature"]) if "best_temperature" in logs else i1

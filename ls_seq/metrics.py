@@ -1,4 +1,9 @@
-"""Streaming, distributed token calibration metrics (a ``torchmetrics.Metric`` over the functional core)."""
+"""Streaming, distributed token calibration: a ``torchmetrics.Metric`` over the calibration schema.
+
+``TokenCalibration`` declares one ``add_state(..., dist_reduce_fx="sum")`` per state of the enabled measures of
+:mod:`ls_seq.functional.measures`, so its memory is fixed by the configuration, not the number of tokens, and
+processes sync by summing.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +14,35 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from ls_seq._validation import check_logits_labels, check_positive_int, check_temperatures
-from ls_seq.functional.calibration import _calibration_compute, _calibration_update, _reliability
+from ls_seq._validation import check_logits_labels
+from ls_seq.functional.measures import CalibrationResult, CalibrationSchema, make_config
 
 __all__ = ["TokenCalibration"]
 
-_STATE_NAMES = ("bin_count", "bin_confidence", "bin_correct", "nll_sum", "n_tokens", "n_correct")
-
 
 class TokenCalibration(Metric):
-    r"""Token-level calibration (ECE, MCE, RMS), NLL and accuracy, at one or many temperatures in one pass.
+    r"""Token-level calibration at one or many temperatures in one pass: every measure of the schema.
 
     ``update(logits, labels)`` takes logits ``(..., V)`` (any float dtype, computed in float32) and labels
-    ``(...)`` with ``ignore_index`` for padding. The state is per-bin sums (count, confidence, correctness)
-    and the summed NLL per temperature, float64, declared with ``dist_reduce_fx="sum"``: its size is
-    ``O(len(temperatures) * n_bins)`` whatever the number of tokens, and processes sync by summing it.
-
-    ``compute()`` returns a dict of float64 tensors: ``ece`` (L1), ``mce`` (max), ``rms`` (L2), ``nll``,
-    ``accuracy``, ``mean_confidence``, ``n_tokens``: 0-dim without ``temperatures``, else shape ``(T,)``.
-    With ``n_b`` tokens, summed confidence ``s_b`` and ``c_b`` correct in bin ``b`` of ``N`` tokens:
-    ``ece = sum_b |c_b - s_b| / N``. Bins are ``[k/B, (k+1)/B)``, confidence 1 in the last bin
-    (see :mod:`ls_seq.functional.calibration`).
+    ``(...)`` with ``ignore_index`` for padding; a row (the first dimension of 2-D labels) is one sequence
+    for the ``sequence`` measure. ``compute()`` returns a :class:`~ls_seq.functional.measures.CalibrationResult`:
+    a read-only mapping (and attributes) of float64 tensors, 0-dim without ``temperatures``, else ``(T,)``.
+    By default: ``n_tokens``, ``accuracy``, ``mean_confidence``, ``nll``; ``ece``, ``mce``, ``rms``,
+    ``rms_debiased`` on equal-width bins ``[k/B, (k+1)/B)`` (confidence 1 in the last); the same with
+    ``_mass`` on equal-mass bins; ``brier``; ``ece_low``, ``ece_high``, ``ece_std`` (Poisson bootstrap);
+    ``topk_ece``, ``topk_accuracy``, ``topk_mass``; ``sequence_ece``, ``sequence_token_ece``,
+    ``exact_match``, ``n_sequences``; with ``classes`` also ``classwise_ece``. With ``n_b`` tokens, summed
+    confidence ``s_b`` and ``c_b`` correct in bin ``b`` of ``N`` tokens: ``ece = sum_b |c_b - s_b| / N``.
 
     Args:
-        n_bins: number of equal-width confidence bins.
+        n_bins: confidence bins (equal-width and equal-mass).
         ignore_index: label value of padding tokens.
         temperatures: optional sequence of temperatures ``T > 0``; every value is measured on
             ``softmax(logits / T)`` in the same pass.
-        kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``, ...).
+        measures: names from :data:`ls_seq.functional.measures.MEASURES` (default: every measure that needs no
+            configuration, plus ``classwise`` when ``classes`` are given).
+        **kwargs: the measures' options (``fine_bins``, ``bootstrap_replicates``, ``bootstrap_level``, ``seed``,
+            ``top_k``, ``classes``), then those of :class:`torchmetrics.Metric` (``sync_on_compute``, ...).
 
     Example:
         >>> import torch
@@ -44,7 +50,7 @@ class TokenCalibration(Metric):
         >>> metric = TokenCalibration(n_bins=10, temperatures=[1.0, 2.0])
         >>> metric.update(torch.tensor([[4.0, 0.0], [0.0, 4.0]]), torch.tensor([0, 0]))
         >>> out = metric.compute()
-        >>> out["accuracy"].tolist(), [round(v, 4) for v in out["ece"].tolist()]
+        >>> out.accuracy.tolist(), [round(v, 4) for v in out["ece"].tolist()]
         ([0.5, 0.5], [0.482, 0.3808])
     """
 
@@ -52,73 +58,76 @@ class TokenCalibration(Metric):
     higher_is_better = False
     full_state_update = False
 
+    _OPTIONS = ("fine_bins", "bootstrap_replicates", "bootstrap_level", "seed", "top_k", "classes")
+
     def __init__(
         self,
         n_bins: int = 15,
         ignore_index: int = -100,
         temperatures: Sequence[float] | torch.Tensor | None = None,
+        measures: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
+        options = {k: kwargs.pop(k) for k in self._OPTIONS if k in kwargs}
         super().__init__(**kwargs)
-        self.n_bins = check_positive_int(n_bins, "n_bins")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
-        self.ignore_index = ignore_index
-        self._scalar = temperatures is None
-        temps = [1.0] if temperatures is None else check_temperatures(temperatures)
-        self.register_buffer("_temperatures", torch.tensor(temps, dtype=torch.float64), persistent=False)
-        n_temps = len(temps)
-        zeros_tb = torch.zeros(n_temps, self.n_bins, dtype=torch.float64)
-        self.add_state("bin_count", default=zeros_tb.clone(), dist_reduce_fx="sum")
-        self.add_state("bin_confidence", default=zeros_tb.clone(), dist_reduce_fx="sum")
-        self.add_state("bin_correct", default=zeros_tb.clone(), dist_reduce_fx="sum")
-        self.add_state("nll_sum", default=torch.zeros(n_temps, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("n_tokens", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("n_correct", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.schema = CalibrationSchema(make_config(n_bins, ignore_index, temperatures, measures, **options))
+        for name, default in self.schema.zero_state().items():
+            self.add_state(name, default=default, dist_reduce_fx="sum")
+
+    @property
+    def config(self):
+        return self.schema.config
+
+    @property
+    def n_bins(self) -> int:
+        return self.config.n_bins
+
+    @property
+    def ignore_index(self) -> int:
+        return self.config.ignore_index
 
     @property
     def temperatures(self) -> torch.Tensor | None:
         """The temperatures measured (float64, shape ``(T,)``), or None when constructed without them."""
-        return None if self._scalar else self._temperatures
+        return None if self.config.temperatures is None else self.config.temperature_tensor()
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add one batch; raises ``ValueError`` for NaN/infinite logits at non-ignored positions."""
         check_logits_labels(logits, labels, self.ignore_index)
-        batch = _calibration_update(logits, labels, self.n_bins, self.ignore_index, self._temperatures)
-        for name in _STATE_NAMES:
-            setattr(self, name, getattr(self, name) + batch[name])
+        for name, value in self.schema.batch_state(logits, labels).items():
+            setattr(self, name, getattr(self, name) + value)
 
     def _states(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in _STATE_NAMES}
+        return {name: getattr(self, name) for name in self.schema.state_shapes()}
 
-    def _squeeze(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in values.items()} if self._scalar else values
+    def compute(self) -> CalibrationResult:
+        """The fields over every token seen (on every process); a ``RuntimeError`` before any token."""
+        return dict(self.schema.compute(self._states()))  # a plain dict for torchmetrics' wrapper: see below
 
     def _wrap_compute(self, compute: Any) -> Any:
-        # torchmetrics' compute wrapper (sync, cache) squeezes one-element results to 0-dim, which would take a
-        # one-temperature grid's (1,) shape away; the shape is put back around it (also after copy/pickle,
-        # which wrap compute again).
+        # torchmetrics' compute wrapper (sync, cache) turns mappings into plain dicts and squeezes one-element
+        # tensors to 0-dim, which would take a one-temperature grid's (1,) shape away: the typed result is
+        # rebuilt around it (also after copy/pickle, which wrap compute again).
         synced = super()._wrap_compute(compute)
 
         @functools.wraps(synced)
-        def shaped(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        def typed(*args: Any, **kwargs: Any) -> CalibrationResult:
             values = synced(*args, **kwargs)
-            n_temps = self._temperatures.numel()
-            return values if self._scalar else {k: v.reshape(n_temps) for k, v in values.items()}
+            if self.config.temperatures is not None:
+                values = {k: v.reshape(self.config.n_temperatures) for k, v in values.items()}
+            return CalibrationResult(self.config.temperatures, values, self.schema.fields)
 
-        return shaped
+        return typed
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        """The metrics over every token seen (on every process); a ``RuntimeError`` before any token."""
-        return self._squeeze(_calibration_compute(self._states()))
+    def reliability(self, binning: str = "width") -> dict[str, torch.Tensor]:
+        """Per-bin ``lower``/``upper`` edges, mean ``confidence``, ``accuracy`` and ``count`` of one binning.
 
-    def reliability(self) -> dict[str, torch.Tensor]:
-        """Per-bin ``lower``/``upper`` edges, mean ``confidence``, ``accuracy`` and ``count`` for reliability diagrams.
-
-        Synced across processes like ``compute()``. Confidence and accuracy are 0 in empty bins (count 0).
-        Shapes ``(n_bins,)``, or ``(T, n_bins)`` with temperatures.
+        ``binning``: ``"width"`` (equal-width bins), ``"mass"`` (equal-mass bins: ``lower == upper`` is each
+        bin's mean confidence) or ``"sequence"`` (sequences against exact match). Synced across processes
+        like ``compute()``. Confidence and accuracy are 0 in empty bins. Shapes ``(n_bins,)``, or
+        ``(T, n_bins)`` with temperatures.
         """
-        if float(self.n_tokens) <= 0 and not self._to_sync:
+        if float(self.tokens_n) <= 0 and not self._to_sync:
             raise RuntimeError("reliability() needs at least one non-ignored token: call update() first")
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn,
@@ -126,6 +135,11 @@ class TokenCalibration(Metric):
             should_sync=self._to_sync and not self._is_synced,
             should_unsync=self._should_unsync,
         ):
-            if float(self.n_tokens) <= 0:
+            if float(self.tokens_n) <= 0:
                 raise RuntimeError("reliability() needs at least one non-ignored token: call update() first")
-            return self._squeeze(_reliability(self._states()))
+            return self.schema.reliability(self._states(), binning)
+
+    @property
+    def state_size(self) -> int:
+        """Floats of state, fixed by the configuration (not by the number of tokens)."""
+        return self.schema.state_size()

@@ -61,6 +61,7 @@ def teacher_forced_sweep(
     ignore_index: int = -100,
     progress: bool = True,
     desc: str = "teacher-forced sweep",
+    measures: Sequence[str] | None = None,
 ) -> TokenCalibration:
     """Token NLL/ECE/accuracy of a seq2seq model at every temperature, from one forward pass per batch.
 
@@ -69,7 +70,7 @@ def teacher_forced_sweep(
         batches: this process's batches (see :func:`shard_indices`), each with ``labels`` (``ignore_index``
             at padding) and ``decoder_input_ids`` (``DataCollatorForSeq2Seq(tokenizer, model=model)``).
         temperatures: ``T > 0``; token ``t`` is scored with ``softmax(z_t / T)``.
-        n_bins, ignore_index: of :class:`ls_seq.metrics.TokenCalibration`.
+        n_bins, ignore_index, measures: of :class:`ls_seq.metrics.TokenCalibration` (default: its default measures).
 
     Returns:
         The updated ``TokenCalibration``: ``compute()`` gives ``nll``, ``ece``, ``accuracy``, ... of shape
@@ -77,7 +78,7 @@ def teacher_forced_sweep(
     """
     temperatures = check_temperatures(temperatures)
     device = next(model.parameters()).device
-    metric = TokenCalibration(n_bins=n_bins, ignore_index=ignore_index, temperatures=temperatures).to(device)
+    metric = TokenCalibration(n_bins=n_bins, ignore_index=ignore_index, temperatures=temperatures, measures=measures).to(device)
     was_training = model.training
     model.eval()
     try:

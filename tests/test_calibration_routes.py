@@ -27,7 +27,7 @@ from ls_seq.trainer import (
 
 GRID = [0.5, 1.0, 2.0]
 N_EVAL = 13  # not a multiple of the evaluation batch 4
-KEYS = {"ece": "ece", "mce": "mce", "rms_ce": "rms", "nll": "nll", "token_accuracy": "accuracy",
+KEYS = {"ece": "ece", "mce": "mce", "rms": "rms", "nll": "nll", "accuracy": "accuracy",
         "mean_confidence": "mean_confidence"}  # fmt: skip
 
 
@@ -125,3 +125,22 @@ def test_label_names_are_honoured(tmp_path):
     torch.testing.assert_close(own_pass.compute()["ece"], ref["ece"], rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="exactly one label tensor"):
         ls_trainer("gpt2", model, tmp_path, [], label_names=["a", "b"])
+
+
+def test_the_reliability_diagram_reaches_tensorboard(tmp_path):
+    """With TensorBoard's callback among the trainer's, the diagram is logged as a figure at the step."""
+    from transformers import TrainerCallback
+
+    class FakeTensorBoard(TrainerCallback):
+        def __init__(self):
+            self.figures = []
+            self.tb_writer = self
+
+        def add_figure(self, tag, figure, global_step=None):
+            self.figures.append((tag, global_step, len(figure.axes)))
+
+    board = FakeTensorBoard()
+    model = family_model("gpt2", seed=3)
+    trainer = ls_trainer("gpt2", model, tmp_path, [board, CalibrationCallback(n_bins=10, temperatures=GRID)])
+    trainer.evaluate()
+    assert board.figures == [("eval/reliability_diagram", 0, 2)]  # the diagram and its token-share panel

@@ -45,13 +45,13 @@ def test_eval_metrics_equal_token_calibration_run_directly(tmp_path):
     ref = TokenCalibration(n_bins=10)
     ref.update(logits, labels)
     expected = ref.compute()
-    for key, name in [("eval_ece", "ece"), ("eval_mce", "mce"), ("eval_rms_ce", "rms"), ("eval_nll", "nll"),
-                      ("eval_token_accuracy", "accuracy"), ("eval_mean_confidence", "mean_confidence")]:
+    for key, name in [("eval_ece", "ece"), ("eval_mce", "mce"), ("eval_rms", "rms"), ("eval_nll", "nll"),
+                      ("eval_accuracy", "accuracy"), ("eval_mean_confidence", "mean_confidence")]:
         torch.testing.assert_close(metrics[key], float(expected[name]), rtol=1e-5, atol=1e-6, msg=key)
     # Independent of TokenCalibration: NLL and accuracy straight from torch.
     keep = labels != IGNORE
     assert metrics["eval_nll"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
-    assert metrics["eval_token_accuracy"] == pytest.approx(float((logits[keep].argmax(-1) == labels[keep]).double().mean()))
+    assert metrics["eval_accuracy"] == pytest.approx(float((logits[keep].argmax(-1) == labels[keep]).double().mean()))
 
     # Logged through the trainer (so loggers see it), and a PNG reliability diagram in output_dir.
     assert any("eval_ece" in entry for entry in trainer.state.log_history)

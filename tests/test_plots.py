@@ -38,3 +38,25 @@ def test_reliability_diagram_rejects_sweep_shaped_input():
     metric.update(torch.randn(10, 3), torch.randint(0, 3, (10,)))
     with pytest.raises(ValueError, match="one temperature"):
         plot_reliability_diagram({"sweep": metric.reliability()})
+
+
+def test_histogram_under_the_diagram_shows_each_bins_share():
+    rel, _ = _reliability(2.0)
+    fig = plot_reliability_diagram({"model": rel})
+    hist = fig.axes[1]
+    heights = [patch.get_height() for patch in hist.patches]
+    nonempty = rel["count"] > 0
+    assert heights == pytest.approx((rel["count"][nonempty] / rel["count"].sum()).tolist())
+    lefts = [patch.get_x() for patch in hist.patches]
+    assert lefts == pytest.approx(rel["lower"][nonempty].tolist())
+
+
+def test_equal_mass_bins_are_drawn_at_their_means():
+    g = torch.Generator().manual_seed(1)
+    metric = TokenCalibration(n_bins=5)
+    metric.update(3 * torch.randn(400, 6, generator=g), torch.randint(0, 6, (400,), generator=g))
+    mass = metric.reliability("mass")
+    fig = plot_reliability_diagram({"equal-mass": mass})
+    centers = [patch.get_x() + patch.get_width() / 2 for patch in fig.axes[1].patches]
+    assert centers == pytest.approx(mass["confidence"][mass["count"] > 0].tolist())
+    assert reliability_ece(mass) == pytest.approx(float(metric.compute().ece_mass), rel=1e-9)

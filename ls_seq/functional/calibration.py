@@ -1,14 +1,16 @@
-r"""Token-level calibration: binned statistics, expected calibration error and temperature fitting.
+r"""Token-level calibration: the per-token statistics of a batch, binned sums and their estimators, temperature fitting.
 
-The statistics of one batch are a handful of per-bin sums (count, summed confidence, summed correctness) and
-the summed NLL, for every temperature at once. They add across batches and processes, so a streaming,
-distributed metric is a sum of them (:class:`ls_seq.metrics.TokenCalibration`) and the functional form is one
-batch of it. The two share :func:`_calibration_update` and :func:`_calibration_compute`.
+A calibration pass reads the ``(tokens, V)`` logits once (:func:`token_statistics`): per token and temperature
+the largest probability, the label's log-probability and what the enabled measures need besides. Every measure
+of :mod:`ls_seq.functional.measures` then bins those into a handful of per-bin sums, which add across batches
+and processes; a streaming, distributed metric (:class:`ls_seq.metrics.TokenCalibration`) is a sum of them
+and the functional form (:func:`expected_calibration_error`) is one batch of it.
 
 Binning convention: with ``B`` equal-width bins, a confidence ``c`` goes to bin ``min(floor(c * B), B - 1)``:
 bins are left-closed ``[k/B, (k+1)/B)`` and ``c = 1`` joins the last bin. torchmetrics' ``bucketize`` binning is
 also left-closed but puts ``c = 1`` into an extra bin of its own and uses float32 edges, so the two agree
-except for confidences that are exactly 1 or within rounding of an edge.
+except for confidences that are exactly 1 or within rounding of an edge. Equal-mass bins are merged from a
+fine grid of bins uniform in ``logit(c)`` (:func:`fine_bins`, :func:`merge_equal_mass`).
 
 For temperature ``T`` and logits ``z`` with maximum ``m``: ``lse_T = m / T + log sum_k exp((z_k - m) / T)``, the
 confidence is ``exp(m / T - lse_T)``, the NLL ``lse_T - z_y / T``; the argmax (and so accuracy) does not depend
@@ -19,17 +21,28 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
 from ls_seq._validation import check_choice, check_logits_labels, check_positive_int
 from ls_seq.functional._kernels import chunk_rows_for
 
-__all__ = ["NORMS", "expected_calibration_error", "fit_temperature"]
+__all__ = [
+    "NORMS",
+    "TokenStatistics",
+    "binned_errors",
+    "binned_sums",
+    "expected_calibration_error",
+    "fine_bins",
+    "fit_temperature",
+    "merge_equal_mass",
+    "token_statistics",
+    "width_bins",
+]
 
 NORMS = ("l1", "l2", "max")
-
 
 def _iter_valid_chunks(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
@@ -54,47 +67,79 @@ def _iter_valid_chunks(
             yield z.float(), y.long()
 
 
-def _calibration_update(
+@dataclass
+class TokenStatistics:
+    """Per-token quantities of one batch at every temperature, for the ``n`` non-ignored tokens only.
+
+    Everything a calibration measure bins (:mod:`ls_seq.functional.measures`) comes from here; computing it
+    is the only pass over the ``(tokens, V)`` logits, shared by every measure and temperature.
+    """
+
+    n_rows: int  # rows (sequences) of the batch: labels.shape[0], or 1 for 1-D labels
+    row: torch.Tensor  # (n,) int64: the row of each token
+    column: torch.Tensor  # (n,) int64: its position in the row
+    label: torch.Tensor  # (n,) int64
+    correct: torch.Tensor  # (n,) bool: the arg-max is the label (the same at every temperature)
+    confidence: torch.Tensor  # (T, n) float32: largest probability of softmax(z / T)
+    log_prob: torch.Tensor  # (T, n) float32: log-probability of the label
+    sum_sq: torch.Tensor | None = None  # (T, n): sum_k p_k^2 (Brier score)
+    topk_mass: torch.Tensor | None = None  # (T, n): total probability of the k largest logits
+    in_topk: torch.Tensor | None = None  # (n,) bool: the label is among the k largest logits
+    class_prob: torch.Tensor | None = None  # (T, n, K): probability of each tracked class
+
+    @property
+    def n(self) -> int:
+        return int(self.label.numel())
+
+
+def token_statistics(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    n_bins: int,
-    ignore_index: int,
     temperatures: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    brier: bool = False,
+    top_k: int | None = None,
+    classes: torch.Tensor | None = None,
     chunk_rows: int | None = None,
-    per_row: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Per-bin sums of one batch at every temperature.
+) -> TokenStatistics:
+    """One chunked pass over the logits: :class:`TokenStatistics` at every temperature (inputs unchecked).
 
-    Returns float64 tensors: ``bin_count``, ``bin_confidence``, ``bin_correct`` of shape ``(T, n_bins)``,
-    ``nll_sum`` of shape ``(T,)``, and scalars ``n_tokens``, ``n_correct``. With ``per_row`` the sums are
-    kept apart for each row of the batch (``labels.shape[0]`` rows): every shape gets a leading ``R``.
-    Raises ``ValueError`` if a non-ignored row holds NaN or an infinite logit.
+    Per chunk of rows the row max, arg-max, label logit, top-k indices and finiteness are taken once; then,
+    per temperature, one fused softmax into a reused scratch buffer, from which the largest probability (and,
+    as asked, ``sum p^2``, the top-k mass and the tracked classes' probabilities) are read. Padded rows of a
+    chunk are computed along (selecting the others would copy it) and dropped at the end; chunks of padding
+    only are skipped. Raises ``ValueError`` if a non-ignored row holds NaN or an infinite logit.
 
-    One fused softmax over the logits per temperature, chunk by chunk, and no copy of them: the row max,
-    argmax, target logit and finiteness sum are taken once (every temperature shares them), and the
-    confidence is the softmax at the argmax. Padded rows of a chunk are computed along (selecting the
-    others would copy the chunk) and dropped from the per-row results; chunks of padding only are skipped.
-    Per-row results are ``O(T * N)`` floats, ``V`` times smaller than the logits, binned once at the end.
+    For temperature ``T`` and logits ``z`` with maximum ``m``: ``p_max = exp(m / T - lse_T)`` and
+    ``log p_y = (z_y - m) / T + log p_max``.
     """
     device = logits.device
     vocab = logits.shape[-1]
     z_all = logits.reshape(-1, vocab)  # (N, V), a view when possible
     y_all = labels.reshape(-1)  # (N,)
-    n_rows = z_all.shape[0]
+    n_flat = z_all.shape[0]
     n_temps = temperatures.numel()
     inv_t = (1.0 / temperatures.double()).tolist()
     valid_all = y_all != ignore_index  # (N,)
     y_safe = torch.where(valid_all, y_all, torch.zeros_like(y_all)).long()  # (N,)
 
-    confidence = torch.ones(n_temps, n_rows, dtype=torch.float32, device=device)  # (T, N)
-    shift_y = torch.zeros(n_rows, dtype=torch.float32, device=device)  # (N,) m - z_y
-    correct = torch.zeros(n_rows, dtype=torch.bool, device=device)  # (N,)
-    row_sum = torch.zeros(n_rows, dtype=torch.float32, device=device)  # (N,) finite iff the row is
+    def buffer(*shape: int) -> torch.Tensor:
+        return torch.ones(*shape, dtype=torch.float32, device=device)
+
+    confidence = buffer(n_temps, n_flat)  # (T, N)
+    shift_y = torch.zeros(n_flat, dtype=torch.float32, device=device)  # (N,) m - z_y
+    correct = torch.zeros(n_flat, dtype=torch.bool, device=device)  # (N,)
+    row_sum = torch.zeros(n_flat, dtype=torch.float32, device=device)  # (N,) finite iff the row is
+    sum_sq = buffer(n_temps, n_flat) if brier else None  # (T, N)
+    topk_mass = buffer(n_temps, n_flat) if top_k else None  # (T, N)
+    in_topk = torch.zeros(n_flat, dtype=torch.bool, device=device) if top_k else None  # (N,)
+    class_prob = buffer(n_temps, n_flat, classes.numel()) if classes is not None else None  # (T, N, K)
     # Large chunks, few parallel ops (see ls_seq.functional._kernels): the softmax works row by row anyway.
-    step = chunk_rows_for(n_rows, vocab, chunk_rows)
-    scratch = torch.empty(min(step, max(n_rows, 1)), vocab, dtype=torch.float32, device=device)
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
+    step = chunk_rows_for(n_flat, vocab, chunk_rows)
+    scratch = torch.empty(min(step, max(n_flat, 1)), vocab, dtype=torch.float32, device=device)
+    for start in range(0, n_flat, step):
+        stop = min(start + step, n_flat)
         if not bool(valid_all[start:stop].any()):
             continue
         z = z_all[start:stop]  # (c, V), any float dtype
@@ -102,6 +147,9 @@ def _calibration_update(
         correct[start:stop] = pred == y_all[start:stop]
         shift_y[start:stop] = m.float() - z.gather(1, y_safe[start:stop, None]).squeeze(1).float()
         row_sum[start:stop] = z.sum(dim=-1, dtype=torch.float32)
+        if top_k:
+            top_index = z.topk(min(top_k, vocab), dim=-1).indices  # (c, k): the same at every temperature
+            in_topk[start:stop] = (top_index == y_all[start:stop, None]).any(-1)
         work = scratch[: stop - start]  # (c, V)
         for i, b in enumerate(inv_t):
             if z.dtype != torch.float32:
@@ -114,87 +162,157 @@ def _calibration_update(
                 src = z
             torch.softmax(src, 1, out=work)  # in place is safe: each element is read before it is written
             torch.gather(work, 1, pred[:, None], out=confidence[i, start:stop, None])
+            if brier:
+                torch.linalg.vector_norm(work, 2, dim=1, out=sum_sq[i, start:stop]).square_()
+            if top_k:
+                topk_mass[i, start:stop] = work.gather(1, top_index).sum(-1)
+            if classes is not None:
+                class_prob[i, start:stop] = work.index_select(1, classes)
 
     valid = valid_all.nonzero().squeeze(1)  # (n,)
     # The row sum is finite iff every logit is: checked on counted rows only, padding may hold anything.
     if not bool(torch.isfinite(row_sum.index_select(0, valid)).all()):
         raise ValueError("`logits` must be finite at non-ignored positions; got NaN or an infinite value")
-    confidence = confidence.index_select(1, valid)  # (T, n): p_max = exp(m/T - lse_T)
+    confidence = confidence.index_select(1, valid)  # (T, n)
     inv_t_col = torch.tensor(inv_t, dtype=torch.float32, device=device)[:, None]  # (T, 1)
-    # lse_T - z_y / T = (m - z_y) / T + (lse_T - m / T), and lse_T - m / T = -log p_max
-    nll = shift_y.index_select(0, valid)[None, :] * inv_t_col - confidence.log()  # (T, n)
-    correct = correct.index_select(0, valid).double()  # (n,)
-    bins = (confidence * n_bins).floor().long().clamp_(max=n_bins - 1)  # (T, n)
-    offsets = (torch.arange(n_temps, device=device) * n_bins)[:, None]  # (T, 1)
-    n_groups = labels.shape[0] if per_row and labels.dim() > 0 else 1
-    # Row r of the batch owns tokens r * L ... (r + 1) * L - 1 of the flattened labels.
-    group = valid // max(1, n_rows // n_groups) if n_groups > 1 else torch.zeros_like(valid)  # (n,)
-    flat = (bins + offsets + group[None, :] * (n_temps * n_bins)).flatten()  # (T * n,)
-    size = n_groups * n_temps * n_bins
-    shape = (n_groups, n_temps, n_bins)
-    if n_groups == 1:
-        nll_sum = nll.double().sum(dim=-1)[None, :]  # (1, T)
-        n_tokens = torch.full((1,), float(valid.numel()), dtype=torch.float64, device=device)
-        n_correct = correct.sum()[None]
-    else:
-        nll_sum = torch.zeros(n_groups, n_temps, dtype=torch.float64, device=device).index_add_(0, group, nll.double().T)
-        n_tokens = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add_(0, group, torch.ones_like(correct))
-        n_correct = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add_(0, group, correct)
-    out = {
-        "bin_count": torch.bincount(flat, minlength=size).view(shape).double(),
-        "bin_confidence": torch.bincount(flat, weights=confidence.double().flatten(), minlength=size).view(shape),
-        "bin_correct": torch.bincount(flat, weights=correct.expand(n_temps, -1).flatten(), minlength=size).view(
-            shape
-        ),
-        "nll_sum": nll_sum,
-        "n_tokens": n_tokens,
-        "n_correct": n_correct,
-    }
-    return out if per_row else {k: v[0] for k, v in out.items()}
+    log_prob = confidence.log() - shift_y.index_select(0, valid)[None, :] * inv_t_col  # (T, n)
+    n_rows = labels.shape[0] if labels.dim() > 1 else 1
+    row_length = max(1, n_flat // max(n_rows, 1))
+
+    def pick(t: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+        return None if t is None else t.index_select(dim, valid)
+
+    return TokenStatistics(
+        n_rows=n_rows,
+        row=valid // row_length,
+        column=valid % row_length,
+        label=y_all.index_select(0, valid).long(),
+        correct=correct.index_select(0, valid),
+        confidence=confidence,
+        log_prob=log_prob,
+        sum_sq=pick(sum_sq, 1),
+        topk_mass=pick(topk_mass, 1),
+        in_topk=pick(in_topk, 0),
+        class_prob=pick(class_prob, 1),
+    )
 
 
-def _calibration_compute(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """ECE (l1), MCE (max), RMS (l2), NLL, accuracy and mean confidence from summed statistics.
+# --------------------------------------------------------------------------------------------------------------
+# Binned sums and the estimators on them
 
-    With ``n_b`` tokens, ``s_b`` summed confidence and ``c_b`` correct tokens in bin ``b`` and ``N`` tokens:
-    ``ece = sum_b |c_b - s_b| / N``, ``rms = sqrt(sum_b (c_b - s_b)^2 / n_b / N)``,
-    ``mce = max_{b: n_b > 0} |c_b - s_b| / n_b``. Values have shape ``(T,)``.
+
+def width_bins(confidence: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Equal-width bin of each confidence: ``min(floor(c * B), B - 1)``, so ``[k/B, (k+1)/B)`` and 1 in the last."""
+    return (confidence * n_bins).floor().long().clamp_(0, n_bins - 1)
+
+
+FINE_LOGIT_RANGE = 16.0  # fine bins cover logit(c) in [-16, 16] (1 - c down to 1e-7); beyond, the end bins
+
+
+def fine_bins(confidence: torch.Tensor, n_fine: int) -> torch.Tensor:
+    """Fine bin of each confidence, on a grid uniform in ``logit(c) = log(c / (1 - c))`` over ``[-16, 16]``.
+
+    Token confidences crowd near 1 (and, with large vocabularies, near 0); a logit grid resolves both ends,
+    which equal-mass bins merged from the fine ones (:func:`merge_equal_mass`) need.
     """
-    n = stats["n_tokens"]
-    if float(n) <= 0:
-        raise RuntimeError(
-            "calibration metrics are undefined before any non-ignored token was seen: call update() with at "
-            "least one label that is not ignore_index before compute()"
-        )
-    count, conf, correct = stats["bin_count"], stats["bin_confidence"], stats["bin_correct"]
-    gap = (correct - conf).abs()  # (T, B): n_b * |acc_b - conf_b|
-    nonempty = count > 0
-    per_bin_gap = torch.where(nonempty, gap / count.clamp_min(1), torch.zeros_like(gap))
-    n_temps = count.shape[0]
+    c = confidence.double()
+    logit = torch.log(c.clamp_min(1e-300)) - torch.log1p(-c.clamp(max=1 - 1e-16))
+    u = (logit + FINE_LOGIT_RANGE) / (2 * FINE_LOGIT_RANGE)  # [0, 1] inside the range
+    return (u * n_fine).floor().long().clamp_(0, n_fine - 1)
+
+
+def binned_sums(
+    bins: torch.Tensor,
+    confidence: torch.Tensor,
+    outcome: torch.Tensor,
+    n_bins: int,
+    group: torch.Tensor | None = None,
+    n_groups: int = 1,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-bin ``(count, summed confidence, summed outcome)`` of binned values, float64.
+
+    Args:
+        bins: ``(*lead, n)`` bin of each value (e.g. ``(T, n)``: one row per temperature).
+        confidence: ``(*lead, n)`` the values.
+        outcome: ``(n,)`` or ``(*lead, n)``: 1 for a correct prediction (or any 0/1 outcome).
+        n_bins: number of bins.
+        group: optional ``(n,)`` group (row) of each value, for sums kept apart per group (``n_groups``).
+        weights: optional ``(R, n)`` weight of each value per replicate (the bootstrap).
+
+    Returns:
+        Three float64 tensors of shape ``([R,] [G,] *lead, n_bins)`` (``R`` with ``weights``, ``G`` with
+        ``group``); counts are weighted too when ``weights`` are given.
+    """
+    lead = tuple(bins.shape[:-1])
+    n_lead = math.prod(lead)
+    outcome = outcome.expand_as(confidence)
+    flat = bins.reshape(n_lead, -1) + (torch.arange(n_lead, device=bins.device) * n_bins)[:, None]  # (L, n)
+    size = n_lead * n_bins
+    if group is not None:
+        flat = flat + group[None, :] * size
+        size *= n_groups
+    conf = confidence.reshape(n_lead, -1).double()  # (L, n)
+    out = outcome.reshape(n_lead, -1).double()  # (L, n)
+    shape = ((n_groups,) if group is not None else ()) + lead + (n_bins,)
+    if weights is None:
+        index = flat.reshape(-1)
+        count = torch.bincount(index, minlength=size).double()
+        sums = (count, torch.bincount(index, conf.reshape(-1), minlength=size), torch.bincount(index, out.reshape(-1), minlength=size))
+        return tuple(s.reshape(shape) for s in sums)  # type: ignore[return-value]
+    replicates = weights.shape[0]
+    index = (flat[None] + (torch.arange(replicates, device=bins.device) * size)[:, None, None]).reshape(-1)  # (R*L*n,)
+    w = weights.double()[:, None, :]  # (R, 1, n)
+    sums = tuple(
+        torch.bincount(index, (w * v[None]).reshape(-1), minlength=replicates * size).reshape((replicates,) + shape)
+        for v in (torch.ones_like(conf), conf, out)
+    )
+    return sums  # type: ignore[return-value]
+
+
+def binned_errors(count: torch.Tensor, confidence: torch.Tensor, correct: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Calibration errors from per-bin sums over the last dimension (the bins); each of the leading shape.
+
+    With ``n_b`` values, ``s_b`` summed confidence and ``c_b`` summed correctness in bin ``b`` of ``N``:
+    ``ece = sum_b |c_b - s_b| / N``; ``mce = max_{b: n_b > 0} |c_b - s_b| / n_b``;
+    ``rms = sqrt(sum_b n_b (acc_b - conf_b)^2 / N)``; and the debiased estimate of the squared error of Kumar,
+    Liang & Ma (2019, "Verified uncertainty calibration"): ``rms_debiased = sqrt(max(0, sum_b n_b / N
+    [(acc_b - conf_b)^2 - acc_b (1 - acc_b) / (n_b - 1)]))``, bins with fewer than two values adding 0.
+    """
+    n = count.sum(-1).clamp_min(1)
+    gap = (correct - confidence).abs()  # n_b |acc_b - conf_b|
+    safe_count = count.clamp_min(1)
+    per_bin_gap = torch.where(count > 0, gap / safe_count, torch.zeros_like(gap))  # |acc_b - conf_b|
+    acc = correct / safe_count
+    two_or_more = count > 1
+    variance = torch.where(two_or_more, acc * (1 - acc) / (count - 1).clamp_min(1), torch.zeros_like(acc))
+    debiased = torch.where(two_or_more, per_bin_gap.square() - variance, torch.zeros_like(acc))
     return {
-        "ece": gap.sum(dim=-1) / n,
-        "mce": per_bin_gap.max(dim=-1).values,
-        "rms": torch.sqrt((per_bin_gap * gap).sum(dim=-1) / n),
-        "nll": stats["nll_sum"] / n,
-        "accuracy": (stats["n_correct"] / n).expand(n_temps).clone(),
-        "mean_confidence": conf.sum(dim=-1) / n,
-        "n_tokens": n.expand(n_temps).clone(),
+        "ece": gap.sum(-1) / n,
+        "mce": per_bin_gap.max(-1).values,
+        "rms": torch.sqrt((per_bin_gap * gap).sum(-1) / n),
+        "rms_debiased": torch.sqrt(((count * debiased).sum(-1) / n).clamp_min(0)),
     }
 
 
-def _reliability(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-bin edges, mean confidence, accuracy and count (confidence and accuracy are 0 in empty bins)."""
-    count = stats["bin_count"]
-    n_bins = count.shape[-1]
-    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=count.device)
-    denom = count.clamp_min(1)
-    return {
-        "lower": edges[:-1].expand_as(count).clone(),
-        "upper": edges[1:].expand_as(count).clone(),
-        "confidence": stats["bin_confidence"] / denom,
-        "accuracy": stats["bin_correct"] / denom,
-        "count": count.clone(),
-    }
+def merge_equal_mass(
+    count: torch.Tensor, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge fine bins (last dimension, in confidence order) into ``n_bins`` bins of about equal counts.
+
+    Fine bin ``j`` goes wholly to bin ``floor(n_bins * (C_j - n_j / 2) / N)``, the share of its middle rank
+    (``C_j`` the cumulative count, ``n_j`` its count), so every bin holds about ``N / n_bins`` values, bins
+    never overlap in confidence, and a fine bin heavier than ``N / n_bins`` stays whole.
+    """
+    cumulative = count.cumsum(-1)
+    n = cumulative[..., -1:].clamp_min(1)
+    target = (n_bins * (cumulative - count / 2) / n).floor().long().clamp_(0, n_bins - 1)  # (..., F)
+    shape = count.shape[:-1] + (n_bins,)
+
+    def merge(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(shape, dtype=values.dtype, device=values.device).scatter_add_(-1, target, values)
+
+    return merge(count), merge(confidence), merge(correct)
 
 
 def expected_calibration_error(
@@ -226,10 +344,11 @@ def expected_calibration_error(
     check_logits_labels(logits, labels, ignore_index)
     check_positive_int(n_bins, "n_bins")
     check_choice(norm, "norm", NORMS)
-    temps = torch.ones(1, dtype=torch.float64)
-    result = _calibration_compute(_calibration_update(logits, labels, n_bins, ignore_index, temps))
-    key = {"l1": "ece", "l2": "rms", "max": "mce"}[norm]
-    return result[key][0]
+    stats = token_statistics(logits, labels, torch.ones(1, dtype=torch.float64), ignore_index=ignore_index)
+    if stats.n == 0:
+        raise ValueError("`labels` hold no token other than ignore_index: the calibration error is undefined")
+    sums = binned_sums(width_bins(stats.confidence, n_bins), stats.confidence, stats.correct, n_bins)
+    return binned_errors(*sums)[{"l1": "ece", "l2": "rms", "max": "mce"}[norm]][0]
 
 
 def _nll_and_derivatives(
@@ -264,6 +383,7 @@ def fit_temperature(
     bounds: tuple[float, float] = (0.05, 20.0),
     tol: float = 1e-6,
     max_iter: int = 100,
+    all_reduce: Callable[[list[float]], list[float]] | None = None,
 ) -> float:
     r"""The temperature ``T`` minimising the mean NLL of ``softmax(logits / T)`` (Guo et al. 2017).
 
@@ -275,6 +395,9 @@ def fit_temperature(
         logits: ``(..., V)`` held-out scores; labels ``(...)`` with ``ignore_index`` for padding.
         bounds: the temperature range searched. If the optimum lies outside it, a ``RuntimeWarning`` says so and
             the nearest bound is returned (a model that is right on every token has its optimum at ``T -> 0``).
+        all_reduce: for logits spread over processes, a function summing a list of floats over all of them
+            (e.g. with ``torch.distributed.all_reduce``): every process then takes the same Newton steps on the
+            NLL of all tokens, and returns the same temperature.
 
     Returns:
         The fitted temperature as a Python float.
@@ -293,7 +416,13 @@ def fit_temperature(
     if not (0 < lo_t < hi_t < math.inf):
         raise ValueError(f"`bounds` must be (low, high) with 0 < low < high < inf, got {bounds!r}")
     b_lo, b_hi = 1.0 / hi_t, 1.0 / lo_t  # bracket on b = 1/T
-    _, g_lo, _, n = _nll_and_derivatives(logits, labels, ignore_index, b_lo)
+
+    def derivatives(b: float) -> tuple[float, float, float, int]:
+        values = list(_nll_and_derivatives(logits, labels, ignore_index, b))
+        f, d1, d2, n = values if all_reduce is None else all_reduce(values)
+        return f, d1, d2, int(n)
+
+    _, g_lo, _, n = derivatives(b_lo)
     if n == 0:
         raise ValueError("`labels` hold no token other than ignore_index: there is nothing to fit a temperature on")
     if not math.isfinite(g_lo):
@@ -301,13 +430,13 @@ def fit_temperature(
     if g_lo >= 0:
         warnings.warn(f"the NLL-optimal temperature is above the search bound {hi_t}; returning {hi_t}", RuntimeWarning)
         return hi_t
-    _, g_hi, _, _ = _nll_and_derivatives(logits, labels, ignore_index, b_hi)
+    _, g_hi, _, _ = derivatives(b_hi)
     if g_hi <= 0:
         warnings.warn(f"the NLL-optimal temperature is below the search bound {lo_t}; returning {lo_t}", RuntimeWarning)
         return lo_t
     b = min(max(1.0, b_lo), b_hi)
     for _ in range(max_iter):
-        _, g, h, _ = _nll_and_derivatives(logits, labels, ignore_index, b)
+        _, g, h, _ = derivatives(b)
         if g > 0:
             b_hi = b
         else:

@@ -3,7 +3,7 @@
 Usage: ``torchrun --standalone --nproc_per_node 2 ddp_checks.py OUT_DIR``. The checks share one launch
 (process start-up is the expensive part):
 
-1. ``TokenCalibration`` with an uneven split: the ranks update different numbers of tokens.
+1. ``TokenCalibration`` with every measure and an uneven split: the ranks hold 5 and 7 sequences.
 2. One optimizer step of ``LabelSmoothingSeq2SeqTrainer`` with 2 ranks x batch 4 x 2 accumulation steps, and
    the same with the fused loss for Marian, GPT-2 and Llama (``LabelSmoothingTrainer`` for the causal LMs).
 3. Calibration on an evaluation set of 13 examples (not a multiple of 2 ranks x batch 4) through each route:
@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from accelerate import PartialState
 from families import CAUSAL, calibration_routes, family_collate, family_dataset, family_model
-from tiny import CALIB_SPLIT, TEMPERATURES, calibration_tokens, collate, tiny_dataset, tiny_model, training_args
+from tiny import CALIB_CLASSES, CALIB_SPLIT, TEMPERATURES, calibration_rows, collate, tiny_dataset, tiny_model, training_args
 
 from ls_seq.io import atomic_write_bytes, atomic_write_json
 from ls_seq.metrics import TokenCalibration
@@ -38,15 +38,16 @@ FUSED_FAMILIES = ("marian", "gpt2", "llama")
 
 
 def check_token_calibration(rank: int) -> dict:
-    logits, labels = calibration_tokens()
-    mine = slice(0, CALIB_SPLIT) if rank == 0 else slice(CALIB_SPLIT, None)  # 37 vs 83 tokens
-    metric = TokenCalibration(n_bins=10, temperatures=TEMPERATURES)
+    """Every measure; the ranks hold different numbers of whole sequences (5 and 7 rows), in updates of 2 sizes."""
+    logits, labels = calibration_rows()
+    mine = slice(0, CALIB_SPLIT) if rank == 0 else slice(CALIB_SPLIT, None)
+    metric = TokenCalibration(n_bins=10, temperatures=TEMPERATURES, classes=CALIB_CLASSES)
     lg, lb = logits[mine], labels[mine]
-    half = lg.shape[0] // 3
-    metric.update(lg[:half], lb[:half])  # several updates of different sizes per rank
-    metric.update(lg[half:], lb[half:])
+    metric.update(lg[:2], lb[:2])
+    metric.update(lg[2:], lb[2:])
     out = {k: v.tolist() for k, v in metric.compute().items()}
     out["reliability_count"] = metric.reliability()["count"].tolist()
+    out["reliability_mass_count"] = metric.reliability("mass")["count"].tolist()
     return out
 
 

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from distributed.families import calibration_routes, family_examples, family_model, sgd_reference
 from distributed.tiny import (
+    CALIB_CLASSES,
     TEMPERATURES,
     VOCAB,
-    calibration_tokens,
+    calibration_rows,
     collate,
     model_logits,
     tiny_dataset,
@@ -49,13 +50,17 @@ def ddp_run(tmp_path_factory):
 
 
 def test_token_calibration_uneven_split_equals_one_process(ddp_run):
+    """Every measure, the bootstrap interval included, sums across processes to the 1-process numbers."""
     got = ddp_run["results"]["token_calibration"]
-    logits, labels = calibration_tokens()
-    ref = TokenCalibration(n_bins=10, temperatures=TEMPERATURES)
+    logits, labels = calibration_rows()
+    ref = TokenCalibration(n_bins=10, temperatures=TEMPERATURES, classes=CALIB_CLASSES)
     ref.update(logits, labels)
-    for name, value in ref.compute().items():
+    result = ref.compute()
+    assert {"ece_low", "ece_mass", "classwise_ece", "sequence_ece", "brier"} <= set(result)
+    for name, value in result.items():
         torch.testing.assert_close(torch.tensor(got[name], dtype=torch.float64), value, rtol=1e-9, atol=1e-12, msg=name)
     torch.testing.assert_close(torch.tensor(got["reliability_count"], dtype=torch.float64), ref.reliability()["count"])
+    torch.testing.assert_close(torch.tensor(got["reliability_mass_count"], dtype=torch.float64), ref.reliability("mass")["count"])
 
 
 def test_trainer_step_on_two_ranks_equals_one_big_batch(ddp_run):
@@ -107,7 +112,8 @@ def test_unsynchronised_training_is_refused(ddp_run):
     assert "DistributedDataParallel" in ddp_run["results"]["evaluate_then_train_error"]
 
 
-CALIBRATION_KEYS = ("ece", "mce", "rms_ce", "nll", "token_accuracy", "mean_confidence", "best_temperature",
+CALIBRATION_KEYS = ("ece", "mce", "rms", "nll", "accuracy", "mean_confidence", "best_temperature", "brier", "topk_ece",
+                    "sequence_ece", "exact_match",
                     "ece_at_best_temperature", "nll_at_best_temperature")  # fmt: skip
 
 

@@ -122,14 +122,16 @@ def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 # ---- shared by ddp_checks.py and test_two_processes.py: the 1-process reference uses the same data ----
-CALIB_SPLIT = 37  # rank 0 takes the first 37 tokens, rank 1 the other 83
+CALIB_SPLIT = 5  # rank 0 takes the first 5 rows (sequences), rank 1 the other 7
 TEMPERATURES = [0.5, 1.0, 2.0]
+CALIB_CLASSES = [0, 1, 2, 3]
 
 
-def calibration_tokens(n_tokens: int = 120, vocab: int = 20, seed: int = 5):
-    """Random logits/labels with every 7th label ignored."""
+def calibration_rows(n_rows: int = 12, vocab: int = 20, seed: int = 5):
+    """Random (rows, length, V) logits and right-padded labels of varied lengths: 12 sequences of 3 to 14 tokens."""
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n_tokens, vocab, generator=g) * 3
-    labels = torch.randint(0, vocab, (n_tokens,), generator=g)
-    labels[::7] = IGNORE
+    lengths = torch.randint(3, 15, (n_rows,), generator=g)
+    logits = torch.randn(n_rows, int(lengths.max()), vocab, generator=g) * 3
+    labels = torch.randint(0, vocab, (n_rows, int(lengths.max())), generator=g)
+    labels[torch.arange(labels.shape[1])[None, :] >= lengths[:, None]] = IGNORE
     return logits, labels

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 
 from ls_seq import expected_calibration_error, fit_temperature
-from ls_seq.functional.calibration import _calibration_update
+from ls_seq.functional.measures import CalibrationSchema, make_config
 
 IGNORE = -100
 
@@ -23,6 +23,11 @@ def _data(n=600, v=7, scale=2.5, pad_frac=0.2, seed=0):
     labels = torch.multinomial(F.softmax(1.5 * logits, -1), 1, generator=g).squeeze(1)
     labels[torch.rand(n, generator=g) < pad_frac] = IGNORE
     return logits, labels
+
+
+def _state(logits, labels, n_bins, temps, chunk_rows):
+    """One batch's state of every default measure (the chunked pass of ls_seq.functional.calibration)."""
+    return CalibrationSchema(make_config(n_bins, IGNORE, temps)).batch_state(logits, labels, chunk_rows=chunk_rows)
 
 
 def _brute_force_ece(logits, labels, n_bins, norm):
@@ -67,8 +72,8 @@ def test_ece_equals_torchmetrics_on_non_ignored_tokens(norm):
 def test_chunking_does_not_change_statistics():
     logits, labels = _data(n=333)
     temps = torch.tensor([0.7, 1.0, 1.9], dtype=torch.float64)
-    whole = _calibration_update(logits, labels, 15, IGNORE, temps, chunk_rows=10_000)
-    chunked = _calibration_update(logits, labels, 15, IGNORE, temps, chunk_rows=7)
+    whole = _state(logits, labels, 15, temps, chunk_rows=10_000)
+    chunked = _state(logits, labels, 15, temps, chunk_rows=7)
     for key in whole:
         torch.testing.assert_close(whole[key], chunked[key], rtol=1e-12, atol=1e-9)
 
@@ -132,8 +137,8 @@ def test_half_precision_sweep_equals_float32_sweep_of_the_upcast_logits(dtype):
     logits, labels = _data(n=500, v=11)
     half = logits.to(dtype)
     temps = torch.tensor([0.5, 1.0, 1.7], dtype=torch.float64)
-    got = _calibration_update(half, labels, 15, IGNORE, temps, chunk_rows=64)
-    ref = _calibration_update(half.float(), labels, 15, IGNORE, temps, chunk_rows=64)
+    got = _state(half, labels, 15, temps, chunk_rows=64)
+    ref = _state(half.float(), labels, 15, temps, chunk_rows=64)
     for key in ref:
         torch.testing.assert_close(got[key], ref[key], rtol=0, atol=0)
 
@@ -143,7 +148,7 @@ def test_chunks_of_padding_only_are_skipped_without_changing_the_result():
     padded_logits = torch.cat([torch.full((100, 7), float("nan")), logits, torch.randn(50, 7)])
     padded_labels = torch.cat([torch.full((100,), IGNORE), labels, torch.full((50,), IGNORE)])
     temps = torch.tensor([0.8, 1.0], dtype=torch.float64)
-    got = _calibration_update(padded_logits, padded_labels, 10, IGNORE, temps, chunk_rows=25)
-    ref = _calibration_update(logits, labels, 10, IGNORE, temps, chunk_rows=25)
+    got = _state(padded_logits, padded_labels, 10, temps, chunk_rows=25)
+    ref = _state(logits, labels, 10, temps, chunk_rows=25)
     for key in ref:
         torch.testing.assert_close(got[key], ref[key], rtol=1e-12, atol=1e-9)

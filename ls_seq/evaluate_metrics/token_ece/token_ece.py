@@ -6,6 +6,7 @@ import datasets
 import evaluate
 import torch
 
+from ls_seq.functional.measures import DEFAULT_MEASURES, MEASURES
 from ls_seq.metrics import TokenCalibration
 
 _DESCRIPTION = """
@@ -27,8 +28,9 @@ Args:
     ignore_index (int, default -100): label value that is not scored.
     temperature (float, default 1.0): logits are divided by it before the softmax.
 Returns:
-    ece, mce, rms, nll (mean token negative log-likelihood), accuracy, mean_confidence: floats;
-    n_tokens: int.
+    every field of TokenCalibration's default measures, as floats (n_tokens and n_sequences as ints); each
+    example is one sequence:
+""" + "\n".join(f"    {f.name}: {f.doc}" for m in ("tokens", *DEFAULT_MEASURES) for f in MEASURES[m].fields) + """
 Example:
     >>> import evaluate
     >>> from ls_seq.evaluate_metrics import token_ece_path
@@ -87,4 +89,5 @@ class TokenEce(evaluate.Metric):
         # one temperature: every value is a single number (0-dim or shape (1,))
         out = {k: float(v.reshape(-1)[0]) for k, v in values.items()}
         out["n_tokens"] = int(out["n_tokens"])
+        out["n_sequences"] = int(out["n_sequences"])
         return out
