@@ -447,6 +447,7 @@ def train_model(
     start = time.time()
     if checkpoint is not None and read_json(checkpoint / "trainer_state.json")["global_step"] >= preset.max_steps:
         # Training is finished: Trainer.train() would take one more step before it checks max_steps.
+        trainer = None
         model = MarianMTModel.from_pretrained(str(checkpoint))
         trainer_state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
         summary = _training_summary(alpha, trainer_state.log_history, trainer_state.global_step, trainer_state.epoch)
@@ -474,14 +475,18 @@ def train_model(
     summary["resumed_from"] = None if checkpoint is None else checkpoint.name
     summary["seconds"] = round(time.time() - start, 1)
     check_finite_weights(model, f"of the final {tag} model", step=summary["steps"])
+    tmp_dir = model_dir / "model.tmp"
+    if state.is_main_process and tmp_dir.exists():  # left by a run killed while saving
+        shutil.rmtree(tmp_dir)
     state.wait_for_everyone()
-    if state.is_main_process:
-        tmp_dir = model_dir / "model.tmp"
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
-        with writing_to(tmp_dir, "final model"):
-            model.save_pretrained(str(tmp_dir))  # safetensors
+    with writing_to(tmp_dir, "final model"):
+        if trainer is not None:
+            trainer.save_model(str(tmp_dir))  # safetensors; every process must call it, the main one writes
+        elif state.is_main_process:
+            model.save_pretrained(str(tmp_dir))
             tokenizer.save_pretrained(str(tmp_dir))
+        state.wait_for_everyone()
+        if state.is_main_process:
             apply_umask_modes(tmp_dir)
             write_checksums(tmp_dir)
             if final_dir.exists():
