@@ -101,7 +101,7 @@ def _child(module: str, builder: str, kwargs: dict, queue) -> None:
             f.write("5")  # reset VmHWM to the current RSS
         run()
         queue.put(("ok", (_status_kib("VmHWM") - before) * 1024))
-    except Exception as err:  # noqa: BLE001 -- any failure is reported to the parent, which raises
+    except Exception as err:
         queue.put(("error", f"{type(err).__name__}: {err}"))
 
 

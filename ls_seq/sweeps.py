@@ -24,9 +24,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
 
 from ls_seq._validation import check_positive_int, check_temperatures
+from ls_seq.distributed import dist_info
 from ls_seq.generation import BeamSearchTemperature
 from ls_seq.metrics import TokenCalibration
-from ls_seq.distributed import dist_info
 from ls_seq.model_io import teacher_forced_logits
 
 __all__ = [

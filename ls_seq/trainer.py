@@ -354,13 +354,13 @@ class LabelSmoothingTrainerMixin:
         transformers 5.24 leaves the model unwrapped for training when ``evaluate()`` ran before ``train()``
         under several processes; the ranks then drift apart silently.
         """
-        if self.accelerator.num_processes > 1 and self.accelerator.distributed_type in _DDP_TYPES:
-            if not isinstance(model, nn.parallel.DistributedDataParallel):
-                raise RuntimeError(
-                    f"training step under {self.accelerator.num_processes} processes with a model not wrapped in "
-                    "DistributedDataParallel, so gradients would not be synchronised (transformers does this when "
-                    "evaluate() runs before train()); use eval_on_start=True instead of an evaluate() call before train()"
-                )
+        distributed = self.accelerator.num_processes > 1 and self.accelerator.distributed_type in _DDP_TYPES
+        if distributed and not isinstance(model, nn.parallel.DistributedDataParallel):
+            raise RuntimeError(
+                f"training step under {self.accelerator.num_processes} processes with a model not wrapped in "
+                "DistributedDataParallel, so gradients would not be synchronised (transformers does this when "
+                "evaluate() runs before train()); use eval_on_start=True instead of an evaluate() call before train()"
+            )
 
     # ---- calibration inside the evaluation loop ---------------------------------------------------------
 

@@ -144,3 +144,22 @@ def test_the_reliability_diagram_reaches_tensorboard(tmp_path):
     trainer = ls_trainer("gpt2", model, tmp_path, [board, CalibrationCallback(n_bins=10, temperatures=GRID)])
     trainer.evaluate()
     assert board.figures == [("eval/reliability_diagram", 0, 2)]  # the diagram and its token-share panel
+
+
+def test_the_reliability_diagram_is_a_real_tensorboard_image(tmp_path, monkeypatch):
+    """With report_to=["tensorboard"], the event file holds the evaluation's numbers and the diagram image."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = family_model("gpt2", seed=3)
+    logs = tmp_path / "tb"
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(logs))  # transformers' TensorBoardCallback reads it
+    trainer = ls_trainer("gpt2", model, tmp_path, [CalibrationCallback(n_bins=10, temperatures=GRID)],
+                         report_to=["tensorboard"])  # fmt: skip
+    metrics = trainer.evaluate()
+    trainer.callback_handler.call_event("on_train_end", trainer.args, trainer.state, trainer.control)  # flush
+    events = EventAccumulator(str(next(p.parent for p in logs.rglob("events.out.tfevents.*"))), size_guidance={"images": 0})
+    events.Reload()
+    assert "eval/reliability_diagram" in events.Tags()["images"]
+    ece = events.Scalars("eval/ece")
+    assert ece and ece[-1].value == pytest.approx(metrics["eval_ece"], rel=1e-6)

@@ -99,7 +99,7 @@ def test_beams_of_a_real_model_change_with_temperature(sources):
     plain = model.generate(**sources, **GEN)
     colder = generate_with_temperature(model, 0.3, **sources, **GEN)
     width = max(plain.shape[1], colder.shape[1])
-    pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=EOS)  # noqa: E731
+    pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=EOS)
     assert bool((pad(plain) != pad(colder)).any())
 
 

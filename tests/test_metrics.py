@@ -246,7 +246,7 @@ def test_one_temperature_grid_keeps_its_shape_and_result_is_typed():
     assert scalar.ece is scalar["ece"] and "equal-width" not in scalar.describe("ece")
     assert grid.temperatures == (1.5,) and grid.best_temperature("nll") == 1.5
     with pytest.raises(AttributeError, match="no calibration field 'eces'"):
-        scalar.eces
+        _ = scalar.eces
     assert set(grid.to_dict()) == set(grid) | {"temperatures"}
 
 

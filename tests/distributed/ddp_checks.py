@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from accelerate import PartialState
 from families import CAUSAL, calibration_routes, family_collate, family_dataset, family_model
-from tiny import CALIB_CLASSES, CALIB_SPLIT, TEMPERATURES, calibration_rows, collate, tiny_dataset, tiny_model, training_args
+from tiny import CALIB_CLASSES, CALIB_SPLIT, TEMPERATURES, calibration_rows, tiny_dataset, training_args
 
 from ls_seq.io import atomic_write_bytes, atomic_write_json
 from ls_seq.metrics import TokenCalibration

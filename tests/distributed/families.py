@@ -13,11 +13,35 @@ import torch
 import torch.nn.functional as F
 
 try:
-    from tiny import (EOS, IGNORE, PAD, TEMPERATURES, VOCAB, collate, model_logits, tiny_causal_lm, tiny_dataset,
-                      tiny_examples, tiny_model, training_args)
+    from tiny import (
+        EOS,
+        IGNORE,
+        PAD,
+        TEMPERATURES,
+        VOCAB,
+        collate,
+        model_logits,
+        tiny_causal_lm,
+        tiny_dataset,
+        tiny_examples,
+        tiny_model,
+        training_args,
+    )
 except ImportError:  # imported as distributed.families
-    from distributed.tiny import (EOS, IGNORE, PAD, TEMPERATURES, VOCAB, collate, model_logits, tiny_causal_lm,
-                                  tiny_dataset, tiny_examples, tiny_model, training_args)
+    from distributed.tiny import (
+        EOS,
+        IGNORE,
+        PAD,
+        TEMPERATURES,
+        VOCAB,
+        collate,
+        model_logits,
+        tiny_causal_lm,
+        tiny_dataset,
+        tiny_examples,
+        tiny_model,
+        training_args,
+    )
 
 CAUSAL = ("gpt2", "llama")
 SEQ2SEQ = ("bart", "marian", "t5")

@@ -27,7 +27,6 @@ from distributed.tiny import (
     tiny_dataset,
     tiny_examples,
     tiny_model,
-    training_args,
 )
 from ls_seq.io import read_json
 from ls_seq.metrics import TokenCalibration
