@@ -185,6 +185,12 @@ def test_bootstrap_interval_against_replicates_computed_here():
     # ls-seq's confidences are float32, the reference's float64: 1e-6
     assert float(result.ece_low) == pytest.approx(low, rel=1e-6) and float(result.ece_high) == pytest.approx(high, rel=1e-6)
     assert float(result.ece_std) == pytest.approx(np.std(eces, ddof=1), rel=1e-6)
+    nll = -F.log_softmax(z, -1).gather(1, y[:, None]).squeeze(1).numpy()
+    for name, per_token in (("accuracy", correct), ("nll", nll)):
+        values = [(w * per_token).sum() / w.sum() for w in weights]
+        low, high = np.quantile(values, [0.025, 0.975])
+        assert float(result[f"{name}_low"]) == pytest.approx(low, rel=1e-6), name
+        assert float(result[f"{name}_high"]) == pytest.approx(high, rel=1e-6), name
     assert weights.mean() == pytest.approx(1.0, abs=0.02) and weights.var() == pytest.approx(1.0, abs=0.05)
     # a classic multinomial bootstrap of the same tokens gives about the same spread
     g = np.random.default_rng(0)

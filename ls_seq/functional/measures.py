@@ -16,10 +16,10 @@ The measures (``T`` temperatures, ``B`` bins; ``N`` scored tokens):
   of ``F`` bins uniform in ``logit(confidence)``, so each bin holds about ``N / B`` tokens (a fine bin is never
   split). State ``3 T F``.
 * ``brier``: the multi-class Brier score ``mean sum_k (p_k - y_k)^2``. State ``T``.
-* ``bootstrap``: a percentile confidence interval (and standard error) of the equal-width ECE from ``R``
-  Poisson-bootstrap replicates of the per-bin sums (:mod:`ls_seq.functional.bootstrap`): no token is
-  stored, and the weights depend on the token only, so any batching and any number of processes give the
-  same interval. State ``3 R T B``.
+* ``bootstrap``: percentile confidence intervals (and standard errors) of the equal-width ECE, the accuracy
+  and the NLL from ``R`` Poisson-bootstrap replicates of the per-bin sums (:mod:`ls_seq.functional.bootstrap`):
+  no token is stored, and the weights depend on the token only, so any batching and any number of processes
+  give the same intervals. State ``3 R T B + R T``.
 * ``classwise``: the class-wise ECE (Kull et al. 2019) over given classes (e.g. the most frequent tokens):
   for class ``c`` every token's ``p_c`` is binned against ``[label = c]``; the mean over classes. State
   ``3 T K B``.
@@ -306,16 +306,29 @@ def _bootstrap_update(stats: TokenStatistics, config: CalibrationConfig, groups:
     weights = poisson_weights(keys, config.bootstrap_replicates, config.seed)  # (R, n)
     count, conf, correct = _sums(width_bins(stats.confidence, config.n_bins), stats.confidence, stats.correct,
                                  config.n_bins, groups, weights=weights)  # fmt: skip
+    nll = weights.double()[:, None, :] * -stats.log_prob.double()[None]  # (R, T, n)
+    nll = nll.sum(-1) if groups is None else torch.zeros(nll.shape[:-1] + (groups.n,), dtype=torch.float64,
+                                                         device=nll.device).index_add_(-1, groups.of_token, nll)  # fmt: skip
     if groups is not None:  # (R, G, T, B) -> (G, R, T, B): the group dimension leads
         count, conf, correct = (x.movedim(1, 0) for x in (count, conf, correct))
-    return {"bootstrap_count": count, "bootstrap_confidence": conf, "bootstrap_correct": correct}
+        nll = nll.movedim(-1, 0)  # (G, R, T)
+    return {"bootstrap_count": count, "bootstrap_confidence": conf, "bootstrap_correct": correct, "bootstrap_nll": nll}
 
 
 def _bootstrap_compute(state: State, config: CalibrationConfig) -> State:
-    ece = binned_errors(*_bin_triple(state, "bootstrap"))["ece"]  # (R, T)
+    count, _, correct = _bin_triple(state, "bootstrap")
+    n = count.sum(-1).clamp_min(1e-300)  # (R, T): each replicate's weighted token count
+    replicates = {
+        "ece": binned_errors(*_bin_triple(state, "bootstrap"))["ece"],  # (R, T)
+        "accuracy": correct.sum(-1) / n,
+        "nll": state["bootstrap_nll"] / n,
+    }
     tail = (1 - config.bootstrap_level) / 2
-    low, high = torch.quantile(ece, torch.tensor([tail, 1 - tail], dtype=ece.dtype, device=ece.device), dim=0)
-    return {"ece_low": low, "ece_high": high, "ece_std": ece.std(dim=0)}
+    out = {}
+    for name, values in replicates.items():
+        low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=values.dtype, device=values.device), dim=0)
+        out |= {f"{name}_low": low, f"{name}_high": high, f"{name}_std": values.std(dim=0)}
+    return out
 
 
 # ---- class-wise ECE ----------------------------------------------------------------------------------------
@@ -431,10 +444,12 @@ MEASURES: dict[str, Measure] = {
             lambda c: {"brier_sum": (c.n_temperatures,)}, _brier_update, _brier_compute, needs=frozenset({"brier"}),
         ),
         Measure(
-            "bootstrap", "Poisson-bootstrap confidence interval of the equal-width ECE",
-            (Field("ece_low", "lower end of the bootstrap interval of ece"), Field("ece_high", "upper end of the bootstrap interval of ece"),
-             Field("ece_std", "bootstrap standard error of ece")),
-            _bins_state("bootstrap", lambda c: (c.bootstrap_replicates, c.n_temperatures), lambda c: c.n_bins),
+            "bootstrap", "Poisson-bootstrap confidence intervals of the equal-width ECE, the accuracy and the NLL",
+            tuple(Field(f"{name}_{end}", f"{what} of {name}") for name in ("ece", "accuracy", "nll") for end, what in
+                  (("low", "lower end of the bootstrap interval"), ("high", "upper end of the bootstrap interval"),
+                   ("std", "bootstrap standard error"))),
+            lambda c: _bins_state("bootstrap", lambda c: (c.bootstrap_replicates, c.n_temperatures), lambda c: c.n_bins)(c)
+            | {"bootstrap_nll": (c.bootstrap_replicates, c.n_temperatures)},
             _bootstrap_update, _bootstrap_compute,
         ),
         Measure(
