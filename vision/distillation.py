@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 import torch
 
 from ls_seq import smoothness_index
-
 from vision.data import VisionData
 from vision.train import TrainConfig, collect_outputs, train_model
 
