@@ -131,7 +131,10 @@ def label_smoothed_cross_entropy(
 
     Args:
         logits: ``(..., V)`` unnormalised scores, any float dtype (computed in float32).
-        labels: ``(...)`` class indices in ``[0, V)``, or ``ignore_index`` for padding.
+        labels: ``(...)`` class indices in ``[0, V)``, or ``ignore_index`` for padding; or ``(..., V)`` target
+            distributions (floats, each row summing to 1, or all 0 for padding), e.g. MixUp's mixed one-hots:
+            the smoothed target is then ``w_hot * target + w_q * q``. Smoothing is linear, so smoothing the
+            mixed target equals mixing the smoothed one-hots (timm's ``mixup_target`` order): the two compose.
         alpha: smoothing mass in ``[0, 1]``. ``alpha=0`` is the plain negative log-likelihood.
         ignore_index: label value whose positions contribute nothing (loss and gradient 0).
         prior: optional length-V probability vector replacing the uniform ``1/V`` (unigram smoothing,
@@ -142,7 +145,8 @@ def label_smoothed_cross_entropy(
             ``"sum"``, or ``"none"`` (shape of ``labels``, 0 where ignored).
         num_items_in_batch: divisor for ``"mean"``: the number of non-ignored tokens in the whole
             (accumulated, all-rank) batch, as HF Trainer passes it.
-        return_nll: also return the plain token NLL ``-log p_y`` with the same reduction.
+        return_nll: also return the plain token NLL ``-log p_y`` with the same reduction (with target
+            distributions: the cross-entropy ``-sum_k t_k log p_k`` to the unsmoothed target).
 
     Returns:
         The loss (float32), or ``(loss, nll)`` when ``return_nll``.
@@ -160,6 +164,8 @@ def label_smoothed_cross_entropy(
         >>> bool(torch.isclose(loss, ref))
         True
     """
+    if isinstance(labels, torch.Tensor) and labels.is_floating_point():
+        return _soft_target_cross_entropy(logits, labels, alpha, prior, convention, reduction, num_items_in_batch, return_nll)
     alpha, prior = _validate_loss_args(
         logits, labels, alpha, ignore_index, prior, convention, reduction, num_items_in_batch
     )
@@ -174,6 +180,42 @@ def label_smoothed_cross_entropy(
     if not return_nll:
         return loss
     return loss, _reduce(nll_tok, mask, reduction, num_items_in_batch, labels.shape)
+
+
+def _soft_target_cross_entropy(logits, targets, alpha, prior, convention, reduction, num_items_in_batch, return_nll):
+    """The smoothed loss against ``(..., V)`` target distributions (dense: the targets are dense already)."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError("`logits` must be a floating-point tensor")
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"target distributions must have the shape of `logits` {tuple(logits.shape)}, got {tuple(targets.shape)}"
+        )
+    alpha = check_alpha(alpha)
+    check_choice(convention, "convention", CONVENTIONS)
+    check_choice(reduction, "reduction", REDUCTIONS)
+    _check_num_items(num_items_in_batch)
+    vocab = logits.shape[-1]
+    t = targets.reshape(-1, vocab).float()  # (N, V)
+    totals = t.sum(-1)  # (N,)
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise ValueError("target distributions must be finite and non-negative")
+    mask = totals > 0
+    if not bool(((totals - 1).abs() <= 1e-4)[mask].all()):
+        bad = float(totals[mask][((totals - 1).abs() > 1e-4)[mask]][0])
+        raise ValueError(f"every target distribution must sum to 1 (or be all 0 for padding); one sums to {bad:.6g}")
+    if prior is not None:
+        if convention != "uniform":
+            raise ValueError(f"`prior` is only defined for convention='uniform', got convention={convention!r}")
+        prior = check_prior(prior, vocab).to(device=logits.device, dtype=torch.float32)
+    w_hot, w_q = smoothing_weights(alpha, vocab, convention)
+    log_p = F.log_softmax(logits.reshape(-1, vocab).float(), dim=-1)  # (N, V)
+    q_log_p = log_p.mean(-1) if prior is None else log_p @ prior  # (N,)
+    nll_tok = -(t * log_p).sum(-1)  # (N,)
+    loss_tok = torch.where(mask, w_hot * nll_tok - w_q * q_log_p, torch.zeros_like(nll_tok))
+    nll_tok = torch.where(mask, nll_tok, torch.zeros_like(nll_tok))
+    shape = logits.shape[:-1]
+    loss = _reduce(loss_tok, mask, reduction, num_items_in_batch, shape)
+    return (loss, _reduce(nll_tok, mask, reduction, num_items_in_batch, shape)) if return_nll else loss
 
 
 def smoothed_sums(

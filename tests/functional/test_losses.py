@@ -240,3 +240,49 @@ def test_distillation_gives_no_gradient_to_teacher_and_equals_soft_target_ls():
     torch.testing.assert_close(
         distillation_loss(student, target.log(), labels), label_smoothed_cross_entropy(student, labels, 0.1)
     )
+
+
+# ---- target distributions (MixUp, CutMix) and their composition with smoothing -------------------------------
+
+
+def test_soft_targets_against_a_dense_formula_and_timms_mixup_order():
+    """timm's mixup_target smooths each one-hot (off = a/K, on = 1 - a + a/K) and then mixes them with lam;
+    ls-seq smooths the mixed target. Both must give -sum_k target_k log p_k with the same target."""
+    from ls_seq.functional.mixing import mix_targets
+
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(8, 10, generator=g), torch.randint(0, 10, (8,), generator=g)
+    perm, lam, alpha = torch.randperm(8, generator=g), 0.7, 0.1
+    off, on = alpha / 10, 1 - alpha + alpha / 10
+    y1 = torch.full((8, 10), off).scatter(1, labels[:, None], on)
+    y2 = torch.full((8, 10), off).scatter(1, labels[perm][:, None], on)
+    timm_target = lam * y1 + (1 - lam) * y2
+    ref = -(timm_target * torch.log_softmax(logits, -1)).sum(-1).mean()
+    mixed = mix_targets(labels, 10, lam, perm)
+    torch.testing.assert_close(label_smoothed_cross_entropy(logits, mixed, alpha), ref, rtol=1e-6, atol=1e-6)
+    # one-hot targets are the class-index loss, padding rows (all 0) are ignored
+    onehot = torch.nn.functional.one_hot(labels, 10).float()
+    onehot[2] = 0
+    hard = labels.clone()
+    hard[2] = -100
+    torch.testing.assert_close(label_smoothed_cross_entropy(logits, onehot, alpha), label_smoothed_cross_entropy(logits, hard, alpha))
+
+
+def test_soft_targets_refuse_what_is_not_a_distribution():
+    logits = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="must sum to 1"):
+        label_smoothed_cross_entropy(logits, torch.full((3, 4), 0.5), 0.1)
+    with pytest.raises(ValueError, match="must have the shape of `logits`"):
+        label_smoothed_cross_entropy(logits, torch.full((3, 5), 0.2), 0.1)
+    with pytest.raises(ValueError, match="non-negative"):
+        label_smoothed_cross_entropy(logits, torch.tensor([[1.5, -0.5, 0.0, 0.0]] * 3), 0.1)
+
+
+def test_cutmix_box_leaves_the_share_it_reports():
+    from ls_seq.functional.mixing import cutmix_box
+
+    g = torch.Generator().manual_seed(1)
+    for lam in (0.2, 0.5, 0.9):
+        top, bottom, left, right, kept = cutmix_box(32, 24, lam, generator=g)
+        assert 0 <= top <= bottom <= 32 and 0 <= left <= right <= 24
+        assert kept == pytest.approx(1 - (bottom - top) * (right - left) / (32 * 24))
