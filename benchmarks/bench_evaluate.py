@@ -1,11 +1,16 @@
 """``trainer.evaluate()`` with token calibration against ``evaluate()`` without it, for each route.
 
-Model: the ``tiny`` preset's Marian (d_model 192, 3+3 layers, V = 8000; ``--kind marian``) or a GPT-2 of the same
-width and vocabulary (3 layers; ``--kind gpt2``), random weights; evaluation set: the first ``--pairs``
+Model: the ``tiny`` preset's Marian (d_model 192, 3+3 layers, V = 8000; ``--kind marian``), the same with the
+``base`` preset's architecture (Vaswani et al.'s transformer base: d_model 512, 6+6 layers, ffn 2048; ``--kind
+marian-base``), or a GPT-2 as wide as the tiny preset (3 layers; ``--kind gpt2``), random weights. The metric's
+work is per token and vocabulary entry, the model's grows with its size, so the ratio shrinks as the model
+grows. Evaluation set: the first ``--pairs``
 Multi30k training pairs (synthetic sentences without ``../shared/data``), batches of ``--batch-size``. The
 temperature grid has 5 points (0.8, 1.0, 1.25, 1.5, 2.0).
 
-Cases (each a fresh trainer; the cases alternate, ``--repeats`` times, median reported):
+Cases (each a fresh trainer; the cases alternate, ``--repeats`` times, median reported; wall-clock and the
+process's CPU time, which a machine shared with other jobs disturbs less; run with OMP_NUM_THREADS=1 for the
+CPU time to be the work):
 - ``no calibration``: ``LabelSmoothing(Seq2Seq)Trainer.evaluate()`` (the reference);
 - ``in-loop``: the same trainer with ``callbacks=[CalibrationCallback(temperatures=grid)]``: the Trainer's own
   evaluation loop feeds the metric (target <= 1.1x);
@@ -18,6 +23,7 @@ Run from the repository root:
 
     python -m benchmarks.bench_evaluate                 # Marian, 1024 pairs
     python -m benchmarks.bench_evaluate --kind gpt2
+    python -m benchmarks.bench_evaluate --kind marian-base --pairs 256
 """
 
 from __future__ import annotations
@@ -52,6 +58,14 @@ def _data(tok, kind: str, pairs: int) -> list[dict[str, list[int]]]:
 def _model(kind: str, tok):
     if kind == "marian":
         return setup()[1]
+    if kind == "marian-base":
+        from transformers import MarianMTModel
+
+        from ls_seq.translation.presets import apply_overrides, build_model_config, get_preset
+
+        torch.manual_seed(0)
+        preset = apply_overrides(get_preset("base"), dropout=0.0, vocab_size=len(tok), max_length=128)
+        return MarianMTModel(build_model_config(preset, len(tok), tok.pad_token_id, tok.eos_token_id))
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -107,7 +121,7 @@ def build_trainer(case: str, kind: str, pairs: int, batch_size: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", default="marian", choices=["marian", "gpt2"])
+    parser.add_argument("--kind", default="marian", choices=["marian", "marian-base", "gpt2"])
     parser.add_argument("--pairs", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -116,23 +130,27 @@ def main() -> None:
     for trainer in trainers.values():  # warm-up (and a check that every case reports the same ECE)
         trainer.evaluate()
     times: dict[str, list[float]] = {case: [] for case in CASES}
+    cpu: dict[str, list[float]] = {case: [] for case in CASES}
     ece = {}
     for _ in range(args.repeats):
         for case, trainer in trainers.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             metrics = trainer.evaluate()
             times[case].append(time.perf_counter() - start)
+            cpu[case].append(time.process_time() - start_cpu)
             ece[case] = metrics.get("eval_ece")
     medians = {case: statistics.median(ts) for case, ts in times.items()}
+    cpu_medians = {case: statistics.median(ts) for case, ts in cpu.items()}
     rows = [
         {"case": case, "evaluate() (s)": f"{medians[case]:.2f}", "time / no calibration": f"{medians[case] / medians[REFERENCE]:.2f}x",
+         "CPU time (s)": f"{cpu_medians[case]:.2f}", "CPU / no calibration": f"{cpu_medians[case] / cpu_medians[REFERENCE]:.2f}x",
          "eval_ece": "-" if ece[case] is None else f"{ece[case]:.6f}"}
         for case in CASES
     ]  # fmt: skip
     print(f"machine: {common.machine_summary()}")
     common.print_table(
         f"evaluate(), {args.kind}, {args.pairs} sequences, batch {args.batch_size}, 5 temperatures, median of {args.repeats}",
-        rows, ["case", "evaluate() (s)", "time / no calibration", "eval_ece"],
+        rows, ["case", "evaluate() (s)", "time / no calibration", "CPU time (s)", "CPU / no calibration", "eval_ece"],
     )  # fmt: skip
     print("\ntarget: in-loop <= 1.1x no calibration")
 

@@ -37,7 +37,8 @@ PER_SAMPLE_MEASURES = ("width", "brier", "top_k", "sequence")
 
 def calibration_log_values(result: CalibrationResult) -> dict[str, float]:
     """The logged calibration values (unprefixed names): every field at T = 1, and with a grid also
-    ``best_temperature`` (lowest NLL), ``ece_at_best_temperature`` and ``nll_at_best_temperature``."""
+    ``best_temperature`` (lowest NLL), ``ece_at_best_temperature``, ``nll_at_best_temperature`` and
+    ``best_ece_temperature`` (lowest ECE: above 1 means the model is over-confident)."""
     logs = result.at(1.0)
     logs["n_tokens"] = int(logs["n_tokens"])
     if "n_sequences" in logs:
@@ -45,7 +46,8 @@ def calibration_log_values(result: CalibrationResult) -> dict[str, float]:
     if result.temperatures is not None and len(result.temperatures) > 1:
         best = result.best_temperature("nll")
         at_best = result.at(best)
-        logs |= {"best_temperature": best, "ece_at_best_temperature": at_best["ece"], "nll_at_best_temperature": at_best["nll"]}
+        logs |= {"best_temperature": best, "ece_at_best_temperature": at_best["ece"], "nll_at_best_temperature": at_best["nll"],
+                 "best_ece_temperature": result.best_temperature("ece")}  # fmt: skip
     return logs
 
 

@@ -49,6 +49,7 @@ def assert_matches(metrics, family, model, temperatures=GRID, prefix="eval"):
         best = int(ref["nll"].argmin())
         assert metrics[f"{prefix}_best_temperature"] == temperatures[best]
         assert metrics[f"{prefix}_ece_at_best_temperature"] == pytest.approx(float(ref["ece"][best]), rel=1e-6, abs=1e-9)
+        assert metrics[f"{prefix}_best_ece_temperature"] == temperatures[int(ref["ece"].argmin())]
 
 
 def ls_trainer(family, model, tmp_path, callbacks, **overrides):
