@@ -18,7 +18,7 @@ here: fairseq reads the config's field types at runtime).
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional  # noqa: UP035  (the config's field: see below)
 
 import torch
 from fairseq.criterions import register_criterion
@@ -77,14 +77,13 @@ class LsSeqLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionCon
             "dictionary's order; anything but 'uniform' needs --ls-convention uniform"
         },
     )
-    ls_prior_smoothing: float = field(
-        default=1.0, metadata={"help": "pseudo-count added to every class of the 'unigram' prior"}
-    )
+    ls_prior_smoothing: float = field(default=1.0, metadata={"help": "pseudo-count added to every class of the 'unigram' prior"})
     confidence_penalty: float = field(
         default=0.0, metadata={"help": "beta of the confidence penalty -beta * H(p) (Pereyra et al. 2017), >= 0"}
     )
     calibration_bins: int = field(default=15, metadata={"help": "equal-width confidence bins of the validation ECE"})
-    calibration_temperatures: Optional[List[float]] = field(
+    # typing's Optional[List[...]], not `list[float] | None`: fairseq's argparse bridge recognises only those.
+    calibration_temperatures: Optional[List[float]] = field(  # noqa: UP006, UP045
         default=None,
         metadata={
             "help": "comma-separated temperatures T > 0: validation logs nll_T<t> and ece_T<t> of softmax(z / T) "
@@ -125,17 +124,19 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
         self.convention = check_choice(str(ls_convention), "ls_convention", CONVENTIONS)
         self.confidence_penalty = check_nonnegative(confidence_penalty, "confidence_penalty")
         self.n_bins = check_positive_int(calibration_bins, "calibration_bins")
-        grid = [] if calibration_temperatures is None else check_temperatures(calibration_temperatures, "calibration_temperatures")
+        grid = (
+            [] if calibration_temperatures is None else check_temperatures(calibration_temperatures, "calibration_temperatures")
+        )
         # T = 1 is always measured: it is the model's own calibration (ece, mce).
         self.temperatures = sorted(set(grid) | {1.0})
         self._temperatures = torch.tensor(self.temperatures, dtype=torch.float64)
         self.prior = self._build_prior(str(ls_prior), check_nonnegative(ls_prior_smoothing, "ls_prior_smoothing"))
-        self._prior_on: Dict[torch.device, torch.Tensor] = {}
+        self._prior_on: dict[torch.device, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------------------
     # Configuration
 
-    def _build_prior(self, ls_prior: str, smoothing: float) -> Optional[torch.Tensor]:
+    def _build_prior(self, ls_prior: str, smoothing: float) -> torch.Tensor | None:
         """The smoothing distribution as a float64 ``(V,)`` tensor, or None for uniform."""
         if ls_prior == "uniform":
             return None
@@ -151,9 +152,7 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
             from ls_seq.prior import load_prior_file
 
             if not os.path.isfile(ls_prior):
-                raise ValueError(
-                    f"`ls_prior` must be one of {PRIOR_CHOICES} or the path of an existing file, got {ls_prior!r}"
-                )
+                raise ValueError(f"`ls_prior` must be one of {PRIOR_CHOICES} or the path of an existing file, got {ls_prior!r}")
             prior = load_prior_file(ls_prior)
         return check_prior(prior, vocab, name="ls_prior").double()
 
@@ -178,7 +177,7 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
         sequences = (targets[i] for i in range(len(targets)))
         return estimate_unigram_prior(sequences, vocab, ignore_index=pad, smoothing=smoothing, progress=False)
 
-    def _prior_for(self, device: torch.device) -> Optional[torch.Tensor]:
+    def _prior_for(self, device: torch.device) -> torch.Tensor | None:
         if self.prior is None:
             return None
         if device not in self._prior_on:  # one host-to-device copy, not one per step
@@ -254,7 +253,7 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
     # ------------------------------------------------------------------------------------------------------
     # Calibration
 
-    def calibration_logging_output(self, logits, target) -> Dict[str, torch.Tensor]:
+    def calibration_logging_output(self, logits, target) -> dict[str, torch.Tensor]:
         """The per-bin sums of one batch under their logging-output keys (float64)."""
         sums = batch_sums(logits, target, self.n_bins, self.padding_idx, self._temperatures)
         out = {f"{_PREFIX}{name}": sums[name] for name in ("n_tokens", "n_correct")}
@@ -277,7 +276,7 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
             metrics.log_scalar_sum(k, v)
         temperatures = _temperatures_in(keys)
 
-        def calibration(meters) -> Dict[str, torch.Tensor]:
+        def calibration(meters) -> dict[str, torch.Tensor]:
             return metrics_from_sums(_stats_from({k: meters[k].sum for k in keys}, temperatures))
 
         i1 = temperatures.index(1.0)
@@ -289,16 +288,14 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
             metrics.log_derived(f"nll_T{t:g}", lambda meters, i=i: float(calibration(meters)["nll"][i]) / _LOG2)
             metrics.log_derived(f"ece_T{t:g}", lambda meters, i=i: float(calibration(meters)["ece"][i]))
         for name in ("nll", "ece"):
-            metrics.log_derived(
-                f"best_{name}_T", lambda meters, name=name: temperatures[int(calibration(meters)[name].argmin())]
-            )
+            metrics.log_derived(f"best_{name}_T", lambda meters, name=name: temperatures[int(calibration(meters)[name].argmin())])
 
 
-def _temperatures_in(keys: List[str]) -> List[float]:
+def _temperatures_in(keys: list[str]) -> list[float]:
     return sorted({float(k.rsplit("@", 1)[1]) for k in keys if "@" in k})
 
 
-def _stats_from(sums: Dict[str, torch.Tensor], temperatures: List[float]) -> Dict[str, torch.Tensor]:
+def _stats_from(sums: dict[str, torch.Tensor], temperatures: list[float]) -> dict[str, torch.Tensor]:
     """Logging-output sums back into the calibration core's ``(T, n_bins)`` / ``(T,)`` layout."""
     stats = {
         name: torch.stack([torch.as_tensor(sums[_temperature_key(name, t)], dtype=torch.float64) for t in temperatures])
@@ -310,7 +307,7 @@ def _stats_from(sums: Dict[str, torch.Tensor], temperatures: List[float]) -> Dic
     return {name: value.cpu() for name, value in stats.items()}
 
 
-def calibration_from_logging_outputs(logging_outputs) -> Dict[str, torch.Tensor]:
+def calibration_from_logging_outputs(logging_outputs) -> dict[str, torch.Tensor]:
     """The summed calibration statistics of a list of logging outputs, with their ``temperatures`` (``(T,)``).
 
     For code that runs validation itself (the fairseq study): ``metrics_from_sums`` and

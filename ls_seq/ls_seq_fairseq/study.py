@@ -15,19 +15,15 @@ study's own functions write ``results.json``/``results.csv`` (:func:`summarize_m
 
 Data, tokenizer and presets are the HF study's: :func:`ls_seq.translation.data.load_corpora`, the joint BPE
 tokenizer, the presets' architecture and schedule translated into ``fairseq-train`` flags
-(:func:`train_arguments`). Work is resumable: fairseq resumes training from ``checkpoint_last.pt``, and
+(:func:`.train.train_arguments`). Work is resumable: fairseq resumes training from ``checkpoint_last.pt``, and
 every finished evaluation stage is a file that a ``--resume`` keeps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,8 +33,7 @@ from typing import Any
 import torch
 
 from ls_seq._validation import check_alpha, check_choice, check_positive_int, check_temperatures
-from ls_seq.checkpoints import first_verified, verify_torch_archive
-from ls_seq.errors import CheckpointError, InputError, LsSeqError
+from ls_seq.errors import InputError
 from ls_seq.functional.losses import CONVENTIONS
 from ls_seq.io import atomic_write_json, atomic_write_text, read_json
 from ls_seq.study import RunDirectory, stage_boundary
@@ -63,25 +58,12 @@ from ls_seq.translation.study import (
 )
 from ls_seq.translation.tokenizer import load_or_train_tokenizer
 
-from . import PLUGIN_DIR
 from .calibration import metrics_from_sums, reliability_from_sums
-from .criterion import CRITERION_NAME
 from .data import binarize, write_token_files
-from .evaluate import calibration_sums, generate, trusted_checkpoints
+from .evaluate import calibration_sums, generate
+from .train import check_train_arguments, gpu_count, train_arguments, train_model
 
-__all__ = [
-    "ARCHITECTURES",
-    "FairseqStudyArguments",
-    "evaluation_from_fairseq",
-    "run_study",
-    "train_arguments",
-    "train_summary_from_log",
-]
-
-# fairseq architecture of each preset; every dimension is also passed explicitly, so the name only says
-# which of fairseq's registered Transformers the preset is (base and big: Vaswani et al.'s, the paper's).
-ARCHITECTURES = {"base": "transformer_wmt_en_de", "big": "transformer_vaswani_wmt_en_de_big"}
-_LN2 = math.log(2.0)
+__all__ = ["FairseqStudyArguments", "evaluation_from_fairseq", "evaluate_model", "run_study"]
 
 
 @dataclass
@@ -98,12 +80,16 @@ class FairseqStudyArguments:
     )
     temperatures: list[float] | None = field(default=None, metadata={"help": "Temperature grid (default: the preset's)."})
     num_beams: int | None = field(default=None, metadata={"help": "Beam size (default: the preset's)."})
-    max_steps: int | None = field(default=None, metadata={"help": "Updates per model, fairseq's --max-update (default: the preset's)."})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "Updates per model, fairseq's --max-update (default: the preset's)."}
+    )
     learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate."})
     warmup_steps: int | None = field(default=None, metadata={"help": "Linear warm-up updates before inverse-sqrt decay (>= 1)."})
     batch_size: int | None = field(default=None, metadata={"help": "Sentences per update (all GPUs together)."})
     eval_max_tokens: int = field(default=4096, metadata={"help": "Tokens per batch of the teacher-forced passes."})
-    generate_batch_size: int | None = field(default=None, metadata={"help": "Sentences per fairseq-generate batch (default: the preset's)."})
+    generate_batch_size: int | None = field(
+        default=None, metadata={"help": "Sentences per fairseq-generate batch (default: the preset's)."}
+    )
     save_steps: int | None = field(default=None, metadata={"help": "Checkpoint every n updates (what --resume continues from)."})
     n_bins: int = field(default=15, metadata={"help": "Calibration bins (the paper: 15)."})
     seed: int = field(default=42, metadata={"help": "fairseq's --seed: initialisation, data order, dropout."})
@@ -126,7 +112,9 @@ class FairseqStudyArguments:
         if self.temperatures is not None:
             self.temperatures = check_temperatures(self.temperatures)
         # warm-up >= 1: fairseq's inverse_sqrt schedule divides by it
-        _check_optional_ints(self, ("num_beams", "max_steps", "batch_size", "save_steps", "generate_batch_size", "cpu_threads", "warmup_steps"))
+        _check_optional_ints(
+            self, ("num_beams", "max_steps", "batch_size", "save_steps", "generate_batch_size", "cpu_threads", "warmup_steps")
+        )
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
         for name in ("eval_max_tokens", "n_bins", "logging_steps"):
@@ -135,187 +123,6 @@ class FairseqStudyArguments:
             shlex.split(self.fairseq_train_args)
         except ValueError as err:
             raise ValueError(f"`fairseq_train_args` must be shell-quoted flags, got {self.fairseq_train_args!r}: {err}") from err
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Training
-
-
-def _gpus() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def train_arguments(
-    alpha: float, preset: Preset, preset_name: str, data_dir: Path, save_dir: Path, args: FairseqStudyArguments
-) -> list[str]:
-    """The ``fairseq-train`` command line (without the program) of one model of the study.
-
-    The preset's Transformer (tied embeddings, sinusoidal positions, scaled embeddings, as the HF study's
-    Marian model) and schedule: Adam (0.9, 0.98, eps 1e-9), inverse-sqrt decay after linear warm-up, gradient
-    norm clipped at 1, ``batch_size`` sentences per update over all GPUs, and the ls-seq criterion logging
-    calibration at the study's temperatures in every validation.
-    """
-    gpus = _gpus()
-    fp16 = (gpus > 0) if args.fp16 is None else args.fp16
-    grid = ",".join(repr(float(t)) for t in preset.temperatures)
-    flags = [
-        str(data_dir), "--user-dir", PLUGIN_DIR, "--task", "translation", "--source-lang", "en", "--target-lang", "de",
-        "--arch", ARCHITECTURES.get(preset_name, "transformer"), "--share-all-embeddings",
-        "--encoder-layers", str(preset.encoder_layers), "--decoder-layers", str(preset.decoder_layers),
-        "--encoder-embed-dim", str(preset.d_model), "--decoder-embed-dim", str(preset.d_model),
-        "--encoder-ffn-embed-dim", str(preset.ffn_dim), "--decoder-ffn-embed-dim", str(preset.ffn_dim),
-        "--encoder-attention-heads", str(preset.attention_heads), "--decoder-attention-heads", str(preset.attention_heads),
-        "--dropout", repr(preset.dropout), "--attention-dropout", "0.0", "--activation-dropout", "0.0",
-        "--criterion", CRITERION_NAME, "--label-smoothing", repr(alpha), "--ls-convention", args.ls_convention,
-        "--calibration-bins", str(args.n_bins), "--calibration-temperatures", grid,
-        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--adam-eps", "1e-09", "--weight-decay", "0.0",
-        "--clip-norm", "1.0", "--lr", repr(preset.learning_rate), "--lr-scheduler", "inverse_sqrt",
-        "--warmup-updates", str(preset.warmup_steps), "--warmup-init-lr", "0.0",
-        "--batch-size", str(max(1, preset.batch_size // max(1, gpus))), "--max-update", str(preset.max_steps),
-        "--seed", str(args.seed), "--save-dir", str(save_dir), "--save-interval-updates", str(preset.save_steps),
-        "--keep-interval-updates", "1", "--no-epoch-checkpoints",
-        "--log-format", "json", "--log-interval", str(args.logging_steps), "--log-file", str(save_dir / "train.log"),
-        "--num-workers", "0",
-    ]  # fmt: skip
-    if gpus == 0:
-        flags.append("--cpu")
-    if fp16:
-        flags.append("--fp16")
-    return flags + shlex.split(args.fairseq_train_args)
-
-
-def check_train_arguments(flags: list[str]) -> None:
-    """Parse ``flags`` with fairseq-train's own parser, so a bad flag fails before any training (exit 2)."""
-    from fairseq import options
-
-    options.parse_args_and_arch(options.get_training_parser(), flags)
-
-
-def train_summary_from_log(log_file: Path, steps: int) -> dict[str, Any]:
-    """Steps, epochs, final loss and the loss curve from fairseq's JSON log (fairseq logs base 2; here nats).
-
-    ``--log-file`` holds one JSON object per line: the training windows (``train_inner``: ``num_updates``,
-    ``loss``, ...) every ``--log-interval`` updates and an epoch summary (``train_num_updates``,
-    ``train_loss``, ...) at the end of every epoch and of training. A resumed run appends and repeats the
-    updates after its checkpoint: the last line of each update counts. ``final_loss`` / ``final_nll_loss``
-    are the last logged window (the last epoch summary when no window was logged), as in the HF study;
-    ``steps`` (the final checkpoint's updates) scales the epoch progress of that window.
-    """
-    windows: dict[int, dict[str, Any]] = {}
-    epochs: list[dict[str, Any]] = []
-    with open(log_file, encoding="utf-8") as f:
-        for line in f:
-            text = line.split(" | ")[-1].strip()  # the console form prefixes "<time> | INFO | train_inner | "
-            if not text.startswith("{"):
-                continue
-            try:
-                stats = json.loads(text)
-            except json.JSONDecodeError:
-                continue  # fairseq also logs its configuration as a Python dict
-            if "num_updates" in stats and "loss" in stats:
-                windows[int(stats["num_updates"])] = stats
-            elif "train_num_updates" in stats:
-                epochs.append(stats)
-    if not windows and not epochs:
-        raise LsSeqError(f"{str(log_file)!r} holds no training log line: did fairseq-train run?")
-    curve = [
-        {"step": step, "loss": float(s["loss"]) * _LN2, "nll_loss": float(s["nll_loss"]) * _LN2}
-        for step, s in sorted(windows.items())
-    ]
-    if curve:
-        last = windows[curve[-1]["step"]]
-        # fairseq's "update" is the epoch progress at that update (1.333: a third into the second epoch)
-        done = float(last["update"]) * steps / int(last["num_updates"])
-        final_loss, final_nll = curve[-1]["loss"], curve[-1]["nll_loss"]
-    else:
-        done = float(epochs[-1]["epoch"])
-        final_loss, final_nll = float(epochs[-1]["train_loss"]) * _LN2, float(epochs[-1]["train_nll_loss"]) * _LN2
-    return {"steps": steps, "epochs": round(done, 4), "final_loss": final_loss, "final_nll_loss": final_nll, "loss_curve": curve}
-
-
-def _updates_in(checkpoint: Path) -> int:
-    """The updates a fairseq checkpoint holds; :class:`CheckpointError` naming it when it is damaged."""
-    from fairseq import checkpoint_utils
-
-    verify_torch_archive(checkpoint)  # the zip's CRC, before unpickling anything
-    with trusted_checkpoints():
-        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
-    try:
-        return int(state["optimizer_history"][-1]["num_updates"])
-    except (KeyError, IndexError, TypeError) as exc:
-        raise CheckpointError(f"{str(checkpoint)!r} holds no fairseq training state ({exc!r})") from exc
-
-
-def restore_point(save_dir: Path) -> int | None:
-    """The updates in ``checkpoint_last.pt``, which fairseq-train resumes from; None when there is none.
-
-    fairseq writes its interval checkpoints (``checkpoint_<epoch>_<updates>.pt``) atomically but copies them to
-    ``checkpoint_last.pt`` in place, so a kill during the copy leaves a damaged one. It is set aside (with a
-    warning) and the newest interval checkpoint that is whole takes its place.
-    """
-    last = save_dir / "checkpoint_last.pt"
-
-    def updates_in_name(path: Path) -> int:
-        tail = path.stem.rsplit("_", 1)[-1]
-        return int(tail) if tail.isdigit() else -1
-
-    intervals = sorted(save_dir.glob("checkpoint_*_*.pt"), key=updates_in_name, reverse=True)
-    found = first_verified([last, *intervals], _updates_in)
-    if found is None:
-        return None
-    path, updates = found
-    if path != last:
-        tmp = save_dir / "checkpoint_last.pt.tmp"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, last)
-    return updates
-
-
-def _die_with_parent() -> None:
-    """In the fairseq-train child: receive SIGKILL when the study's process dies, however it dies (Linux), so
-    a killed study leaves no training that writes on into its run directory."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def train_model(alpha: float, preset: Preset, flags: list[str], model_dir: Path, args: FairseqStudyArguments) -> dict[str, Any]:
-    """Run ``fairseq-train`` (resuming from ``checkpoint_last.pt`` when there is one) and return its summary.
-
-    ``model_dir/train_summary.json`` marks a finished model; a resumed study does not train it again, nor one
-    whose ``checkpoint_last.pt`` already holds every update (killed before the summary was written: fairseq
-    would take one more update).
-    """
-    summary_path = model_dir / "train_summary.json"
-    if summary_path.is_file():
-        return read_json(summary_path)
-    save_dir = model_dir / "checkpoints"
-    save_dir.mkdir(parents=True, exist_ok=True)
-    resumed_at = restore_point(save_dir)
-    start = time.time()
-    if resumed_at is None or resumed_at < preset.max_steps:
-        env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # fairseq resumes from its own pickles
-        if args.cpu_threads is not None:
-            env["OMP_NUM_THREADS"] = str(args.cpu_threads)
-        linux = sys.platform.startswith("linux")
-        proc = subprocess.run(
-            [sys.executable, "-m", "fairseq_cli.train", *flags], env=env, check=False,
-            preexec_fn=_die_with_parent if linux else None,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise LsSeqError(
-                f"fairseq-train of the alpha={alpha} model exited with {proc.returncode} (its log: "
-                f"{save_dir / 'train.log'}); fix the cause and run again with --resume"
-            )
-    steps = restore_point(save_dir)
-    if steps != preset.max_steps:
-        raise LsSeqError(f"fairseq-train stopped at update {steps} of {preset.max_steps}; see {save_dir / 'train.log'}")
-    summary = {"alpha": alpha, **train_summary_from_log(save_dir / "train.log", steps)}
-    summary["resumed_from"] = None if resumed_at is None else f"checkpoint_last.pt (update {resumed_at})"
-    summary["seconds"] = round(time.time() - start, 1)
-    atomic_write_json(summary_path, summary)
-    return summary
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -502,15 +309,21 @@ def run_study(
         data_dir=data_args.data_dir,
         cache_dir=data_args.cache_dir,
         split_names={"train": data_args.train_split, "validation": data_args.validation_split, "test": data_args.test_split},
-        max_samples={"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples},
+        max_samples={
+            "train": data_args.max_train_samples,
+            "validation": data_args.max_eval_samples,
+            "test": data_args.max_eval_samples,
+        },
     )
     if len(corpora["test"]) < 2:
         raise InputError(f"the test split needs at least 2 pairs (the source check deranges them), got {len(corpora['test'])}")
     for alpha in study_args.alphas:  # fairseq's parser refuses a bad --fairseq_train_args now (exit 2), not mid-study
-        check_train_arguments(train_arguments(alpha, preset, model_args.preset, run.path / "data-bin", run.path / "x", study_args))
-    fp16 = (_gpus() > 0) if study_args.fp16 is None else study_args.fp16
+        check_train_arguments(
+            train_arguments(alpha, preset, model_args.preset, run.path / "data-bin", run.path / "x", study_args)
+        )
+    fp16 = (gpu_count() > 0) if study_args.fp16 is None else study_args.fp16
     config = {
-        **run_config(data_args, model_args, study_args, preset, corpora, bf16=False, num_processes=max(1, _gpus())),
+        **run_config(data_args, model_args, study_args, preset, corpora, bf16=False, num_processes=max(1, gpu_count())),
         "trainer": "fairseq",
         "fp16": fp16,
         "ls_convention": study_args.ls_convention,
@@ -555,7 +368,7 @@ def _run(run, config, preset, preset_name, corpora, study_args, *, start) -> dic
     timings_path = output_dir / "timings.json"
     earlier = read_json(timings_path) if (study_args.resume and timings_path.is_file()) else {}
     timings: dict[str, Any] = {"earlier_runs": [*earlier.pop("earlier_runs", []), earlier] if earlier else []}
-    timings["device"] = "cuda" if _gpus() else "cpu"
+    timings["device"] = "cuda" if gpu_count() else "cpu"
     timings["num_processes"] = config["num_processes"]
     results_config = {"command": run.commands[0], "resumed_with": run.commands[1:], **config}
     results: dict[str, Any] = {"config": results_config, "versions": _versions_with_fairseq(), "models": []}

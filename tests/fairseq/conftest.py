@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 def _import_fairseq_quietly() -> None:
     """Import fairseq (where installed) without its side effect on logging: its import calls
     ``logging.basicConfig(level=logging.DEBUG)`` (fairseq/models/wav2vec/wav2vec2_classification.py), which
@@ -28,8 +29,8 @@ def _import_fairseq_quietly() -> None:
     level, handlers = root.level, list(root.handlers)
     try:
         import fairseq  # noqa: F401
-        import fairseq_cli.generate  # noqa: F401
-        import fairseq_cli.preprocess  # noqa: F401
+        import fairseq_cli.generate
+        import fairseq_cli.preprocess
         import fairseq_cli.train  # noqa: F401
     except ImportError:
         pass

@@ -112,8 +112,13 @@ def test_two_cpu_workers_equal_one_worker_with_update_freq_2(plugin, data_bin, t
     init = ["--distributed-world-size", "2", "--distributed-init-method", f"tcp://127.0.0.1:{_free_port()}",
             "--distributed-no-spawn", "--distributed-backend", "gloo", "--save-dir", str(tmp_path / "two")]  # fmt: skip
     workers = [
-        subprocess.Popen([*train, *flags, *init, "--distributed-rank", str(rank)], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+        subprocess.Popen(
+            [*train, *flags, *init, "--distributed-rank", str(rank)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )  # fmt: skip
         for rank in (0, 1)
     ]
     outputs = [w.communicate(timeout=300)[0] for w in workers]

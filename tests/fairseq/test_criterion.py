@@ -106,7 +106,9 @@ def test_uniform_convention_equals_ls_seq_and_torch_cross_entropy(build):
     flat = logits.reshape(-1, logits.shape[-1])
     ref = F.cross_entropy(flat, target.reshape(-1), ignore_index=pad, label_smoothing=0.2, reduction="sum")
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-6, atol=0)
-    torch.testing.assert_close(log["nll_loss"], F.cross_entropy(flat, target.reshape(-1), ignore_index=pad, reduction="sum"), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        log["nll_loss"], F.cross_entropy(flat, target.reshape(-1), ignore_index=pad, reduction="sum"), rtol=1e-6, atol=0
+    )
 
 
 def test_unigram_prior_is_the_training_targets_token_frequencies(build, data_bin):
@@ -156,7 +158,9 @@ def test_prior_file_and_confidence_penalty(build, tmp_path):
     ref = -(dense * log_p).sum() - 0.5 * entropy
     ref.backward()
     torch.testing.assert_close(loss.detach().double(), ref.detach(), rtol=1e-5, atol=0)
-    torch.testing.assert_close(log["nll_loss"].double(), -log_p.gather(1, sample["target"][mask][:, None]).sum().detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        log["nll_loss"].double(), -log_p.gather(1, sample["target"][mask][:, None]).sum().detach(), rtol=1e-5, atol=0
+    )
     assert_gradients_close(got, _grads(model))  # float32 against float64
 
 
@@ -194,7 +198,10 @@ def _write_prior(path, n):
         (["--calibration-temperatures", "1.0,-2"], r"`calibration_temperatures\[1\]` must be finite and > 0, got -2.0"),
         (["--ls-prior", "PRIOR_V+1"], r"`ls_prior` must have shape \(\d+,\) to match the logits, got \(\d+,\)"),
         (["--ls-prior", "unigram", "--ls-convention", "fairseq"], r"needs --ls-convention uniform"),
-        (["--ls-prior", "no/such/file.json"], r"`ls_prior` must be one of \('uniform', 'unigram'\) or the path of an existing file"),
+        (
+            ["--ls-prior", "no/such/file.json"],
+            r"`ls_prior` must be one of \('uniform', 'unigram'\) or the path of an existing file",
+        ),
         (["--confidence-penalty", "-1"], r"`confidence_penalty` must be finite and >= 0, got -1.0"),
         (["--calibration-bins", "0"], r"`calibration_bins` must be an int >= 1, got 0"),
     ],

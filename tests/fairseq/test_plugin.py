@@ -37,7 +37,9 @@ def test_one_module_under_both_names_in_either_import_order(fairseq_first, plugi
     is one module and one registered criterion (a second import would raise "Cannot register duplicate").
     Before the plugin, ``import ls_seq`` (its CLI, metrics and HF study) imports nothing of fairseq, and
     ``ls-seq fairseq-user-dir`` prints the folder, which fairseq-train's own parser accepts as ``--user-dir``."""
-    user_dir = f"from fairseq import utils; import argparse; utils.import_user_module(argparse.Namespace(user_dir={str(PLUGIN_DIR)!r}))"
+    user_dir = (
+        f"from fairseq import utils; import argparse; utils.import_user_module(argparse.Namespace(user_dir={str(PLUGIN_DIR)!r}))"
+    )
     python_import = "import ls_seq.ls_seq_fairseq.criterion, ls_seq.ls_seq_fairseq.study"
     first, second = (user_dir, python_import) if fairseq_first else (_LS_SEQ_FIRST + python_import, user_dir)
     proc = _python(
@@ -63,4 +65,9 @@ def test_one_module_under_both_names_in_either_import_order(fairseq_first, plugi
     argv = ["data", "--user-dir", printed, "--criterion", "ls_seq_label_smoothed_cross_entropy", "--arch", "transformer",
             "--ls-convention", "fairseq", "--calibration-temperatures", "0.8,1.5"]  # fmt: skip
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
-    assert (args.ls_convention, args.calibration_temperatures, args.calibration_bins, args.ls_prior) == ("fairseq", [0.8, 1.5], 15, "uniform")
+    assert (args.ls_convention, args.calibration_temperatures, args.calibration_bins, args.ls_prior) == (
+        "fairseq",
+        [0.8, 1.5],
+        15,
+        "uniform",
+    )

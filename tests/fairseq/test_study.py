@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("fairseq")
 
-from ls_seq.io import read_json  # noqa: E402
+from ls_seq.io import read_json
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "fairseq_en_de.py"
@@ -99,7 +99,12 @@ def test_results_json_has_the_hf_studys_schema(fairseq_run, hf_results):
     assert _schema(got["models"]) == _schema(hf_results["models"])
     assert _schema(got["table3"]) == _schema(hf_results["table3"])
     hf_only = {"bf16"} - set(got["config"])  # the trainer's own switch; the fairseq study records fp16 beside it
-    assert not hf_only and set(got["config"]) - set(hf_results["config"]) == {"trainer", "fp16", "ls_convention", "fairseq_train_args"}
+    assert not hf_only and set(got["config"]) - set(hf_results["config"]) == {
+        "trainer",
+        "fp16",
+        "ls_convention",
+        "fairseq_train_args",
+    }
     assert _schema({k: got["config"][k] for k in hf_results["config"]}) == _schema(hf_results["config"])
     assert set(got["versions"]) - set(hf_results["versions"]) == {"fairseq"}
 
@@ -137,14 +142,18 @@ def test_recipe_end_to_end_writes_consistent_results(fairseq_run):
         assert m["train"]["steps"] == 30
         assert m["train"]["final_loss"] == pytest.approx(float(json.loads(last)["loss"]) * math.log(2), rel=1e-12)
         val = m["validation"]
-        assert val["test_ece_at_best_ece_temperature"] == next(p["ece"] for p in m["sweep"] if p["temperature"] == val["best_ece_temperature"])
+        assert val["test_ece_at_best_ece_temperature"] == next(
+            p["ece"] for p in m["sweep"] if p["temperature"] == val["best_ece_temperature"]
+        )
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0] == "alpha,temperature,bleu,nll,ece" and len(rows) == 1 + 2 * 3
     report = (out / "report.md").read_text()
     assert "python recipes/fairseq_en_de.py" in report and '"fairseq": "0.12' in report
     for png in ("reliability.png", "temperature_sweep.png", "table3.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert on_disk["config"]["trainer"] == "fairseq" and "--criterion ls_seq_label_smoothed_cross_entropy" not in on_disk["config"]
+    assert (
+        on_disk["config"]["trainer"] == "fairseq" and "--criterion ls_seq_label_smoothed_cross_entropy" not in on_disk["config"]
+    )
 
 
 @pytest.mark.slow
@@ -177,7 +186,9 @@ def _processes_writing(path: Path) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the study's child-kill is Linux's PR_SET_PDEATHSIG")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc; the study's child-kill is Linux's PR_SET_PDEATHSIG"
+)
 def test_sigkill_during_training_leaves_no_training_behind_and_resumes_to_the_same_results(fairseq_run, tmp_path):
     """SIGKILL the study (one model: alpha 0) once it has a checkpoint: its fairseq-train child dies with it
     (nothing trains on into the directory), and ``--resume`` (fairseq resumes from checkpoint_last.pt) ends with
@@ -217,13 +228,18 @@ def test_paper_presets_are_fairseqs_registered_transformers(tmp_path, preset, ar
     architecture name (and the shared embeddings the joint vocabulary needs)."""
     from fairseq import options
 
-    from ls_seq.ls_seq_fairseq.study import FairseqStudyArguments, train_arguments
+    from ls_seq.ls_seq_fairseq.study import FairseqStudyArguments
+    from ls_seq.ls_seq_fairseq.train import train_arguments
     from ls_seq.translation.presets import get_preset
 
     args = FairseqStudyArguments(output_dir=str(tmp_path / "out"))
     flags = train_arguments(0.1, get_preset(preset), preset, tmp_path / "data", tmp_path / "ckpt", args)
     ours = vars(options.parse_args_and_arch(options.get_training_parser(), flags))
-    plain = vars(options.parse_args_and_arch(options.get_training_parser(), [str(tmp_path / "data"), "--arch", arch, "--share-all-embeddings"]))
+    plain = vars(
+        options.parse_args_and_arch(
+            options.get_training_parser(), [str(tmp_path / "data"), "--arch", arch, "--share-all-embeddings"]
+        )
+    )
     keys = [
         "arch", "encoder_layers", "decoder_layers", "encoder_embed_dim", "decoder_embed_dim", "encoder_ffn_embed_dim",
         "decoder_ffn_embed_dim", "encoder_attention_heads", "decoder_attention_heads", "dropout", "attention_dropout",
@@ -265,7 +281,9 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, flags, error, messa
 def test_a_flag_fairseq_train_does_not_know_is_its_argument_error_before_any_work(tmp_path, capsys):
     data, out = _write_corpus(tmp_path / "data"), tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        _load(RECIPE, "fairseq_en_de").main(["--data_dir", str(data), "--output_dir", str(out), "--fairseq_train_args", "--no-such-flag 3"])
+        _load(RECIPE, "fairseq_en_de").main(
+            ["--data_dir", str(data), "--output_dir", str(out), "--fairseq_train_args", "--no-such-flag 3"]
+        )
     assert exit_info.value.code == 2 and "unrecognized arguments: --no-such-flag 3" in capsys.readouterr().err
     assert not out.exists()
 
@@ -276,7 +294,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
 
     data = _write_corpus(tmp_path / "data")
     recipe = _load(RECIPE, "fairseq_en_de")
-    code = run_main(recipe.main, ["--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--alphas", "1.5"], prog="fairseq_en_de.py")
+    code = run_main(
+        recipe.main, ["--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--alphas", "1.5"], prog="fairseq_en_de.py"
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("fairseq_en_de.py: error: `alphas[0]` must be in [0, 1), got 1.5")
