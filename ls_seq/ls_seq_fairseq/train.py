@@ -223,6 +223,7 @@ def train_model(alpha: float, preset: Preset, flags: list[str], model_dir: Path,
         raise LsSeqError(f"fairseq-train stopped at update {steps} of {preset.max_steps}; see {save_dir / 'train.log'}")
     summary = {"alpha": alpha, **train_summary_from_log(save_dir / "train.log", steps)}
     summary["resumed_from"] = None if resumed_at is None else f"checkpoint_last.pt (update {resumed_at})"
+    summary["command"] = shlex.join(["fairseq-train", *flags])
     summary["seconds"] = round(time.time() - start, 1)
     atomic_write_json(summary_path, summary)
     return summary
