@@ -304,3 +304,17 @@ def test_evaluate_on_two_processes_gives_the_numbers_of_one(tmp_path):
         for key in p1:
             assert p2[key] == pytest.approx(p1[key], rel=1e-6, abs=1e-9), key
     assert two["nll_optimal_temperature"] == pytest.approx(one["nll_optimal_temperature"], rel=1e-6)
+
+
+def test_evaluate_in_bfloat16_is_close_to_float32(tmp_path, capsys):
+    """--dtype bfloat16 loads the weights in bf16; the metric computes in float32 from the bf16 logits."""
+    model_dir = save_checkpoint(tmp_path, "llama")
+    data = write_jsonl(tmp_path / "data.jsonl", records("prompt"))
+    docs = {}
+    for dtype in ("float32", "bfloat16"):
+        assert main(evaluate_args(model_dir, data, tmp_path / dtype, "--dtype", dtype)) == 0, capsys.readouterr().err
+        docs[dtype] = json.loads((tmp_path / dtype / "calibration.json").read_text())
+    assert docs["bfloat16"]["dtype"] == "bfloat16"
+    a, b = docs["float32"]["at_temperature_1"], docs["bfloat16"]["at_temperature_1"]
+    assert a["n_tokens"] == b["n_tokens"]
+    assert b["nll"] == pytest.approx(a["nll"], rel=0.02) and abs(b["ece"] - a["ece"]) < 0.02
