@@ -112,7 +112,7 @@ ROWS = [
     ("labels negative", lambda: label_smoothed_cross_entropy(Z, Y.clone().fill_(-1)), ValueError, "ignore_index=-100"),
     ("shape mismatch", lambda: label_smoothed_cross_entropy(Z, Y[:, :2]), ValueError, "expected \\(2, 3\\), got \\(2, 2\\)"),
     ("integer logits", lambda: label_smoothed_cross_entropy(Z.long(), Y), TypeError, "`logits` must be a floating-point tensor"),
-    ("float labels", lambda: label_smoothed_cross_entropy(Z, Y.float()), TypeError, "`labels` must be an integer tensor"),
+    ("float labels", lambda: label_smoothed_cross_entropy(Z, Y.float()), TypeError, "`labels` must be an integer tensor of class indices"),
     ("numpy logits", lambda: label_smoothed_cross_entropy(Z.numpy(), Y), TypeError, "`logits` must be a torch.Tensor"),
     ("num_items negative", lambda: label_smoothed_cross_entropy(Z, Y, num_items_in_batch=-3), ValueError, "`num_items_in_batch` must be >= 0"),
     ("fairseq V=1", lambda: label_smoothed_cross_entropy(torch.randn(3, 1), torch.zeros(3, dtype=torch.long), convention="fairseq"), ValueError, "at least 2 classes"),

@@ -48,9 +48,8 @@ def _problems(path: Path) -> list[str]:
         builtin = isinstance(node.func, ast.Name) and node.func.id in {"eval", "exec"}  # not model.eval()
         if builtin or name in {"os.system", "os.popen", "pickle.load", "pickle.loads"}:
             found.append(f"{where}: {name}()")
-        if name.endswith("torch.load"):
-            if not _is_true(_keyword(node, "weights_only")):
-                found.append(f"{where}: torch.load without weights_only=True")
+        if name.endswith("torch.load") and not _is_true(_keyword(node, "weights_only")):
+            found.append(f"{where}: torch.load without weights_only=True")
         if _is_true(_keyword(node, "shell")):
             found.append(f"{where}: shell=True")
         if _is_true(_keyword(node, "trust_remote_code")):

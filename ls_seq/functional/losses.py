@@ -186,6 +186,12 @@ def _soft_target_cross_entropy(logits, targets, alpha, prior, convention, reduct
     """The smoothed loss against ``(..., V)`` target distributions (dense: the targets are dense already)."""
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError("`logits` must be a floating-point tensor")
+    if targets.shape == logits.shape[:-1]:
+        raise TypeError(
+            f"`labels` must be an integer tensor of class indices (e.g. torch.long), got {targets.dtype} with the "
+            f"shape of the labels {tuple(targets.shape)}; floating-point `labels` are target distributions of shape "
+            f"{tuple(logits.shape)}"
+        )
     if targets.shape != logits.shape:
         raise ValueError(
             f"target distributions must have the shape of `logits` {tuple(logits.shape)}, got {tuple(targets.shape)}"
