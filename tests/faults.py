@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -94,3 +95,14 @@ def garble(path: Path, offset: int | None = None, n: int = 64) -> None:
     start = len(data) // 2 if offset is None else offset
     data[start : start + n] = b"\xa5" * min(n, len(data) - start)
     path.write_bytes(bytes(data))
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child that a test interrupts: SIGINT and SIGTERM at their default disposition.
+
+    A shell that starts a job in the background without job control (``cmd &`` in a script, as a CI runner
+    may) starts it with SIGINT ignored, and Python then installs no KeyboardInterrupt handler in its
+    children (standard semantics, as for ``nohup``). The tests stand for a user pressing Ctrl-C at a terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+from faults import interruptible
 
 from ls_seq.errors import (
     EXIT_BAD_INPUT,
@@ -126,7 +127,7 @@ def test_a_signal_unwinds_runs_finally_blocks_and_says_so_in_one_line(tmp_path, 
         sys.exit(run_main(main, [], prog="job"))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "LS_SEQ_DEBUG": "0"})
+                            env={**os.environ, "LS_SEQ_DEBUG": "0"}, preexec_fn=interruptible)
     deadline = time.monotonic() + 300  # importing torch on a loaded machine can take a while
     while not ready.exists():
         assert proc.poll() is None, proc.stderr.read()

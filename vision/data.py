@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ls_seq._validation import check_choice, check_positive_int
+from ls_seq.checks import check_choice, check_positive_int
 
 __all__ = [
     "DATASETS",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ls_seq import gaussian_mutual_information
-from ls_seq._validation import check_positive_int
+from ls_seq.checks import check_positive_int
 from vision.projection import check_classes
 
 __all__ = ["MutualInformationCallback", "logit_difference_samples", "select_two_class_indices"]

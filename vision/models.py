@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ls_seq._validation import check_choice, check_positive_int
+from ls_seq.checks import check_choice, check_positive_int
 
 __all__ = [
     "MODELS",

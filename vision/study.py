@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ls_seq._validation import (
+from ls_seq.checks import (
     check_alpha,
     check_choice,
     check_positive_int,

@@ -40,17 +40,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ls_seq import distillation_loss, label_smoothed_cross_entropy
-from ls_seq._validation import (
-    check_alpha,
-    check_choice,
-    check_positive_int,
-    check_temperature,
-)
 from ls_seq.checkpoints import (
     check_finite_weights,
     first_non_finite,
     first_verified,
     verify_torch_archive,
+)
+from ls_seq.checks import (
+    check_alpha,
+    check_choice,
+    check_positive_int,
+    check_temperature,
 )
 from ls_seq.errors import CheckpointError, NonFiniteLossError
 from ls_seq.io import atomic_write_bytes

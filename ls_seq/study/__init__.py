@@ -1,18 +1,44 @@
-"""What every ls-seq study shares: its run directory (configuration, lock, resume) and its stage boundaries.
+"""What every ls-seq study shares: its run directory, presets, stage boundaries and calibration along training.
 
 :mod:`ls_seq.study.run_dir`
     :class:`RunDirectory`: the output directory, locked for the run, with the resolved configuration that
     ``--resume`` is checked against.
+:mod:`ls_seq.study.presets`
+    :class:`PresetRegistry` of frozen dataclass presets, :func:`apply_overrides` from the command line.
 :mod:`ls_seq.study.failpoints`
     :func:`stage_boundary`: the named points between a study's stages, where the fault tests kill it.
+:mod:`ls_seq.study.trajectory`
+    Calibration along training: the point a model turns over-confident, one compute and one plot function.
 """
 
 from ls_seq.study.failpoints import stage_boundary
+from ls_seq.study.presets import PresetRegistry, apply_overrides, preset_dict
 from ls_seq.study.run_dir import (
     RunDirectory,
     RunLock,
     config_differences,
     extend_config,
 )
+from ls_seq.study.trajectory import (
+    TrajectoryCurve,
+    TrajectoryPoint,
+    overconfident_from,
+    plot_trajectory,
+    trajectory_curves,
+)
 
-__all__ = ["RunDirectory", "RunLock", "config_differences", "extend_config", "stage_boundary"]
+__all__ = [
+    "PresetRegistry",
+    "RunDirectory",
+    "RunLock",
+    "TrajectoryCurve",
+    "TrajectoryPoint",
+    "apply_overrides",
+    "config_differences",
+    "extend_config",
+    "overconfident_from",
+    "plot_trajectory",
+    "preset_dict",
+    "stage_boundary",
+    "trajectory_curves",
+]

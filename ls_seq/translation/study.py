@@ -45,6 +45,7 @@ from ls_seq._validation import (
     check_positive_int,
     check_temperatures,
 )
+from ls_seq.callbacks import CalibrationCallback
 from ls_seq.checkpoints import (
     check_finite_weights,
     checkpoint_steps,
@@ -65,6 +66,7 @@ from ls_seq.io import (
     read_json,
 )
 from ls_seq.study import RunDirectory, stage_boundary
+from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
 from ls_seq.sweeps import (
     beam_search_sweep,
     best_temperature,
@@ -127,7 +129,9 @@ class DataArguments:
     train_split: str = field(default="train", metadata={"help": "File stem of the training split in --data_dir."})
     validation_split: str = field(default="val", metadata={"help": "File stem of the validation split in --data_dir."})
     test_split: str = field(default="test_2016_flickr", metadata={"help": "File stem of the test split in --data_dir."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first n training pairs."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep the first n training pairs (default: the preset's; tiny-lowdata: 3000)."}
+    )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep the first n test pairs for every test measurement."}
     )
@@ -188,6 +192,17 @@ class StudyArguments:
     )
     save_steps: int | None = field(default=None, metadata={"help": "Checkpoint every n steps (what --resume continues from)."})
     n_bins: int = field(default=15, metadata={"help": "Calibration bins (the paper: 15)."})
+    calibration_every: int | None = field(
+        default=None,
+        metadata={"help": "Calibration along training: validation ECE/NLL/best temperature every n steps (0: off; "
+                  "default: the preset's)."},
+    )
+    calibration_samples: int | None = field(
+        default=None, metadata={"help": "Calibration along training on the first n validation pairs (default: the preset's)."}
+    )
+    calibration_temperatures: list[float] | None = field(
+        default=None, metadata={"help": "Temperature grid of the calibration along training (default: the preset's)."}
+    )
     seed: int = field(default=42, metadata={"help": "Seed of model initialisation, data order and dropout."})
     resume: bool = field(default=False, metadata={"help": "Continue a killed run in output_dir: finished work is kept."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a non-empty output_dir."})
@@ -209,9 +224,12 @@ class StudyArguments:
             raise ValueError(f"`alphas` must be distinct, got {self.alphas}")
         if self.temperatures is not None:
             self.temperatures = check_temperatures(self.temperatures)
+        if self.calibration_temperatures is not None:
+            self.calibration_temperatures = check_temperatures(self.calibration_temperatures, "calibration_temperatures")
         _check_optional_ints(self, ("num_beams", "max_steps", "batch_size", "eval_batch_size", "save_steps",
                                     "generate_batch_size", "temperatures_per_call", "cpu_threads"))
-        _check_optional_ints(self, ("warmup_steps",), minimum=0)
+        _check_optional_ints(self, ("warmup_steps", "calibration_every"), minimum=0)
+        _check_optional_ints(self, ("calibration_samples",))
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
         check_positive_int(self.n_bins, "n_bins")
@@ -371,6 +389,7 @@ def _training_summary(alpha: float, log_history: list[dict[str, Any]], global_st
     averages only the steps of the last session.
     """
     losses = [(h["step"], h["loss"], h.get("nll_loss")) for h in log_history if "loss" in h]
+    trajectory = calibration_trajectory(log_history)
     return {
         "alpha": alpha,
         "steps": global_step,
@@ -378,7 +397,27 @@ def _training_summary(alpha: float, log_history: list[dict[str, Any]], global_st
         "final_loss": losses[-1][1] if losses else None,
         "final_nll_loss": losses[-1][2] if losses else None,
         "loss_curve": [{"step": s, "loss": l, "nll_loss": n} for s, l, n in losses],
+        "calibration_trajectory": [dataclasses.asdict(p) for p in trajectory],
+        # The Trainer's evaluation time of those points (cost of the calibration along training).
+        "calibration_seconds": round(sum(h.get("eval_runtime", 0.0) for h in log_history if "eval_ece" in h), 2),
     }
+
+
+def calibration_trajectory(log_history: list[dict[str, Any]]) -> list[TrajectoryPoint]:
+    """The calibration along training that :class:`ls_seq.CalibrationCallback` logged at each evaluation
+    (``eval_ece``, ``eval_nll``, ``eval_best_ece_temperature``, ...), in step order, one point per step."""
+    points = {}
+    for h in log_history:
+        if "eval_ece" not in h:
+            continue
+        points[h["step"]] = TrajectoryPoint(
+            step=h["step"], epoch=round(float(h.get("epoch") or 0.0), 4), ece=h["eval_ece"], nll=h["eval_nll"],
+            accuracy=h["eval_accuracy"], mean_confidence=h["eval_mean_confidence"],
+            best_ece_temperature=h.get("eval_best_ece_temperature", 1.0),
+            best_nll_temperature=h.get("eval_best_temperature", 1.0),
+            ece_low=h.get("eval_ece_low"), ece_high=h.get("eval_ece_high"),
+        )  # fmt: skip
+    return [points[k] for k in sorted(points)]
 
 
 def _finished_model(final_dir: Path, summary_path: Path):
@@ -413,8 +452,16 @@ def train_model(
     bf16: bool,
     logging_steps: int,
     state: Any,
+    calibration_dataset=None,
+    n_bins: int = 15,
 ):
     """Train one model (or load it when ``model_dir/model`` is complete) and return ``(model, summary)``.
+
+    With ``preset.calibration_every > 0`` and a ``calibration_dataset`` (validation pairs), the Trainer evaluates
+    it every ``calibration_every`` steps with :class:`ls_seq.CalibrationCallback` on the
+    ``preset.calibration_temperatures`` grid, inside its own evaluation loop; the summary's
+    ``calibration_trajectory`` holds those points (:func:`calibration_trajectory`), restored with the log
+    history on a resume.
 
     Checkpoints go to ``model_dir/checkpoints`` every ``preset.save_steps``; with ``resume`` training restarts
     from the newest checkpoint that passes :func:`ls_seq.checkpoints.verify_checkpoint` (weights, optimizer,
@@ -455,18 +502,28 @@ def train_model(
         set_seed(seed)
         model = MarianMTModel(build_model_config(preset, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id))
         use_gpu = torch.cuda.is_available()
+        callbacks = [TrainingGuard(), _StageBoundaries(tag)]
+        along = preset.calibration_every > 0 and calibration_dataset is not None
+        evaluation = {}
+        if along:
+            evaluation = {
+                "eval_strategy": "steps", "eval_steps": preset.calibration_every,
+                "per_device_eval_batch_size": max(1, preset.eval_batch_size // state.num_processes),
+            }  # fmt: skip
+            callbacks.append(CalibrationCallback(n_bins, temperatures=list(preset.calibration_temperatures), plot=False))
         args = training_arguments(
             alpha, preset, checkpoints, seed=seed, logging_steps=logging_steps,
             per_device_train_batch_size=max(1, preset.batch_size // state.num_processes),
-            bf16=bf16, use_cpu=not use_gpu,
+            bf16=bf16, use_cpu=not use_gpu, **evaluation,
         )  # fmt: skip
         trainer = LabelSmoothingSeq2SeqTrainer(
             model=model,
             args=args,
             train_dataset=train_dataset,
+            eval_dataset=calibration_dataset if along else None,
             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
             processing_class=tokenizer,
-            callbacks=[TrainingGuard(), _StageBoundaries(tag)],
+            callbacks=callbacks,
         )
         with writing_to(checkpoints, "checkpoints"):
             trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
@@ -660,6 +717,12 @@ def summarize_model(alpha: float, ev: dict[str, Any], train_summary: dict[str, A
     entry: dict[str, Any] = {"alpha": alpha}
     if train_summary is not None:
         entry["train"] = {k: train_summary.get(k) for k in ("steps", "epochs", "final_loss", "final_nll_loss")}
+        points = train_summary.get("calibration_trajectory") or []
+        if points:  # validation calibration along training; above T = 1 from this step on: over-confident
+            entry["calibration_along_training"] = {
+                "points": points,
+                "overconfident_from_step": overconfident_from([TrajectoryPoint(**p) for p in points]),
+            }
     tf = ev.get("teacher_forced")
     if tf is None:
         return entry
@@ -776,6 +839,37 @@ def source_warnings(models: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def trajectory_lines(models: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
+    """The report's section on calibration along training: per model, the step it turned over-confident and
+    its validation ECE and best-ECE temperature at each point."""
+    preset = cfg["preset"]
+    n = cfg["validation_sentences"] if preset.get("calibration_samples") is None else min(
+        preset["calibration_samples"], cfg["validation_sentences"])  # fmt: skip
+    lines = [
+        "", "## Calibration along training (validation)", "",
+        f"Every {preset['calibration_every']} steps on {n} validation sentences (teacher-forced, T grid "
+        f"{preset['calibration_temperatures'][0]}-{preset['calibration_temperatures'][-1]}). A lowest-ECE temperature "
+        "above 1 means the model is over-confident there; *over-confident from* is the first step from which it "
+        "stays so.", "",
+    ]  # fmt: skip
+    for m in models:
+        if "calibration_along_training" not in m:
+            continue
+        along = m["calibration_along_training"]
+        start = along["overconfident_from_step"]
+        lines.append(f"- alpha={m['alpha']}: " + (f"over-confident from step {start}" if start is not None else
+                                                  "not over-confident at the last point"))  # fmt: skip
+    lines += ["", "| alpha | step | epoch | ECE | NLL | accuracy | confidence | best-ECE T | best-NLL T |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for m in models:
+        for p in m.get("calibration_along_training", {}).get("points", []):
+            lines.append(
+                f"| {m['alpha']} | {p['step']} | {p['epoch']} | {_fmt(p['ece'], 4)} | {_fmt(p['nll'])} | {_fmt(p['accuracy'])} | "
+                f"{_fmt(p['mean_confidence'])} | {p['best_ece_temperature']} | {p['best_nll_temperature']} |"
+            )
+    return lines
+
+
 def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, Any]) -> None:
     """``report.md`` and the figures, from ``results.json``'s content."""
     from ls_seq.translation.plots import plot_fig3, plot_fig4, plot_table3, table3_cells
@@ -843,8 +937,15 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
         figures[output_dir / "temperature_sweep.png"] = figure_bytes(plot_fig4(models))
         if row:
             figures[output_dir / "table3.png"] = figure_bytes(plot_table3(row))
+    along = {f"alpha {m['alpha']}": {cfg["seed"]: [TrajectoryPoint(**p) for p in m["calibration_along_training"]["points"]]}
+             for m in models if "calibration_along_training" in m}  # fmt: skip
+    if along:
+        lines += trajectory_lines(models, cfg)
+        figures[output_dir / "calibration_along_training.png"] = figure_bytes(
+            plot_trajectory(trajectory_curves(along), title="Validation calibration along training")
+        )
     captions = {"reliability.png": "Fig. 3: reliability", "temperature_sweep.png": "Fig. 4: temperature sweep",
-                "table3.png": "Table 3 row"}  # fmt: skip
+                "table3.png": "Table 3 row", "calibration_along_training.png": "Calibration along training"}  # fmt: skip
     lines += ["", "## Figures", ""] + [f"![{captions[p.name]}]({p.name})" for p in figures]
     lines += ["", "## Wall-clock", "", "```", json.dumps(timings, indent=1), "```"]
     lines += ["", "## Versions", "", "```", json.dumps(results["versions"], indent=1), "```", ""]
@@ -884,7 +985,7 @@ def run_config(
         "validation_sentences": len(corpora["validation"]),
         "test_sentences": len(corpora["test"]),
         "data": {
-            "max_train_samples": data_args.max_train_samples,
+            "max_train_samples": preset.max_train_samples,
             "max_eval_samples": data_args.max_eval_samples,
             "sha256": _corpora_digest(corpora),
         },
@@ -916,7 +1017,7 @@ def run_study(
         data_dir=data_args.data_dir,
         cache_dir=data_args.cache_dir,
         split_names={"train": data_args.train_split, "validation": data_args.validation_split, "test": data_args.test_split},
-        max_samples={"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples},
+        max_samples={"train": preset.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples},
     )
     state = _Processes()
     cpu_threads = state.set_cpu_threads(study_args.cpu_threads)
@@ -950,6 +1051,8 @@ def _run(run, config, preset, corpora, study_args, state, *, cpu_threads, bf16, 
     train_dataset = _tokenize(corpora["train"], tokenizer, preset.max_length)
     test_dataset = _tokenize(corpora["test"], tokenizer, preset.max_length)
     validation_dataset = _tokenize(corpora["validation"], tokenizer, preset.max_length)
+    n_along = len(validation_dataset) if preset.calibration_samples is None else preset.calibration_samples
+    calibration_dataset = validation_dataset.select(range(min(n_along, len(validation_dataset))))
 
     timings_path = output_dir / "timings.json"
     earlier: dict[str, Any] = {}
@@ -974,8 +1077,14 @@ def _run(run, config, preset, corpora, study_args, state, *, cpu_threads, bf16, 
             alpha, preset, tokenizer, train_dataset, model_dir,
             seed=config["seed"], resume=study_args.resume, bf16=bf16,
             logging_steps=config["logging_steps"], state=state,
+            calibration_dataset=calibration_dataset, n_bins=config["n_bins"],
         )  # fmt: skip
         timings[f"alpha_{alpha}"] = {"train_seconds": summary["seconds"]}
+        if summary.get("calibration_trajectory"):  # included in train_seconds
+            timings[f"alpha_{alpha}"]["calibration_along_training_seconds"] = summary["calibration_seconds"]
+            timings[f"alpha_{alpha}"]["calibration_share_of_training"] = round(
+                summary["calibration_seconds"] / max(summary["seconds"], 1e-9), 4
+            )
         results["models"].append({"alpha": alpha})
 
         def on_progress(ev: dict[str, Any], alpha: float = alpha, summary: dict[str, Any] = summary) -> None:

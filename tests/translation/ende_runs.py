@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from faults import interruptible
 
 from ls_seq.io import read_json
 
@@ -35,13 +36,14 @@ def recipe():
 def slice_args(data_dir, out, *extra):
     """A run of seconds: 2000 pairs, 30 steps of a 1+1-layer d_model 32 model, 3 temperatures, tiny eval sets.
 
-    Checkpoints at 10, 20 and 30 (= max_steps); a later flag overrides an earlier one (argparse).
+    Checkpoints at 10, 20 and 30 (= max_steps), and calibration along training at the same steps on the first
+    16 validation pairs; a later flag overrides an earlier one (argparse).
     """
     return [
         "--preset", "tiny", "--data_dir", str(data_dir), "--output_dir", str(out),
         "--max_train_samples", "2000", "--max_eval_samples", "48", "--max_bleu_samples", "24",
         "--max_steps", "30", "--save_steps", "10", "--warmup_steps", "5", "--logging_steps", "10",
-        "--batch_size", "32", "--eval_batch_size", "16",
+        "--batch_size", "32", "--eval_batch_size", "16", "--calibration_every", "10", "--calibration_samples", "16",
         "--vocab_size", "1000", "--d_model", "32", "--ffn_dim", "64", "--attention_heads", "2",
         "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1", *extra,
     ]  # fmt: skip
@@ -73,7 +75,7 @@ def run_recipe(args: list[str], *, kill_at: str | None = None, signal: str | Non
     if signal is not None:
         env["LS_SEQ_KILL_SIGNAL"] = signal
     return subprocess.run([sys.executable, str(RECIPE), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, preexec_fn=interruptible)
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -47,6 +47,9 @@ def _write_corpus(directory, n_en=3, n_de=3):
         (["--max_steps", "0"], r"`max_steps` must be an int >= 1"),
         (["--dataset", "europarl"], r"`dataset` must be one of"),
         (["--cpu_threads", "0"], r"`cpu_threads` must be an int >= 1, got 0"),
+        (["--calibration_every", "-1"], r"`calibration_every` must be an int >= 0, got -1"),
+        (["--calibration_samples", "0"], r"`calibration_samples` must be an int >= 1, got 0"),
+        (["--calibration_temperatures", "1.0", "0"], r"`calibration_temperatures\[1\]` must be finite and > 0"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, flags, message):
