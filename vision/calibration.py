@@ -14,14 +14,28 @@ of that row): the paper's point is that it is close to 1.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ls_seq import fit_temperature
 from ls_seq.metrics import TokenCalibration
+from ls_seq.study.trajectory import TrajectoryPoint
 
-__all__ = ["CalibrationRow", "calibration_row", "calibration_table"]
+__all__ = [
+    "TRAJECTORY_TEMPERATURES",
+    "CalibrationAlongTraining",
+    "CalibrationRow",
+    "calibration_row",
+    "calibration_table",
+    "trajectory_points",
+]
+
+# The grid of the calibration along training: wide enough for an under-confident label-smoothed network.
+TRAJECTORY_TEMPERATURES: tuple[float, ...] = tuple(round(0.5 + 0.1 * i, 1) for i in range(26))  # 0.5 ... 3.0
 
 HARD = "hard targets"
 HARD_TS = "hard targets + temperature scaling"
@@ -88,3 +102,59 @@ def calibration_table(
         HARD_TS: calibration_row(HARD_TS, *hard_test, temperature=t_hard, fitted_temperature=t_hard, n_bins=n_bins),
         SMOOTHED: calibration_row(SMOOTHED, *smoothed_test, fitted_temperature=t_smoothed, n_bins=n_bins),
     }
+
+
+class CalibrationAlongTraining:
+    """A :mod:`vision.train` callback: the validation calibration of the network every ``every`` epochs.
+
+    At each such epoch it records, in the epoch's history entry, ``val_ece``, ``val_nll``, ``val_accuracy``,
+    ``val_mean_confidence`` (T = 1), ``val_best_ece_temperature`` / ``val_best_nll_temperature`` (lowest ECE /
+    NLL on ``temperatures``, 1.0 included); the history is saved in each checkpoint, so a resumed run keeps
+    the earlier points. Every process measures the whole split, so all of them record the same numbers.
+    :attr:`seconds` adds up its wall-clock in this process (the history holds only deterministic numbers).
+    """
+
+    def __init__(self, dataset: Any, every: int, *, n_bins: int = 15,
+                 temperatures: Sequence[float] = TRAJECTORY_TEMPERATURES) -> None:  # fmt: skip
+        from ls_seq.checks import check_positive_int, check_temperatures
+
+        self.dataset = dataset
+        self.every = check_positive_int(every, "calibration_every")
+        self.n_bins = check_positive_int(n_bins, "n_bins")
+        self.temperatures = sorted(set(check_temperatures(temperatures)) | {1.0})
+        self.seconds = 0.0
+
+    def on_epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float] | None:
+        if epoch % self.every:
+            return None
+        from vision.train import collect_outputs
+
+        start = time.perf_counter()
+        outputs = collect_outputs(model, self.dataset)
+        metric = TokenCalibration(n_bins=self.n_bins, temperatures=self.temperatures, measures=("width",))  # ECE, NLL, accuracy
+        metric.update(outputs.logits, outputs.labels)
+        result = metric.compute()
+        i1 = self.temperatures.index(1.0)
+        self.seconds += time.perf_counter() - start
+        return {
+            "val_ece": float(result["ece"][i1]),
+            "val_nll": float(result["nll"][i1]),
+            "val_accuracy": float(result["accuracy"][i1]),
+            "val_mean_confidence": float(result["mean_confidence"][i1]),
+            "val_best_ece_temperature": self.temperatures[int(torch.argmin(result["ece"]))],
+            "val_best_nll_temperature": self.temperatures[int(torch.argmin(result["nll"]))],
+        }
+
+
+def trajectory_points(history: Sequence[dict[str, float]]) -> list[TrajectoryPoint]:
+    """The :class:`~ls_seq.study.trajectory.TrajectoryPoint` of each history entry that
+    :class:`CalibrationAlongTraining` measured (``step`` and ``epoch`` are both the epoch)."""
+    return [
+        TrajectoryPoint(
+            step=h["epoch"], epoch=h["epoch"], ece=h["val_ece"], nll=h["val_nll"], accuracy=h["val_accuracy"],
+            mean_confidence=h["val_mean_confidence"], best_ece_temperature=h["val_best_ece_temperature"],
+            best_nll_temperature=h["val_best_nll_temperature"],
+        )  # fmt: skip
+        for h in history
+        if "val_ece" in h
+    ]

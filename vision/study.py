@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,7 +37,8 @@ from ls_seq.checks import (
 from ls_seq.io import atomic_savefig, atomic_write_files, json_bytes
 from ls_seq.plots import plot_reliability_diagram
 from ls_seq.study import RunDirectory
-from vision.calibration import HARD, HARD_TS, SMOOTHED, calibration_table
+from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
+from vision.calibration import HARD, HARD_TS, SMOOTHED, CalibrationAlongTraining, calibration_table, trajectory_points
 from vision.data import (
     DATASETS,
     HFImageDataset,
@@ -69,16 +71,19 @@ STUDIES = ("projection", "calibration", "distillation", "mutual_info", "all")
 
 # Per-dataset defaults: the paper's architectures (AlexNet on CIFAR-10, ResNet-56 on CIFAR-100,
 # Inception-v4 on ImageNet, a ResNet-56 teacher for an AlexNet student) and standard SGD schedules.
+# ``calibration_every``: epochs between two points of the calibration along training (vision.calibration).
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(model="digits_cnn", teacher_model="digits_cnn", student_model="digits_mlp",
-                   epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, num_classes=10),
-    "cifar10": dict(model="alexnet_cifar", teacher_model="resnet56", student_model="alexnet_cifar",
-                    epochs=160, batch_size=128, lr=0.05, weight_decay=5e-4, num_classes=10),
-    "cifar100": dict(model="resnet56", teacher_model="resnet56", student_model="alexnet_cifar",
-                     epochs=160, batch_size=128, lr=0.1, weight_decay=1e-4, num_classes=100),
-    "imagenet": dict(model="inception_v4", teacher_model="inception_v4", student_model="resnet56",
-                     epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, num_classes=None),
+    "digits": dict(dataset="digits", model="digits_cnn", teacher_model="digits_cnn", student_model="digits_mlp",
+                   epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, num_classes=10, calibration_every=3),
+    "cifar10": dict(dataset="cifar10", model="alexnet_cifar", teacher_model="resnet56", student_model="alexnet_cifar",
+                    epochs=160, batch_size=128, lr=0.05, weight_decay=5e-4, num_classes=10, calibration_every=10),
+    "cifar100": dict(dataset="cifar100", model="resnet56", teacher_model="resnet56", student_model="alexnet_cifar",
+                     epochs=160, batch_size=128, lr=0.1, weight_decay=1e-4, num_classes=100, calibration_every=10),
+    "imagenet": dict(dataset="imagenet", model="inception_v4", teacher_model="inception_v4", student_model="resnet56",
+                     epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, num_classes=None, calibration_every=5),
 }
+# The over-confident regime on a CPU (docs/vision.md): few training images, long training, no weight decay.
+PRESETS["digits-lowdata"] = dict(PRESETS["digits"], epochs=60, weight_decay=0.0, max_train_samples=200, calibration_every=5)
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -113,6 +118,13 @@ class VisionStudyConfig:
     )
     distill_t2_scaling: bool = _help("multiply the distillation term by T^2 (Hinton et al.)", default=True)
     n_bins: int = _help("confidence bins of ECE and reliability diagrams (paper: 15)", default=15)
+    preset: str | None = _help(
+        f"named setting, one of {', '.join(PRESETS)} (default: the dataset's; digits-lowdata: 200 training images, "
+        "60 epochs, no weight decay, where the hard-target network is over-confident)", default=None,
+    )
+    calibration_every: int | None = _help(
+        "validation ECE/NLL/best temperature of the base networks every n epochs (0: off; preset: digits 5)", default=None
+    )
     max_train_samples: int | None = _help("train on a stratified subset of this size (quick runs)", default=None)
     val_size: int | None = _help("held-out training images for temperature fitting (CIFAR 5000, ImageNet 10000)", default=None)
     max_plot_points: int = _help("examples per projection panel", default=1500)
@@ -132,10 +144,16 @@ class VisionStudyConfig:
             raise ValueError(f"`output_dir` must be a non-empty path, got {self.output_dir!r}")
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
             raise ValueError(f"`output_dir` must be a directory, got {os.fspath(self.output_dir)!r}, an existing file")
-        preset = PRESETS[self.dataset]
-        for name in ("epochs", "batch_size", "lr", "weight_decay", "model", "teacher_model", "student_model"):
+        if self.preset is None:
+            self.preset = self.dataset
+        check_choice(self.preset, "preset", tuple(PRESETS))
+        preset = PRESETS[self.preset]
+        if preset["dataset"] != self.dataset:
+            raise ValueError(f"`preset` {self.preset!r} is a {preset['dataset']} setting, got dataset={self.dataset!r}")
+        for name in ("epochs", "batch_size", "lr", "weight_decay", "model", "teacher_model", "student_model",
+                     "max_train_samples", "calibration_every"):  # fmt: skip
             if getattr(self, name) is None:
-                setattr(self, name, preset[name])
+                setattr(self, name, preset.get(name))
         for name in ("model", "teacher_model", "student_model"):
             check_choice(getattr(self, name), name, tuple(MODELS))
         for name in ("epochs", "batch_size", "mi_examples", "n_bins", "max_plot_points"):
@@ -145,6 +163,7 @@ class VisionStudyConfig:
         for name in ("max_train_samples", "val_size"):
             if getattr(self, name) is not None:
                 check_positive_int(getattr(self, name), name)
+        check_positive_int(self.calibration_every or 0, "calibration_every", minimum=0)
         self.alpha = check_alpha(self.alpha, "alpha", allow_one=False)
         if self.alpha == 0:
             raise ValueError("`alpha` must be > 0: the study compares alpha=0 with label smoothing alpha, got 0")
@@ -243,6 +262,20 @@ def _calibration(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, Train
     )
     atomic_savefig(fig, os.path.join(out, "reliability.png"), dpi=120)
     return {"rows": {name: row.as_dict() for name, row in rows.items()}, "figure": "reliability.png"}
+
+
+def _along_training(cfg: VisionStudyConfig, trajectories: dict[str, list[TrajectoryPoint]], out: str) -> dict:
+    """Validation calibration along training of the base networks: the points, the epoch from which each stays
+    over-confident, and ``calibration_along_training.png``."""
+    fig = plot_trajectory(trajectory_curves({name: {cfg.seed: pts} for name, pts in trajectories.items()}),
+                          x_label="epoch", title="Validation calibration along training")  # fmt: skip
+    atomic_savefig(fig, os.path.join(out, "calibration_along_training.png"), dpi=120)
+    return {
+        "every": cfg.calibration_every,
+        "runs": {name: {"points": [asdict(p) for p in pts], "overconfident_from_epoch": overconfident_from(pts)}
+                 for name, pts in trajectories.items()},  # fmt: skip
+        "figure": "calibration_along_training.png",
+    }
 
 
 def _mutual_info_callback(cfg: VisionStudyConfig, data: VisionData) -> MutualInformationCallback:
@@ -392,6 +425,18 @@ def _report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> str:
                 f"{r['fitted_temperature']:.2f} |"
             )
         lines += ["", "![reliability](reliability.png)", ""]
+        along = results["calibration"].get("along_training")
+        if along:
+            lines += ["## Calibration along training (validation)", "",
+                      f"Every {along['every']} epochs. A lowest-ECE temperature above 1: over-confident there.", ""]
+            lines += [f"- {name}: " + (f"over-confident from epoch {r['overconfident_from_epoch']}"
+                                       if r["overconfident_from_epoch"] is not None else "not over-confident at the last point")
+                      for name, r in along["runs"].items()]  # fmt: skip
+            lines += ["", "| run | epoch | ECE | NLL | accuracy | best-ECE T | best-NLL T |", "|---|---|---|---|---|---|---|"]
+            for name, r in along["runs"].items():
+                lines += [f"| {name} | {p['epoch']:g} | {p['ece']:.4f} | {p['nll']:.4f} | {p['accuracy']:.4f} | "
+                          f"{p['best_ece_temperature']} | {p['best_nll_temperature']} |" for p in r["points"]]  # fmt: skip
+            lines += ["", "![calibration along training](calibration_along_training.png)", ""]
     if "projection" in results:
         lines += ["## Projection", "", f"Classes {results['projection']['classes']}; tightness = mean distance to own "
                   "class mean / mean distance between class means (lower = tighter).", "",
@@ -473,21 +518,33 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
         "data": {"name": data.name, "num_classes": data.num_classes, "n_train": len(data.train),
                  "n_val": len(data.val), "n_test": len(data.test)},
     }
+    timings: dict[str, Any] = {}
     if studies & {"projection", "calibration", "mutual_info"}:
         callbacks = [_mutual_info_callback(cfg, data)] if "mutual_info" in studies else []
+        along = CalibrationAlongTraining(data.val, cfg.calibration_every, n_bins=cfg.n_bins) if cfg.calibration_every else None
         runs = {}
         for name, alpha in ((HARD, 0.0), (SMOOTHED, cfg.alpha)):
             tag = "alpha0" if alpha == 0 else f"alpha{alpha:g}"
             run_dir = os.path.join(out, "runs", f"{cfg.model}_{tag}" + ("_mi" if callbacks else ""))
+            start, calibration_before = time.perf_counter(), along.seconds if along else 0.0
             runs[name] = train_model(
-                cfg.model, data, cfg.train_config(alpha), run_dir=run_dir, callbacks=callbacks,
+                cfg.model, data, cfg.train_config(alpha), run_dir=run_dir, callbacks=[*callbacks, *([along] if along else [])],
                 progress=cfg.progress, description=f"{name}",
             )
+            seconds = time.perf_counter() - start
+            timings[name] = {"train_seconds_this_run": round(seconds, 2)}
+            if along:  # included in the training time
+                spent = along.seconds - calibration_before
+                timings[name] |= {"calibration_along_training_seconds": round(spent, 2),
+                                  "calibration_share_of_training": round(spent / max(seconds, 1e-9), 4)}  # fmt: skip
         results["runs"] = {name: r.history for name, r in runs.items()}
         if "projection" in studies:
             results["projection"] = _projection(cfg, data, runs, out)
         if "calibration" in studies:
             results["calibration"] = _calibration(cfg, data, runs, out)
+            trajectories = {name: trajectory_points(r.history) for name, r in runs.items()}
+            if all(trajectories.values()):
+                results["calibration"]["along_training"] = _along_training(cfg, trajectories, out)
         if "mutual_info" in studies:
             results["mutual_info"] = _mutual_info(cfg, data, runs, out)
     if "distillation" in studies:
@@ -495,6 +552,8 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
     results["claims"] = _claims(results)
     if write:  # the figures are written; the report and the results that name them come last, together
         atomic_write_files({
+            # wall-clock apart, so that results.json is a deterministic function of the configuration
+            os.path.join(out, "timings.json"): json_bytes(timings),
             os.path.join(out, "report.md"): _report(cfg, results, studies),
             os.path.join(out, "results.json"): json_bytes(results),
         })  # fmt: skip
