@@ -7,6 +7,8 @@
 
 Trains one Transformer per ``--alphas`` value, sweeps the temperature and writes ``results.json``,
 ``results.csv``, ``report.md`` and the figures to ``--output_dir``; ``--resume`` continues a killed run.
+``--seeds 42 43 44`` runs the whole study once per seed (``seed_<s>/``) and adds the mean, spread and the
+paper's claims decided over seeds (:mod:`ls_seq.translation.seeds`).
 Everything happens in :mod:`ls_seq.translation.study`; this script only parses and checks the arguments
 (before any work starts). Bad input exits 2 and a fault (a full disk, a locked output directory, a
 damaged checkpoint with no fallback) exits 1, each with one line naming the argument or file; ``--debug``
@@ -21,11 +23,11 @@ import sys
 from transformers import HfArgumentParser
 
 from ls_seq.errors import run_main
+from ls_seq.translation.seeds import run_seeds
 from ls_seq.translation.study import (
     DataArguments,
     ModelArguments,
     StudyArguments,
-    run_study,
 )
 
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_args, model_args, study_args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     command = "accelerate launch recipes/wmt_en_de.py " + shlex.join(argv)
-    return run_study(data_args, model_args, study_args, command=command)
+    return run_seeds(data_args, model_args, study_args, command=command)
 
 
 if __name__ == "__main__":

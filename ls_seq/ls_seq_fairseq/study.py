@@ -310,7 +310,7 @@ def run_study(
         cache_dir=data_args.cache_dir,
         split_names={"train": data_args.train_split, "validation": data_args.validation_split, "test": data_args.test_split},
         max_samples={
-            "train": data_args.max_train_samples,
+            "train": preset.max_train_samples,
             "validation": data_args.max_eval_samples,
             "test": data_args.max_eval_samples,
         },

@@ -204,6 +204,11 @@ class StudyArguments:
         default=None, metadata={"help": "Temperature grid of the calibration along training (default: the preset's)."}
     )
     seed: int = field(default=42, metadata={"help": "Seed of model initialisation, data order and dropout."})
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={"help": "Several seeds (replaces --seed): every model is trained per seed in seed_<s>/, and the "
+                  "top-level report gives mean, std and t-intervals over seeds and the claims' verdicts."},
+    )
     resume: bool = field(default=False, metadata={"help": "Continue a killed run in output_dir: finished work is kept."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a non-empty output_dir."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on when a GPU supports it)."})
@@ -233,6 +238,13 @@ class StudyArguments:
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
         check_positive_int(self.n_bins, "n_bins")
+        check_positive_int(self.seed, "seed", minimum=0)
+        if self.seeds is not None:
+            if not self.seeds:
+                raise ValueError("`seeds` must hold at least one seed, got none")
+            self.seeds = [check_positive_int(s, f"seeds[{i}]", minimum=0) for i, s in enumerate(self.seeds)]
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"`seeds` must be distinct, got {self.seeds}")
         check_positive_int(self.logging_steps, "logging_steps")
         if self.resume and self.overwrite_output_dir:
             raise ValueError("`resume` and `overwrite_output_dir` exclude each other: keep the run or start over")
@@ -651,6 +663,8 @@ def evaluate_model(
         ev["teacher_forced"] = {
             "temperatures": tf_grid,
             **{k: values[k].tolist() for k in ("nll", "ece", "mce", "rms", "accuracy", "mean_confidence")},
+            # 95% token-level bootstrap intervals (ls_seq.functional.measures, "bootstrap")
+            **{k: values[k].tolist() for k in ("ece_low", "ece_high", "accuracy_low", "accuracy_high") if k in values},
             "n_tokens": int(values["n_tokens"][i1]),
         }
         ev["reliability"] = {k: v[i1].tolist() for k, v in rel.items()}
@@ -737,6 +751,9 @@ def summarize_model(alpha: float, ev: dict[str, Any], train_summary: dict[str, A
         "mean_confidence": tf["mean_confidence"][i1],
         "n_tokens": tf["n_tokens"],
     }
+    for name in ("ece", "accuracy"):  # 95% bootstrap interval over the test tokens
+        if f"{name}_low" in tf:
+            entry["test"][f"{name}_interval"] = [tf[f"{name}_low"][i1], tf[f"{name}_high"][i1]]
     entry["sweep"] = [
         {
             "temperature": t,
@@ -824,6 +841,10 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _interval(bounds: list[float] | None, digits: int) -> str:
+    return "" if not bounds else f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+
+
 def source_warnings(models: list[dict[str, Any]]) -> list[str]:
     """One line per model that does not use its source (the first lines of the report)."""
     lines = []
@@ -902,14 +923,15 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
         "",
         "## Test metrics (T = 1)",
         "",
-        "| alpha | steps | epochs | BLEU | NLL | ECE | token acc. | NLL, shuffled sources | distinct outputs | best-NLL T | best-ECE T | best-ECE T on validation |",
+        "| alpha | steps | epochs | BLEU | NLL | ECE [95% bootstrap] | token acc. [95% bootstrap] | NLL, shuffled sources | distinct outputs | best-NLL T | best-ECE T | best-ECE T on validation |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in models:
         t, sc, tr = m["test"], m.get("source_check", {}), m.get("train", {})
         lines.append(
             f"| {m['alpha']} | {tr.get('steps', '-')} | {tr.get('epochs', '-')} | {_fmt(t['bleu'], 2)} | {_fmt(t['nll'])} | "
-            f"{_fmt(t['ece'], 4)} | {_fmt(t['token_accuracy'])} | {_fmt(sc.get('nll_shuffled_sources'))} | "
+            f"{_fmt(t['ece'], 4)}{_interval(t.get('ece_interval'), 4)} | {_fmt(t['token_accuracy'])}"
+            f"{_interval(t.get('accuracy_interval'), 3)} | {_fmt(sc.get('nll_shuffled_sources'))} | "
             f"{_fmt(sc.get('share_distinct_outputs'))} | {m['best_nll_temperature']} | {m['best_ece_temperature']} | "
             f"{m.get('validation', {}).get('best_ece_temperature', '-')} |"
         )

@@ -1,0 +1,250 @@
+"""The EN-DE study over several seeds: one complete study per seed, then mean, spread and the paper's claims.
+
+``--seeds 42 43 44`` runs :func:`ls_seq.translation.study.run_study` once per seed in ``output_dir/seed_<s>/``
+(each a whole single-seed run: its own ``results.json``, report, figures, checkpoints and ``--resume``), then
+writes, in ``output_dir``:
+
+* ``results.json``: per alpha and metric the values of every seed, their mean, standard deviation and 95%
+  Student-t interval (:func:`ls_seq.significance.seed_interval`); the claims with their verdicts
+  (:mod:`ls_seq.study.claims`); per seed the paired bootstrap test of the BLEU difference of each smoothed
+  model against the hard-target one (:func:`ls_seq.significance.paired_bootstrap_bleu`, on the whole test set
+  at T = 1);
+* ``report.md`` and ``calibration_along_training.png`` (the trajectories, mean and range over seeds).
+
+With one seed the study is the single-seed study in ``output_dir`` itself (the layout of ``--seed``).
+``--resume`` continues every seed: finished seeds are kept, the killed one resumes, new seeds may be added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from ls_seq.io import atomic_write_files, figure_bytes, json_bytes, read_json
+from ls_seq.study import RunDirectory
+from ls_seq.study.claims import VERDICT_RULE, SeedEvidence, claims_table, decide
+from ls_seq.study.trajectory import TrajectoryPoint, plot_trajectory, trajectory_curves
+
+__all__ = ["METRICS", "aggregate", "run_seeds", "seed_claims"]
+
+# The per-model numbers summarised over seeds: (name in results.json, where it is in a model entry).
+METRICS: dict[str, tuple[str, ...]] = {
+    "bleu": ("test", "bleu"),
+    "nll": ("test", "nll"),
+    "ece": ("test", "ece"),
+    "token_accuracy": ("test", "token_accuracy"),
+    "best_ece_temperature": ("best_ece_temperature",),
+    "best_nll_temperature": ("best_nll_temperature",),
+    "best_ece": ("best_ece",),
+}
+
+
+def _get(entry: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(entry, dict) or key not in entry:
+            return None
+        entry = entry[key]
+    return entry
+
+
+def _seed_dir(output_dir: Path, seed: int) -> Path:
+    return output_dir / f"seed_{seed}"
+
+
+def run_seeds(data_args, model_args, study_args, command: str | None = None) -> dict[str, Any]:
+    """The study for ``study_args.seeds`` (or the one ``study_args.seed``); returns the top-level results."""
+    from ls_seq.translation.study import _Processes, run_study
+
+    seeds = study_args.seeds or [study_args.seed]
+    if len(seeds) == 1:
+        return run_study(data_args, model_args, dataclasses.replace(study_args, seed=seeds[0], seeds=None), command=command)
+    command = command or " ".join(sys.argv)
+    output_dir = Path(study_args.output_dir)
+    run = RunDirectory(output_dir, "en_de_seeds")
+    state = _Processes()
+    per_seed = {k: v for k, v in {**dataclasses.asdict(data_args), **dataclasses.asdict(model_args),
+                                  **dataclasses.asdict(study_args)}.items()
+                if k not in ("data_dir", "cache_dir", "output_dir", "resume", "overwrite_output_dir", "seed", "seeds",
+                             "cpu_threads")}  # fmt: skip
+    config = {"seeds": seeds, "study": per_seed}
+    if state.is_main_process:
+        config = run.open(config, command=command, resume=study_args.resume, overwrite=study_args.overwrite_output_dir,
+                          extendable={"seeds": "append", "study.alphas": "append"})  # fmt: skip
+    state.wait_for_everyone()
+    try:
+        if not state.is_main_process:
+            config = read_json(run.config_path)["config"]
+        results = {}
+        for seed in config["seeds"]:
+            seed_dir = _seed_dir(output_dir, seed)
+            args = dataclasses.replace(
+                study_args, seed=seed, seeds=None, output_dir=str(seed_dir), alphas=config["study"]["alphas"],
+                resume=study_args.resume and (seed_dir / "run_config.json").is_file(), overwrite_output_dir=False,
+            )  # fmt: skip
+            results[seed] = run_study(data_args, model_args, args, command=f"{command}  # seed {seed}")
+        summary = aggregate(results, output_dir, data_args, command=run.commands or [command])
+        if state.is_main_process:
+            write_seed_report(output_dir, summary, results)
+        state.wait_for_everyone()
+        return summary
+    finally:
+        run.close()
+
+
+def _bleu_tests(results: dict[int, dict[str, Any]], output_dir: Path, data_args) -> dict[str, dict[str, Any]]:
+    """Per seed and smoothed alpha: sacrebleu's paired bootstrap of its test BLEU (T = 1) against alpha = 0's."""
+    from ls_seq.significance import paired_bootstrap_bleu
+    from ls_seq.translation.data import load_corpora
+
+    test = load_corpora(
+        data_args.dataset, data_dir=data_args.data_dir, cache_dir=data_args.cache_dir,
+        split_names={"train": data_args.train_split, "validation": data_args.validation_split, "test": data_args.test_split},
+        max_samples={"train": 1, "validation": 1, "test": data_args.max_eval_samples},
+    )["test"]  # fmt: skip
+    tests: dict[str, dict[str, Any]] = {}
+    for seed, res in results.items():
+        alphas = [m["alpha"] for m in res["models"]]
+        if 0.0 not in alphas:
+            continue
+
+        def hyps(alpha: float, seed: int = seed) -> list[str]:
+            text = (_seed_dir(output_dir, seed) / f"alpha_{alpha}" / "test_translations.txt").read_text(encoding="utf-8")
+            return text.split("\n")[: len(test)]
+
+        for alpha in alphas:
+            if alpha > 0:
+                tests[f"{seed}:{alpha}"] = paired_bootstrap_bleu(hyps(0.0), hyps(alpha), test.target, seed=seed)
+    return tests
+
+
+def seed_claims(models: dict[float, dict[int, dict[str, Any]]], bleu_tests: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paper's EN-DE claims for every smoothed alpha against alpha = 0, decided over seeds.
+
+    ``models[alpha][seed]`` is that seed's ``results.json`` model entry. Each claim is a per-seed difference
+    (smoothed - hard) with a claimed sign; see :data:`ls_seq.study.claims.VERDICT_RULE`.
+    """
+    if 0.0 not in models:
+        return []
+    hard = models[0.0]
+    claims = []
+    for alpha, by_seed in models.items():
+        if alpha == 0.0:
+            continue
+        seeds = sorted(set(by_seed) & set(hard))
+
+        def evidence(diff, p_value=None, by_seed=by_seed, seeds=seeds):
+            return [SeedEvidence(s, diff(by_seed[s], hard[s]), p_value=None if p_value is None else p_value(s)) for s in seeds]
+
+        def ts_bleu(m):  # the hard model's best BLEU over the temperature sweep (temperature scaling at decoding)
+            return max(p["bleu"] for p in m["sweep"] if p["bleu"] is not None)
+
+        def sweep_bleu_1(m):
+            return next(p["bleu"] for p in m["sweep"] if p["temperature"] == 1.0)
+
+        rows = [
+            decide(f"alpha={alpha}: LS lowers the test ECE at T = 1 (Table 3)", "ECE(LS) - ECE(hard)", "lower",
+                   evidence(lambda a, h: a["test"]["ece"] - h["test"]["ece"])),
+            decide(f"alpha={alpha}: LS raises BLEU (beam search, T = 1)", "BLEU(LS) - BLEU(hard)", "higher",
+                   evidence(lambda a, h: a["test"]["bleu"] - h["test"]["bleu"],
+                            lambda s, alpha=alpha: bleu_tests.get(f"{s}:{alpha}", {}).get("p_value"))),
+            decide(f"alpha={alpha}: LS worsens the test NLL (the paper's EN-DE finding)", "NLL(LS) - NLL(hard)", "higher",
+                   evidence(lambda a, h: a["test"]["nll"] - h["test"]["nll"])),
+            decide(f"alpha={alpha}: temperature scaling of the hard model does not reach LS's BLEU",
+                   "BLEU(LS, T=1) - max over T of BLEU(hard, T)", "higher",
+                   evidence(lambda a, h: sweep_bleu_1(a) - ts_bleu(h))),
+            decide(f"alpha={alpha}: LS needs a temperature nearer 1 than hard targets (best-ECE T)",
+                   "|log T(LS)| - |log T(hard)|", "lower",
+                   evidence(lambda a, h: abs(math.log(a["best_ece_temperature"])) - abs(math.log(h["best_ece_temperature"])))),
+            decide(f"alpha={alpha}: LS calibrates about as well as temperature scaling (Table 3, within 0.01)",
+                   "ECE(LS) - ECE(hard, best T)", "lower",
+                   evidence(lambda a, h: a["test"]["ece"] - h["best_ece"]), margin=0.01),
+        ]  # fmt: skip
+        claims += [dataclasses.asdict(c) for c in rows]
+    return claims
+
+
+def aggregate(results: dict[int, dict[str, Any]], output_dir: Path, data_args, *, command: list[str]) -> dict[str, Any]:
+    """The top-level ``results.json`` content from each seed's results (see the module docstring)."""
+    from ls_seq.significance import seed_interval
+
+    models: dict[float, dict[int, dict[str, Any]]] = {}
+    for seed, res in results.items():
+        for m in res["models"]:
+            if "test" in m:
+                models.setdefault(m["alpha"], {})[seed] = m
+    summary_models = []
+    for alpha, by_seed in models.items():
+        metrics = {}
+        for name, path in METRICS.items():
+            values = {s: _get(m, path) for s, m in sorted(by_seed.items())}
+            if any(v is None for v in values.values()):
+                continue
+            metrics[name] = {**seed_interval(list(values.values())), "values": {str(s): v for s, v in values.items()}}
+        over = {str(s): m.get("calibration_along_training", {}).get("overconfident_from_step") for s, m in by_seed.items()}
+        summary_models.append({"alpha": alpha, "metrics": metrics, "overconfident_from_step": over})
+    bleu_tests = _bleu_tests(results, output_dir, data_args)
+    first = next(iter(results.values()))["config"]
+    return {
+        "config": {"command": command[0], "resumed_with": command[1:], "seeds": list(results),
+                   "preset_name": first["preset_name"], "preset": first["preset"], "alphas": first["alphas"],
+                   "test_sentences": first["test_sentences"]},  # fmt: skip
+        "runs": {str(s): f"seed_{s}" for s in results},
+        "models": summary_models,
+        "bleu_paired_bootstrap": bleu_tests,
+        "claims": seed_claims(models, bleu_tests),
+        "verdict_rule": VERDICT_RULE,
+    }
+
+
+def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[int, dict[str, Any]]) -> None:
+    """``report.md``, ``results.json`` and ``calibration_along_training.png`` (over seeds), as one set."""
+    from ls_seq.study.claims import Claim
+
+    cfg = summary["config"]
+    seeds = cfg["seeds"]
+    lines = [
+        f"# EN-DE label smoothing study over {len(seeds)} seeds", "",
+        f"Command: `{cfg['command']}`" + "".join(f"; resumed with `{c}`" for c in cfg["resumed_with"]), "",
+        f"Preset `{cfg['preset_name']}`, seeds {', '.join(map(str, seeds))}; each seed's own report is in "
+        + ", ".join(f"[seed_{s}/report.md](seed_{s}/report.md)" for s in seeds) + ".", "",
+        "## Test metrics over seeds (T = 1): mean ± std [95% t-interval]", "",
+        "| alpha | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|",
+    ]  # fmt: skip
+    for m in summary["models"]:
+        cells = []
+        for name in METRICS:
+            v = m["metrics"].get(name)
+            if v is None:
+                cells.append("-")
+            elif v["std"] is None:
+                cells.append(f"{v['mean']:.4g}")
+            else:
+                cells.append(f"{v['mean']:.4g} ± {v['std']:.2g} [{v['low']:.4g}, {v['high']:.4g}]")
+        lines.append(f"| {m['alpha']} | " + " | ".join(cells) + " |")
+    lines += ["", "Over-confident from (validation, first step from which the best-ECE T stays above 1): "
+              + "; ".join(f"alpha={m['alpha']}: {m['overconfident_from_step']}" for m in summary["models"]), ""]  # fmt: skip
+    if summary["bleu_paired_bootstrap"]:
+        lines += ["## BLEU: paired bootstrap per seed (sacrebleu, 1000 resamples, whole test set, T = 1)", "",
+                  "| seed:alpha | BLEU hard | BLEU LS | difference | p-value |", "|---|---|---|---|---|"]  # fmt: skip
+        for key, t in summary["bleu_paired_bootstrap"].items():
+            lines.append(f"| {key} | {t['baseline_bleu']:.2f} | {t['system_bleu']:.2f} | {t['difference']:+.2f} | {t['p_value']:.4f} |")
+        lines.append("")
+    if summary["claims"]:
+        claims = [Claim(**{**c, "seeds": [SeedEvidence(**e) for e in c["seeds"]]}) for c in summary["claims"]]
+        lines += ["## The paper's claims", "", summary["verdict_rule"], "", *claims_table(claims), ""]
+    figures: dict[Path, bytes] = {}
+    along = {}
+    for seed, res in results.items():
+        for m in res["models"]:
+            points = m.get("calibration_along_training", {}).get("points")
+            if points:
+                along.setdefault(f"alpha {m['alpha']}", {})[seed] = [TrajectoryPoint(**p) for p in points]
+    if along:
+        figures[output_dir / "calibration_along_training.png"] = figure_bytes(
+            plot_trajectory(trajectory_curves(along), title=f"Validation calibration along training, {len(seeds)} seeds")
+        )
+        lines += ["![Calibration along training](calibration_along_training.png)", ""]
+    atomic_write_files({**figures, output_dir / "report.md": "\n".join(lines), output_dir / "results.json": json_bytes(summary)})
