@@ -122,6 +122,8 @@ class VisionStudyConfig:
         f"named setting, one of {', '.join(PRESETS)} (default: the dataset's; digits-lowdata: 200 training images, "
         "60 epochs, no weight decay, where the hard-target network is over-confident)", default=None,
     )
+    mixup: float = _help("MixUp Beta(a, a) parameter for the two base networks (0: off; Zhang et al. 2018)", default=0.0)
+    cutmix: float = _help("CutMix Beta(a, a) parameter for the two base networks (0: off; with --mixup: one per batch)", default=0.0)
     calibration_every: int | None = _help(
         "validation ECE/NLL/best temperature of the base networks every n epochs (0: off; preset: digits 5)", default=None
     )
@@ -177,7 +179,7 @@ class VisionStudyConfig:
         self.projection_classes = list(check_classes(self.projection_classes or [0, 1, 2], num_classes, 3, "projection_classes"))
         self.mi_classes = list(check_classes(self.mi_classes or [0, 1], num_classes, 2, "mi_classes"))
         # the base training config is built now so that its own checks also run before any work
-        self.train_config(0.0)
+        self.train_config(0.0, mixup=self.mixup, cutmix=self.cutmix)
 
     def studies(self) -> set[str]:
         return set(STUDIES[:-1]) if self.study == "all" else {self.study}
@@ -408,7 +410,9 @@ def _report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> str:
     d = results["data"]
     lines += [
         f"{d['num_classes']} classes; {d['n_train']} train / {d['n_val']} validation / {d['n_test']} test examples. "
-        f"Model {cfg.model}, {cfg.epochs} epochs, alpha={cfg.alpha:g}, seed {cfg.seed}.",
+        f"Model {cfg.model}, {cfg.epochs} epochs, alpha={cfg.alpha:g}, seed {cfg.seed}."
+        + (f" Both base networks train on MixUp (a={cfg.mixup:g}) targets." if cfg.mixup else "")
+        + (f" Both base networks train on CutMix (a={cfg.cutmix:g}) targets." if cfg.cutmix else ""),
         "",
     ]
     if "runs" in results:
@@ -525,10 +529,11 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
         runs = {}
         for name, alpha in ((HARD, 0.0), (SMOOTHED, cfg.alpha)):
             tag = "alpha0" if alpha == 0 else f"alpha{alpha:g}"
-            run_dir = os.path.join(out, "runs", f"{cfg.model}_{tag}" + ("_mi" if callbacks else ""))
+            mixing = (f"_mixup{cfg.mixup:g}" if cfg.mixup else "") + (f"_cutmix{cfg.cutmix:g}" if cfg.cutmix else "")
+            run_dir = os.path.join(out, "runs", f"{cfg.model}_{tag}{mixing}" + ("_mi" if callbacks else ""))
             start, calibration_before = time.perf_counter(), along.seconds if along else 0.0
             runs[name] = train_model(
-                cfg.model, data, cfg.train_config(alpha), run_dir=run_dir, callbacks=[*callbacks, *([along] if along else [])],
+                cfg.model, data, cfg.train_config(alpha, mixup=cfg.mixup, cutmix=cfg.cutmix), run_dir=run_dir, callbacks=[*callbacks, *([along] if along else [])],
                 progress=cfg.progress, description=f"{name}",
             )
             seconds = time.perf_counter() - start

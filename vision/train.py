@@ -53,6 +53,7 @@ from ls_seq.checks import (
     check_temperature,
 )
 from ls_seq.errors import CheckpointError, NonFiniteLossError
+from ls_seq.functional.mixing import cutmix_box, mix_targets
 from ls_seq.io import atomic_write_bytes
 
 __all__ = [
@@ -96,6 +97,10 @@ class TrainConfig:
     cpu: bool = False
     eval_batch_size: int = 512
     num_workers: int = 0
+    # MixUp / CutMix: Beta(a, a) parameter of the mixing weight (0: off); with both, each batch uses one of
+    # them with probability 1/2 (timm's switch). Smoothing applies to the mixed target (mix_batch).
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive_int(self.epochs, "epochs")
@@ -111,6 +116,10 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         check_alpha(self.alpha, "alpha")
         check_alpha(self.beta, "beta")
+        for name in ("mixup", "cutmix"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0 (the Beta(a, a) parameter; 0: off), got {value!r}")
         check_temperature(self.temperature, "temperature")
         check_choice(self.mixed_precision, "mixed_precision", ("no", "fp16", "bf16"))
         milestones = tuple(self.lr_milestones)
@@ -162,6 +171,44 @@ class EpochSampler(Sampler[int]):
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 101 + stream) % (2**63)
+
+
+@dataclass(frozen=True)
+class MixedBatch:
+    """A MixUp/CutMix batch: ``x`` mixed, each example with its partner ``permutation[i]``, weight ``lam`` on
+    its own target; ``box`` (top, bottom, left, right) is the region pasted from the partner (CutMix)."""
+
+    x: torch.Tensor
+    permutation: torch.Tensor
+    lam: float
+    box: tuple[int, int, int, int] | None = None
+
+    def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """``lam * onehot(y) + (1 - lam) * onehot(y[permutation])`` (:func:`ls_seq.functional.mixing.mix_targets`)."""
+        return mix_targets(labels, num_classes, self.lam, self.permutation.to(labels.device))
+
+
+def mixing_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of epoch ``epoch``'s mixing draws (its own stream: resume and determinism as for augmentation)."""
+    return torch.Generator().manual_seed(_epoch_seed(seed, epoch, 3))
+
+
+def mix_batch(x: torch.Tensor, mixup: float, cutmix: float, generator: torch.Generator) -> MixedBatch:
+    """MixUp (``lam * x + (1 - lam) * x[perm]``) or CutMix (a box of ``x[perm]`` pasted, ``lam`` the area left),
+    ``lam ~ Beta(a, a)``; with both ``a > 0`` one of the two per batch, with probability 1/2 each."""
+    use_cutmix = cutmix > 0 and (mixup <= 0 or bool(torch.rand((), generator=generator) < 0.5))
+    a = cutmix if use_cutmix else mixup
+    import numpy as np  # torch's Beta sampler takes no generator; numpy's, seeded from this one, keeps the stream
+
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator))).beta(a, a))
+    permutation = torch.randperm(x.shape[0], generator=generator)
+    partner = x[permutation.to(x.device)]
+    if not use_cutmix:
+        return MixedBatch(lam * x + (1 - lam) * partner, permutation, lam)
+    top, bottom, left, right, lam = cutmix_box(x.shape[-2], x.shape[-1], lam, generator)
+    mixed = x.clone()
+    mixed[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
+    return MixedBatch(mixed, permutation, lam, (top, bottom, left, right))
 
 
 def _lr_factor(step: int, total_steps: int, milestones: Sequence[float], gamma: float) -> float:
@@ -288,6 +335,8 @@ def train_classifier(
         raise TypeError(f"`config` must be a TrainConfig, got {type(config).__name__}")
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise TypeError(f"`teacher` must be a torch.nn.Module or None, got {type(teacher).__name__}")
+    if teacher is not None and (config.mixup or config.cutmix):
+        raise ValueError("`mixup`/`cutmix` apply to training without a teacher; distillation uses the teacher's targets")
     if teacher is not None and config.alpha != 0:
         raise ValueError(
             f"`config.alpha` must be 0 when a teacher is given (the student learns from the teacher), got {config.alpha}"
@@ -356,6 +405,7 @@ def train_classifier(
         loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else sampler.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(config.seed, epoch, 1))  # dropout and any other global randomness
         aug_gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch, 2))
+        mix_gen = mixing_generator(config.seed, epoch)
         model.train()
         sum_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
         n_correct = torch.zeros((), dtype=torch.float64, device=accelerator.device)
@@ -373,9 +423,11 @@ def train_classifier(
         for x, y in bar:
             if augment is not None:
                 x = augment(x, aug_gen)
-            logits = model(x)  # (B, K)
+            mixed = mix_batch(x, config.mixup, config.cutmix, mix_gen) if config.mixup or config.cutmix else None
+            logits = model(x if mixed is None else mixed.x)  # (B, K)
             if teacher is None:
-                loss = label_smoothed_cross_entropy(logits, y, config.alpha)
+                targets = y if mixed is None else mixed.targets(y, logits.shape[-1])  # (B,) or (B, K)
+                loss = label_smoothed_cross_entropy(logits, targets, config.alpha)
             else:
                 with torch.no_grad():
                     teacher_logits = teacher(x)  # (B, K), same augmented batch as the student
