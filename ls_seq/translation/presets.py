@@ -87,7 +87,7 @@ PRESETS: PresetRegistry[Preset] = PresetRegistry({
     # 2-core CPU, ~10 min per model: 2000 steps x 64 sentences = 4.4 epochs of Multi30k's 29k pairs.
     "tiny": _TINY,
     # The over-confident regime on 2 cores: 3000 pairs, 1000 steps x 64 = 21 epochs, 10 points along training
-    # (measured: 30.2 min for the whole study, calibration along training 10% of training; docs/en_de.md).
+    # (measured: 30.2 and 29.8 min for the whole study, calibration along training 10-11% of training; docs/en_de.md).
     "tiny-lowdata": dataclasses.replace(_TINY, max_train_samples=3000, max_steps=1000, calibration_every=100),
     # One GPU, an hour or so on Multi30k.
     "small": Preset(
