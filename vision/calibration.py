@@ -23,7 +23,7 @@ import torch
 
 from ls_seq import fit_temperature
 from ls_seq.metrics import TokenCalibration
-from ls_seq.study.trajectory import TrajectoryPoint
+from ls_seq.study.trajectory import TrajectoryPoint, trajectory_from_log
 
 __all__ = [
     "TRAJECTORY_TEMPERATURES",
@@ -108,8 +108,8 @@ class CalibrationAlongTraining:
     """A :mod:`vision.train` callback: the validation calibration of the network every ``every`` epochs.
 
     At each such epoch it records, in the epoch's history entry, ``val_ece``, ``val_nll``, ``val_accuracy``,
-    ``val_mean_confidence`` (T = 1), ``val_best_ece_temperature`` / ``val_best_nll_temperature`` (lowest ECE /
-    NLL on ``temperatures``, 1.0 included); the history is saved in each checkpoint, so a resumed run keeps
+    ``val_mean_confidence`` (T = 1), ``val_best_ece_temperature`` / ``val_best_temperature`` (lowest ECE /
+    NLL on ``temperatures``, 1.0 included; the names of :func:`ls_seq.calibration_metrics.calibration_log_values`); the history is saved in each checkpoint, so a resumed run keeps
     the earlier points. Every process measures the whole split, so all of them record the same numbers.
     :attr:`seconds` adds up its wall-clock in this process (the history holds only deterministic numbers).
     """
@@ -142,19 +142,11 @@ class CalibrationAlongTraining:
             "val_accuracy": float(result["accuracy"][i1]),
             "val_mean_confidence": float(result["mean_confidence"][i1]),
             "val_best_ece_temperature": self.temperatures[int(torch.argmin(result["ece"]))],
-            "val_best_nll_temperature": self.temperatures[int(torch.argmin(result["nll"]))],
+            "val_best_temperature": self.temperatures[int(torch.argmin(result["nll"]))],
         }
 
 
 def trajectory_points(history: Sequence[dict[str, float]]) -> list[TrajectoryPoint]:
     """The :class:`~ls_seq.study.trajectory.TrajectoryPoint` of each history entry that
     :class:`CalibrationAlongTraining` measured (``step`` and ``epoch`` are both the epoch)."""
-    return [
-        TrajectoryPoint(
-            step=h["epoch"], epoch=h["epoch"], ece=h["val_ece"], nll=h["val_nll"], accuracy=h["val_accuracy"],
-            mean_confidence=h["val_mean_confidence"], best_ece_temperature=h["val_best_ece_temperature"],
-            best_nll_temperature=h["val_best_nll_temperature"],
-        )  # fmt: skip
-        for h in history
-        if "val_ece" in h
-    ]
+    return trajectory_from_log(history, prefix="val_", step="epoch")

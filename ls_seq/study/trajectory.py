@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["TrajectoryCurve", "TrajectoryPoint", "overconfident_from", "plot_trajectory", "trajectory_curves"]
+__all__ = [
+    "TrajectoryCurve",
+    "TrajectoryPoint",
+    "overconfident_from",
+    "plot_trajectory",
+    "trajectory_curves",
+    "trajectory_from_log",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,23 @@ class TrajectoryPoint:
     best_nll_temperature: float
     ece_low: float | None = None
     ece_high: float | None = None
+
+
+def trajectory_from_log(log: Sequence[Mapping], *, prefix: str = "eval_", step: str = "step") -> list[TrajectoryPoint]:
+    """The points of a training log whose entries hold :func:`ls_seq.calibration_metrics.calibration_log_values`'
+    names under ``prefix`` (``eval_ece``, ``eval_best_temperature``, ...), one per ``step`` key, in step order."""
+    points = {}
+    for h in log:
+        if f"{prefix}ece" not in h:
+            continue
+        points[h[step]] = TrajectoryPoint(
+            step=h[step], epoch=round(float(h.get("epoch") or 0.0), 4), ece=h[f"{prefix}ece"], nll=h[f"{prefix}nll"],
+            accuracy=h[f"{prefix}accuracy"], mean_confidence=h[f"{prefix}mean_confidence"],
+            best_ece_temperature=h.get(f"{prefix}best_ece_temperature", 1.0),
+            best_nll_temperature=h.get(f"{prefix}best_temperature", 1.0),
+            ece_low=h.get(f"{prefix}ece_low"), ece_high=h.get(f"{prefix}ece_high"),
+        )  # fmt: skip
+    return [points[k] for k in sorted(points)]
 
 
 def overconfident_from(points: Sequence[TrajectoryPoint]) -> float | None:

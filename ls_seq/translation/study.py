@@ -66,7 +66,13 @@ from ls_seq.io import (
     read_json,
 )
 from ls_seq.study import RunDirectory, stage_boundary
-from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
+from ls_seq.study.trajectory import (
+    TrajectoryPoint,
+    overconfident_from,
+    plot_trajectory,
+    trajectory_curves,
+    trajectory_from_log,
+)
 from ls_seq.sweeps import (
     beam_search_sweep,
     best_temperature,
@@ -418,18 +424,7 @@ def _training_summary(alpha: float, log_history: list[dict[str, Any]], global_st
 def calibration_trajectory(log_history: list[dict[str, Any]]) -> list[TrajectoryPoint]:
     """The calibration along training that :class:`ls_seq.CalibrationCallback` logged at each evaluation
     (``eval_ece``, ``eval_nll``, ``eval_best_ece_temperature``, ...), in step order, one point per step."""
-    points = {}
-    for h in log_history:
-        if "eval_ece" not in h:
-            continue
-        points[h["step"]] = TrajectoryPoint(
-            step=h["step"], epoch=round(float(h.get("epoch") or 0.0), 4), ece=h["eval_ece"], nll=h["eval_nll"],
-            accuracy=h["eval_accuracy"], mean_confidence=h["eval_mean_confidence"],
-            best_ece_temperature=h.get("eval_best_ece_temperature", 1.0),
-            best_nll_temperature=h.get("eval_best_temperature", 1.0),
-            ece_low=h.get("eval_ece_low"), ece_high=h.get("eval_ece_high"),
-        )  # fmt: skip
-    return [points[k] for k in sorted(points)]
+    return trajectory_from_log(log_history)
 
 
 def _finished_model(final_dir: Path, summary_path: Path):

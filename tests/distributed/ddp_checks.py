@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
-from families import CAUSAL, calibration_routes, family_collate, family_dataset, family_model
-from tiny import CALIB_CLASSES, CALIB_SPLIT, TEMPERATURES, calibration_rows, tiny_dataset, training_args
 
+from distributed.families import CAUSAL, calibration_routes, family_collate, family_dataset, family_model
+from distributed.tiny import CALIB_CLASSES, CALIB_SPLIT, TEMPERATURES, calibration_rows, tiny_dataset, training_args
 from ls_seq.io import atomic_write_bytes, atomic_write_json
 from ls_seq.metrics import TokenCalibration
 from ls_seq.trainer import (

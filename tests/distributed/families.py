@@ -1,7 +1,8 @@
 """Tiny models of the families users train (GPT-2, Llama, BART, Marian, T5), built from configs in code, and
 causal-LM data with masked prompts; shared by in-process tests and the torchrun scripts beside this file.
 
-Imported as ``distributed.families`` from ``tests/`` and as ``families`` from the torchrun scripts.
+Imported as ``distributed.families``: pytest puts ``tests/`` on the path (``pythonpath``), the torchrun
+launcher in ``test_two_processes.py`` sets ``PYTHONPATH`` to it.
 """
 
 from __future__ import annotations
@@ -12,36 +13,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-try:
-    from tiny import (
-        EOS,
-        IGNORE,
-        PAD,
-        TEMPERATURES,
-        VOCAB,
-        collate,
-        model_logits,
-        tiny_causal_lm,
-        tiny_dataset,
-        tiny_examples,
-        tiny_model,
-        training_args,
-    )
-except ImportError:  # imported as distributed.families
-    from distributed.tiny import (
-        EOS,
-        IGNORE,
-        PAD,
-        TEMPERATURES,
-        VOCAB,
-        collate,
-        model_logits,
-        tiny_causal_lm,
-        tiny_dataset,
-        tiny_examples,
-        tiny_model,
-        training_args,
-    )
+from distributed.tiny import (
+    EOS,
+    IGNORE,
+    PAD,
+    TEMPERATURES,
+    VOCAB,
+    collate,
+    model_logits,
+    tiny_causal_lm,
+    tiny_dataset,
+    tiny_examples,
+    tiny_model,
+    training_args,
+)
 
 CAUSAL = ("gpt2", "llama")
 SEQ2SEQ = ("bart", "marian", "t5")
