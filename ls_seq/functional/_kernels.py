@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["chunk_rows_for", "compute_dtype_for", "label_smoothed_ce_rows", "softmax_target_chunk_"]
+__all__ = ["chunk_rows_for", "compute_dtype_for", "label_smoothed_ce_rows", "row_topk", "softmax_target_chunk_"]
 
 # Elements per chunk: 2**25 (128 MiB of float32, 1048 rows at V = 32000). The softmax works row by row
 # (a 128 KiB row stays in L2), so large chunks cost little locality; what they save is the number of
@@ -31,6 +31,73 @@ def chunk_rows_for(n_rows: int, vocab_size: int, chunk_size: int | None = None) 
     if chunk_size is not None:
         return max(1, min(chunk_size, max(n_rows, 1)))
     return max(1, min(_CHUNK_ELEMENTS // max(vocab_size, 1), max(n_rows, 1)))
+
+
+# Block width of row_topk: the row is split into blocks of this many logits.
+_TOPK_BLOCK = 128
+
+
+def row_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest logits of each row and their indices, largest first; the first is ``torch.max``'s.
+
+    ``torch.max(dim=1)`` and ``torch.topk`` cost about 1 and 1.5 ns per logit on CPU (they carry an index
+    through a scalar loop); one vectorised ``amax`` over blocks of 128 costs about 0.12. The ``k`` largest
+    entries of a row lie in the ``k`` blocks with the largest maxima (a block holding the ``j``-th largest
+    entry can be outranked only by blocks holding one of the ``j - 1`` larger ones), so they are the top
+    ``k`` of those blocks' ``128 k`` logits, found exactly. The arg-max is the first maximum of the first
+    block holding the row's maximum, which is the first maximum of the row, as ``torch.max`` returns it;
+    it is placed first, so the arg-max does not depend on ``k``. Which of several entries tied at the
+    ``k``-th value are returned is unspecified, as for ``torch.topk``.
+
+    Args:
+        z: ``(c, V)`` logits, any float dtype.
+        k: ``1 <= k <= V``.
+
+    Returns:
+        ``values (c, k)`` in ``z``'s dtype, descending, and ``indices (c, k)`` int64.
+    """
+    rows, vocab = z.shape
+    blocks = -(-vocab // _TOPK_BLOCK)  # the last block may be partial
+    if blocks <= 2 * k:  # a small vocabulary: the direct calls are cheap
+        value, first = z.max(dim=1, keepdim=True)
+        if k == 1:
+            return value, first
+        values, indices = z.topk(k, dim=1)
+        return values, _put_first(indices, first)
+    full = vocab // _TOPK_BLOCK
+    block_max = z[:, : full * _TOPK_BLOCK].unflatten(1, (full, _TOPK_BLOCK)).amax(-1)  # (c, full)
+    if full < blocks:
+        block_max = torch.cat([block_max, z[:, full * _TOPK_BLOCK :].amax(1, keepdim=True)], dim=1)
+    offsets = torch.arange(_TOPK_BLOCK, device=z.device)
+
+    def block_logits(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, j) block numbers -> their logits (c, 128 j), -inf past the vocabulary, and the indices."""
+        index = (chosen[:, :, None] * _TOPK_BLOCK + offsets).reshape(rows, -1)  # (c, 128 j)
+        past = index >= vocab
+        values = z.gather(1, index.clamp_(max=vocab - 1))
+        return values.masked_fill_(past, float("-inf")), index
+
+    values, index = block_logits(block_max.argmax(1, keepdim=True))  # the first block holding the maximum
+    value, position = values.max(dim=1, keepdim=True)
+    first = index.gather(1, position)  # (c, 1)
+    if k == 1:
+        return value, first
+    values, index = block_logits(block_max.topk(k, dim=1).indices)
+    top_values, position = values.topk(k, dim=1)
+    return top_values, _put_first(index.gather(1, position), first)
+
+
+def _put_first(indices: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """``indices (c, k)`` of the top k with ``first (c, 1)`` (an index of the same maximum) at position 0.
+
+    Swaps it in where it is among them; otherwise more than ``k`` entries tie at the maximum and it
+    replaces position 0 (every position holds the maximum, so the values stay right).
+    """
+    hit = indices == first  # (c, k)
+    where = hit.int().argmax(1, keepdim=True)  # (c, 1): its position, 0 when absent
+    indices = indices.scatter(1, where, indices[:, :1])  # what was first goes where it was
+    indices[:, :1] = first
+    return indices
 
 
 def compute_dtype_for(dtype: torch.dtype) -> torch.dtype:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ls_seq._validation import check_choice, check_logits_labels, check_positive_int
-from ls_seq.functional._kernels import chunk_rows_for
+from ls_seq.functional._kernels import chunk_rows_for, row_topk
 
 __all__ = [
     "NORMS",
@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 NORMS = ("l1", "l2", "max")
+_LOG2E = 1.0 / math.log(2.0)
+_CPU_CHUNK_ELEMENTS = 1 << 19
 
 def _iter_valid_chunks(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
@@ -105,14 +107,15 @@ def token_statistics(
 ) -> TokenStatistics:
     """One chunked pass over the logits: :class:`TokenStatistics` at every temperature (inputs unchecked).
 
-    Per chunk of rows the row max, arg-max, label logit, top-k indices and finiteness are taken once; then,
-    per temperature, one fused softmax into a reused scratch buffer, from which the largest probability (and,
-    as asked, ``sum p^2``, the top-k mass and the tracked classes' probabilities) are read. Padded rows of a
-    chunk are computed along (selecting the others would copy it) and dropped at the end; chunks of padding
-    only are skipped. Raises ``ValueError`` if a non-ignored row holds NaN or an infinite logit.
-
-    For temperature ``T`` and logits ``z`` with maximum ``m``: ``p_max = exp(m / T - lse_T)`` and
-    ``log p_y = (z_y - m) / T + log p_max``.
+    Per chunk of rows the row max and arg-max (with the top-k, :func:`~ls_seq.functional._kernels.row_topk`),
+    the label's logit and the tracked classes' logits are taken once. Per temperature the only dense work is
+    ``S_T = sum_k 2^(s (z_k - m))`` with ``s = log2(e) / T`` (and ``sum_k 2^(2 s (z_k - m))`` for Brier): one
+    scaled shift, one in-place ``exp2`` (about half the cost of ``exp`` in ATen on CPU) and one or two row
+    reductions into a chunk-sized scratch buffer. Everything else is read off ``S_T`` and the few logits
+    taken per row: ``p_max = 1 / S_T``, ``log p_y = (z_y - m) / T - log S_T``, the top-k and class
+    probabilities ``2^(s (z_j - m)) / S_T``. Padded rows of a chunk are computed along (selecting the others
+    would copy it) and dropped at the end; chunks of padding only are skipped. Raises ``ValueError`` if a
+    non-ignored row holds NaN or an infinite logit.
     """
     device = logits.device
     vocab = logits.shape[-1]
@@ -121,80 +124,97 @@ def token_statistics(
     n_flat = z_all.shape[0]
     n_temps = temperatures.numel()
     inv_t = (1.0 / temperatures.double()).tolist()
+    scales = [b * _LOG2E for b in inv_t]
     valid_all = y_all != ignore_index  # (N,)
     y_safe = torch.where(valid_all, y_all, torch.zeros_like(y_all)).long()  # (N,)
 
-    def buffer(*shape: int) -> torch.Tensor:
-        return torch.ones(*shape, dtype=torch.float32, device=device)
+    def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.zeros(*shape, dtype=dtype, device=device)
 
-    confidence = buffer(n_temps, n_flat)  # (T, N)
-    shift_y = torch.zeros(n_flat, dtype=torch.float32, device=device)  # (N,) m - z_y
-    correct = torch.zeros(n_flat, dtype=torch.bool, device=device)  # (N,)
-    row_sum = torch.zeros(n_flat, dtype=torch.float32, device=device)  # (N,) finite iff the row is
-    sum_sq = buffer(n_temps, n_flat) if brier else None  # (T, N)
-    topk_mass = buffer(n_temps, n_flat) if top_k else None  # (T, N)
-    in_topk = torch.zeros(n_flat, dtype=torch.bool, device=device) if top_k else None  # (N,)
-    class_prob = buffer(n_temps, n_flat, classes.numel()) if classes is not None else None  # (T, N, K)
-    # Large chunks, few parallel ops (see ls_seq.functional._kernels): the softmax works row by row anyway.
-    step = chunk_rows_for(n_flat, vocab, chunk_rows)
-    scratch = torch.empty(min(step, max(n_flat, 1)), vocab, dtype=torch.float32, device=device)
+    exp_sum = torch.ones(n_temps, n_flat, dtype=torch.float32, device=device)  # (T, N) S_T
+    exp_norm = torch.ones(n_temps, n_flat, dtype=torch.float32, device=device) if brier else None  # (T, N)
+    row_max = zeros(n_flat)  # (N,)
+    label_logit = zeros(n_flat)  # (N,)
+    correct = zeros(n_flat, dtype=torch.bool)  # (N,)
+    row_sum = zeros(n_flat)  # (N,) finite iff the row is
+    k = max(1, min(top_k or 1, vocab))
+    top_logits = zeros(n_flat, k) if top_k else None  # (N, k)
+    in_topk = zeros(n_flat, dtype=torch.bool) if top_k else None  # (N,)
+    class_logits = zeros(n_flat, classes.numel()) if classes is not None else None  # (N, K)
+    step = _statistics_chunk_rows(n_flat, vocab, device, chunk_rows)
+    # ATen's elementwise loops take the last few elements of a contiguous run through a scalar ``exp2``
+    # that can differ from the vectorised one in the last bit. Strided rows do not coalesce into one run:
+    # every row then ends in the same tail, so a token's statistics do not depend on its chunk.
+    stride = -(-(vocab + 1) // 16) * 16
+    scratch = torch.empty(min(step, max(n_flat, 1)), stride, dtype=torch.float32, device=device)[:, :vocab]
     for start in range(0, n_flat, step):
         stop = min(start + step, n_flat)
         if not bool(valid_all[start:stop].any()):
             continue
         z = z_all[start:stop]  # (c, V), any float dtype
-        m, pred = z.max(dim=-1)  # (c,), (c,)
-        correct[start:stop] = pred == y_all[start:stop]
-        shift_y[start:stop] = m.float() - z.gather(1, y_safe[start:stop, None]).squeeze(1).float()
+        top_value, top_index = row_topk(z, k)  # (c, k), (c, k): largest first, ties to the lowest index
+        m = top_value[:, :1].float()  # (c, 1)
+        row_max[start:stop] = m[:, 0]
+        correct[start:stop] = top_index[:, 0] == y_all[start:stop]
+        label_logit[start:stop] = z.gather(1, y_safe[start:stop, None]).squeeze(1).float()
         row_sum[start:stop] = z.sum(dim=-1, dtype=torch.float32)
         if top_k:
-            top_index = z.topk(min(top_k, vocab), dim=-1).indices  # (c, k): the same at every temperature
+            top_logits[start:stop] = top_value.float()
             in_topk[start:stop] = (top_index == y_all[start:stop, None]).any(-1)
-        work = scratch[: stop - start]  # (c, V)
-        for i, b in enumerate(inv_t):
-            if z.dtype != torch.float32:
-                src = work.copy_(z)  # upcast first: scaling in half loses bits; CPU softmax can't upcast
-                if b != 1.0:
-                    src.mul_(b)
-            elif b != 1.0:
-                src = torch.mul(z, b, out=work)
-            else:
-                src = z
-            torch.softmax(src, 1, out=work)  # in place is safe: each element is read before it is written
-            torch.gather(work, 1, pred[:, None], out=confidence[i, start:stop, None])
+        if classes is not None:
+            class_logits[start:stop] = z.index_select(1, classes).float()
+        work = scratch[: stop - start]  # (c, V) float32
+        for i, s in enumerate(scales):
+            # s * z - s * m in float32 (half logits are upcast exactly on the way), then 2^x in place.
+            torch.add(m * -s, z, alpha=s, out=work).exp2_()
+            torch.sum(work, 1, out=exp_sum[i, start:stop])
             if brier:
-                torch.linalg.vector_norm(work, 2, dim=1, out=sum_sq[i, start:stop]).square_()
-            if top_k:
-                topk_mass[i, start:stop] = work.gather(1, top_index).sum(-1)
-            if classes is not None:
-                class_prob[i, start:stop] = work.index_select(1, classes)
+                torch.linalg.vector_norm(work, 2, dim=1, out=exp_norm[i, start:stop])
 
     valid = valid_all.nonzero().squeeze(1)  # (n,)
     # The row sum is finite iff every logit is: checked on counted rows only, padding may hold anything.
     if not bool(torch.isfinite(row_sum.index_select(0, valid)).all()):
         raise ValueError("`logits` must be finite at non-ignored positions; got NaN or an infinite value")
-    confidence = confidence.index_select(1, valid)  # (T, n)
     inv_t_col = torch.tensor(inv_t, dtype=torch.float32, device=device)[:, None]  # (T, 1)
-    log_prob = confidence.log() - shift_y.index_select(0, valid)[None, :] * inv_t_col  # (T, n)
+    scale_col = torch.tensor(scales, dtype=torch.float32, device=device)[:, None]  # (T, 1)
+    exp_sum = exp_sum.index_select(1, valid)  # (T, n)
+    inv_sum = exp_sum.reciprocal()  # (T, n)
+    m = row_max.index_select(0, valid)  # (n,)
+    # The small (T, n) transcendentals run in float64 and round once: their vectorised and scalar results
+    # then agree in float32, so they do not depend on n (how the tokens were batched) either.
+    log_prob = (label_logit.index_select(0, valid) - m)[None, :] * inv_t_col - exp_sum.double().log().float()
+
+    def probabilities(selected: torch.Tensor) -> torch.Tensor:  # (n, j) logits -> (T, n, j) probabilities
+        shifted = (selected - m[:, None])[None] * scale_col[:, :, None]  # (T, n, j) float32
+        return shifted.double().exp2_().float() * inv_sum[:, :, None]
+
     n_rows = labels.shape[0] if labels.dim() > 1 else 1
     row_length = max(1, n_flat // max(n_rows, 1))
-
-    def pick(t: torch.Tensor | None, dim: int) -> torch.Tensor | None:
-        return None if t is None else t.index_select(dim, valid)
-
     return TokenStatistics(
         n_rows=n_rows,
         row=valid // row_length,
         column=valid % row_length,
         label=y_all.index_select(0, valid).long(),
         correct=correct.index_select(0, valid),
-        confidence=confidence,
+        confidence=inv_sum,  # the arg-max's 2^0 / S_T
         log_prob=log_prob,
-        sum_sq=pick(sum_sq, 1),
-        topk_mass=pick(topk_mass, 1),
-        in_topk=pick(in_topk, 0),
-        class_prob=pick(class_prob, 1),
+        sum_sq=None if exp_norm is None else (exp_norm.index_select(1, valid) * inv_sum).square_(),
+        topk_mass=None if top_logits is None else probabilities(top_logits.index_select(0, valid)).sum(-1),
+        in_topk=None if in_topk is None else in_topk.index_select(0, valid),
+        class_prob=None if class_logits is None else probabilities(class_logits.index_select(0, valid)),
     )
+
+
+def _statistics_chunk_rows(n_rows: int, vocab: int, device: torch.device, chunk_rows: int | None) -> int:
+    """Rows per chunk of :func:`token_statistics`: cache-sized on CPU, the kernels' large chunks elsewhere.
+
+    On CPU each temperature reads and writes the chunk three times (shift, ``exp2``, reductions), so a chunk
+    that stays in the L2/L3 cache (2**19 float32 logits, 2 MiB: 16 rows at V = 32000) measured 2.3x faster
+    than the kernels' 128 MiB chunks (``benchmarks/bench_calibration.py``). On a GPU few large launches win.
+    """
+    if chunk_rows is None and device.type == "cpu":
+        chunk_rows = max(1, _CPU_CHUNK_ELEMENTS // max(vocab, 1))
+    return chunk_rows_for(n_rows, vocab, chunk_rows)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -261,6 +281,15 @@ def binned_sums(
         sums = (count, torch.bincount(index, conf.reshape(-1), minlength=size), torch.bincount(index, out.reshape(-1), minlength=size))
         return tuple(s.reshape(shape) for s in sums)  # type: ignore[return-value]
     replicates = weights.shape[0]
+    if group is None:
+        # One matmul: the (R, n) weights times each token's one-hot bin, confidence and outcome, (n, L * 3 * B);
+        # no (R, L, n) products are written (they were most of the bootstrap's cost).
+        onehot = torch.zeros(n_lead, conf.shape[1], n_bins, dtype=torch.float64, device=bins.device)
+        onehot.scatter_(2, bins.reshape(n_lead, -1, 1), 1.0)  # (L, n, B)
+        features = torch.stack([onehot, onehot * conf[..., None], onehot * out[..., None]], dim=2)  # (L, n, 3, B)
+        summed = weights.double() @ features.permute(1, 0, 2, 3).reshape(conf.shape[1], n_lead * 3 * n_bins)  # (R, L * 3 * B)
+        summed = summed.reshape(replicates, n_lead, 3, n_bins)
+        return tuple(summed[:, :, i].reshape((replicates,) + shape) for i in range(3))  # type: ignore[return-value]
     index = (flat[None] + (torch.arange(replicates, device=bins.device) * size)[:, None, None]).reshape(-1)  # (R*L*n,)
     w = weights.double()[:, None, :]  # (R, 1, n)
     sums = tuple(

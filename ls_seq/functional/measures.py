@@ -306,9 +306,12 @@ def _bootstrap_update(stats: TokenStatistics, config: CalibrationConfig, groups:
     weights = poisson_weights(keys, config.bootstrap_replicates, config.seed)  # (R, n)
     count, conf, correct = _sums(width_bins(stats.confidence, config.n_bins), stats.confidence, stats.correct,
                                  config.n_bins, groups, weights=weights)  # fmt: skip
-    nll = weights.double()[:, None, :] * -stats.log_prob.double()[None]  # (R, T, n)
-    nll = nll.sum(-1) if groups is None else torch.zeros(nll.shape[:-1] + (groups.n,), dtype=torch.float64,
-                                                         device=nll.device).index_add_(-1, groups.of_token, nll)  # fmt: skip
+    if groups is None:
+        nll = weights.double() @ -stats.log_prob.double().T  # (R, T)
+    else:
+        nll = weights.double()[:, None, :] * -stats.log_prob.double()[None]  # (R, T, n)
+        nll = torch.zeros(nll.shape[:-1] + (groups.n,), dtype=torch.float64,
+                          device=nll.device).index_add_(-1, groups.of_token, nll)  # fmt: skip
     if groups is not None:  # (R, G, T, B) -> (G, R, T, B): the group dimension leads
         count, conf, correct = (x.movedim(1, 0) for x in (count, conf, correct))
         nll = nll.movedim(-1, 0)  # (G, R, T)

@@ -187,3 +187,26 @@ def test_public_loss_num_items_scales_the_gradient():
     label_smoothed_cross_entropy(a, y, 0.1, num_items_in_batch=100).backward()
     (F.cross_entropy(b, y, label_smoothing=0.1, reduction="sum") / 100).backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("vocab", [7, 300, 1280, 32001])
+@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_topk_equals_torch_topk_and_max(vocab, k, dtype):
+    """``row_topk`` (block maxima) against ``torch.topk`` (values, exactly) and ``torch.max`` (the arg-max
+    first: the first maximum). bfloat16 rows of rounded values hold many ties; rows with a constant value,
+    a maximum in the partial last block and a -inf entry are included."""
+    g = torch.Generator().manual_seed(vocab + k)
+    z = torch.randn(40, vocab, generator=g)
+    if dtype == torch.bfloat16:
+        z = (4 * z).round()
+    z = z.to(dtype)
+    z[0] = 1.0  # every entry tied
+    z[1, -1] = 100.0  # the maximum in the last (partial) block
+    z[2, vocab // 2] = float("-inf")
+    values, indices = _kernels.row_topk(z, k)
+    assert values.dtype == dtype and indices.shape == (40, k)
+    assert torch.equal(values, z.topk(k, dim=1).values)
+    assert torch.equal(indices[:, 0], z.max(dim=1).indices)
+    assert torch.equal(z.gather(1, indices), values)
+    assert all(len(set(row.tolist())) == k for row in indices)  # k distinct entries
