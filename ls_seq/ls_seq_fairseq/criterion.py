@@ -4,7 +4,9 @@ A minimal subclass of fairseq's ``label_smoothed_cross_entropy``: the same loggi
 ``loss``/``nll_loss``/``ppl`` in the logs (base 2, as fairseq logs them), and
 
 * the loss of :func:`ls_seq.label_smoothed_cross_entropy` (one fused pass over the decoder's logits) in either
-  smoothing convention, with a uniform or unigram prior, plus an optional confidence penalty;
+  smoothing convention, with a uniform or unigram prior, plus an optional confidence penalty; or, with
+  ``--ls-kernel fairseq``, fairseq's own ``label_smoothed_nll_loss`` on the log-probabilities, the same
+  operations in the same order (bit-identical training with ``--ls-convention fairseq``; more memory);
 * in validation, token calibration: per-bin sums in the logging outputs (``_calibration:*`` keys, float64,
   hidden from the log lines), summed across batches and workers by fairseq and turned into ``ece``, ``mce``
   and, per temperature of ``--calibration-temperatures``, ``nll_T<t>`` (base 2, like ``nll_loss``) and
@@ -21,10 +23,12 @@ from dataclasses import dataclass, field
 from typing import List, Optional  # noqa: UP035  (the config's field: see below)
 
 import torch
+from fairseq import utils as fairseq_utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
+    label_smoothed_nll_loss,
 )
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
@@ -50,6 +54,7 @@ __all__ = [
 
 CRITERION_NAME = "ls_seq_label_smoothed_cross_entropy"
 PRIOR_CHOICES = ("uniform", "unigram")
+KERNELS = ("fused", "fairseq")
 # Logging-output keys of the calibration sums: "_calibration:<stat>" for the scalars and
 # "_calibration:<stat>@<T>" for the (n_bins,) sums and nll of temperature T. A leading "_" keeps fairseq
 # from printing them; the temperature is in the key because fairseq calls reduce_metrics on the class.
@@ -67,6 +72,16 @@ class LsSeqLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionCon
         metadata={
             "help": "meaning of --label-smoothing a: 'uniform' (the paper, PyTorch): target (1 - a) onehot + a q; "
             "'fairseq': 1 - a on the true class, a / (V - 1) on each other class (fairseq's own criterion)"
+        },
+    )
+    ls_kernel: ChoiceEnum(list(KERNELS)) = field(
+        default="fused",
+        metadata={
+            "help": "how the loss is computed: 'fused': ls-seq's single pass over the logits (the gradient "
+            "softmax - target written once, no log-probabilities kept); 'fairseq': fairseq's own "
+            "label_smoothed_nll_loss on the model's log-probabilities, the same operations in the same order, so "
+            "with --ls-convention fairseq training is bit-identical to --criterion label_smoothed_cross_entropy "
+            "(needs --ls-prior uniform)"
         },
     )
     ls_prior: str = field(
@@ -113,6 +128,7 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
         ignore_prefix_size=0,
         report_accuracy=False,
         ls_convention="uniform",
+        ls_kernel="fused",
         ls_prior="uniform",
         ls_prior_smoothing=1.0,
         confidence_penalty=0.0,
@@ -130,7 +146,14 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
         # T = 1 is always measured: it is the model's own calibration (ece, mce).
         self.temperatures = sorted(set(grid) | {1.0})
         self._temperatures = torch.tensor(self.temperatures, dtype=torch.float64)
+        self.kernel = check_choice(str(ls_kernel), "ls_kernel", KERNELS)
         self.prior = self._build_prior(str(ls_prior), check_nonnegative(ls_prior_smoothing, "ls_prior_smoothing"))
+        if self.kernel == "fairseq" and self.prior is not None:
+            raise ValueError(f"`ls_kernel` 'fairseq' smooths towards the uniform distribution only; got --ls-prior {ls_prior!r}")
+        # fairseq's formula puts eps / (V - 1) on every other class and 1 - eps on the label; the uniform
+        # convention's alpha / V everywhere on top of (1 - alpha) onehot is the same target with eps = alpha (V - 1) / V.
+        vocab = len(task.target_dictionary)
+        self._fairseq_eps = self.alpha if self.convention == "fairseq" else self.alpha * (vocab - 1) / vocab
         self._prior_on: dict[torch.device, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------------------
@@ -192,7 +215,7 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
         in evaluation mode."""
         net_output = model(**sample["net_input"])
         logits, target = self.logits_and_target(model, net_output, sample)  # (B, T, V), (B, T)
-        loss, nll_loss = self.compute_loss_from_logits(logits, target, reduce=reduce)
+        loss, nll_loss = self.compute_loss_from_logits(logits, target, reduce=reduce, lprobs=self._lprobs(model, net_output))
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": loss.data,
@@ -224,19 +247,40 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
             target = target[:, self.ignore_prefix_size :]
         return logits, target
 
-    def compute_loss_from_logits(self, logits, target, reduce=True):
-        """Summed (``reduce``) or per-token smoothed loss and NLL, in nats, with the confidence penalty."""
+    def _lprobs(self, model, net_output):
+        """The model's log-probabilities after ``--ignore-prefix-size`` (``--ls-kernel fairseq``), else None."""
+        if self.kernel != "fairseq":
+            return None
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        return lprobs[:, self.ignore_prefix_size :, :] if self.ignore_prefix_size > 0 else lprobs
+
+    def compute_loss_from_logits(self, logits, target, reduce=True, lprobs=None):
+        """Summed (``reduce``) or per-token smoothed loss and NLL, in nats, with the confidence penalty.
+
+        ``lprobs``: the model's log-probabilities for ``--ls-kernel fairseq`` (default: fairseq's
+        ``log_softmax`` of ``logits`` in float32, what its decoders return).
+        """
         reduction = "sum" if reduce else "none"
-        loss, nll = label_smoothed_cross_entropy(
-            logits,
-            target,
-            self.alpha,
-            ignore_index=self.padding_idx,
-            prior=self._prior_for(logits.device),
-            convention=self.convention,
-            reduction=reduction,
-            return_nll=True,
-        )
+        if self.kernel == "fairseq":
+            if lprobs is None:
+                lprobs = fairseq_utils.log_softmax(logits, dim=-1)
+            loss, nll = label_smoothed_nll_loss(
+                lprobs.view(-1, lprobs.size(-1)), target.reshape(-1), self._fairseq_eps,
+                ignore_index=self.padding_idx, reduce=reduce,
+            )  # fmt: skip
+            if not reduce:
+                loss, nll = loss.view(target.shape), nll.view(target.shape)
+        else:
+            loss, nll = label_smoothed_cross_entropy(
+                logits,
+                target,
+                self.alpha,
+                ignore_index=self.padding_idx,
+                prior=self._prior_for(logits.device),
+                convention=self.convention,
+                reduction=reduction,
+                return_nll=True,
+            )
         if self.confidence_penalty:
             # confidence_penalty_loss is NLL - beta * H; subtracting the NLL leaves -beta * H.
             penalty = confidence_penalty_loss(
@@ -248,7 +292,7 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
     def compute_loss(self, model, net_output, sample, reduce=True):
         """fairseq's hook, for code that calls it directly (e.g. tasks computing a validation loss)."""
         logits, target = self.logits_and_target(model, net_output, sample)
-        return self.compute_loss_from_logits(logits, target, reduce=reduce)
+        return self.compute_loss_from_logits(logits, target, reduce=reduce, lprobs=self._lprobs(model, net_output))
 
     # ------------------------------------------------------------------------------------------------------
     # Calibration

@@ -62,8 +62,57 @@ def test_fairseq_convention_equals_fairseqs_criterion_on_a_batch(build, eps):
 
 
 @pytest.mark.slow
+def test_fairseq_kernel_trains_bit_identically_to_fairseqs_criterion_for_30_updates(data_bin, tmp_path, fairseq_train, load_state):
+    """``--ls-kernel fairseq --ls-convention fairseq``: same seed, 30 Adam updates, every parameter and every
+    Adam moment bit-identical to fairseq's own ``label_smoothed_cross_entropy`` (``torch.equal``)."""
+    common = ["--label-smoothing", "0.1", "--max-update", "30"]
+    fairseq_train(data_bin.path, tmp_path / "fairseq", "--criterion", "label_smoothed_cross_entropy", *common)
+    fairseq_train(data_bin.path, tmp_path / "ls_seq", *LS, "--ls-convention", "fairseq", "--ls-kernel", "fairseq", *common)
+    ref = load_state(tmp_path / "fairseq" / "checkpoint_last.pt")
+    got = load_state(tmp_path / "ls_seq" / "checkpoint_last.pt")
+    assert got["optimizer_history"][-1]["num_updates"] == ref["optimizer_history"][-1]["num_updates"] == 30
+    assert got["model"].keys() == ref["model"].keys() and len(ref["model"]) > 10
+    different = [name for name, expected in ref["model"].items() if not torch.equal(got["model"][name], expected)]
+    assert different == []
+    ref_moments = ref["last_optimizer_state"]["state"]
+    got_moments = got["last_optimizer_state"]["state"]
+    assert ref_moments.keys() == got_moments.keys()
+    for key, state in ref_moments.items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(got_moments[key][name], state[name]), (key, name)
+
+
+@pytest.mark.parametrize("convention", ["uniform", "fairseq"])
+def test_fairseq_kernel_equals_the_fused_kernel_on_a_batch(build, convention):
+    """The two kernels compute the same loss: ``--ls-kernel fairseq`` (fairseq's formula, for the uniform
+    convention with eps = alpha (V - 1) / V) against the fused one. Tolerance (float32, other order of
+    operations): 1e-6 relative for the sums, 1e-5 of each gradient's norm; per-token losses to 1e-5."""
+    flags = ("--label-smoothing", "0.2", "--ls-convention", convention)
+    _, model, fused, sample = build(*LS, *flags)
+    exact = build(*LS, *flags, "--ls-kernel", "fairseq")[2]
+    assert (fused.kernel, exact.kernel) == ("fused", "fairseq")
+    model.train()
+    results = {}
+    for name, criterion in (("fused", fused), ("fairseq", exact)):
+        model.zero_grad()
+        loss, _, log = criterion(model, sample)
+        loss.backward()
+        net_output = model(**sample["net_input"])
+        logits, target = criterion.logits_and_target(model, net_output, sample)
+        per_token = criterion.compute_loss_from_logits(logits, target, reduce=False)
+        results[name] = (loss.detach(), log["nll_loss"], _grads(model), per_token)
+    (loss_a, nll_a, grads_a, tok_a), (loss_b, nll_b, grads_b, tok_b) = results["fused"], results["fairseq"]
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=0)
+    torch.testing.assert_close(nll_b, nll_a, rtol=1e-6, atol=0)
+    assert_gradients_close(grads_b, grads_a)
+    for a, b in zip(tok_a, tok_b):
+        assert a.shape == b.shape == sample["target"].shape
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_fairseq_convention_trains_like_fairseqs_criterion_for_30_updates(data_bin, tmp_path, fairseq_train, load_state):
-    """Same seed, same 30 Adam updates: the logged losses are equal and the parameters agree to 1e-6.
+    """The fused kernel: same seed, same 30 Adam updates: the logged losses are equal and the parameters agree to 1e-6.
 
     Not bit for bit: the ls-seq loss computes the gradient softmax - target in one pass, fairseq's autograd
     goes through log_softmax, so gradients differ in the last float32 bit. Adam turns that into parameter
@@ -203,6 +252,7 @@ def _write_prior(path, n):
             r"`ls_prior` must be one of \('uniform', 'unigram'\) or the path of an existing file",
         ),
         (["--confidence-penalty", "-1"], r"`confidence_penalty` must be finite and >= 0, got -1.0"),
+        (["--ls-kernel", "fairseq", "--ls-prior", "unigram"], r"`ls_kernel` 'fairseq' smooths towards the uniform"),
         (["--calibration-bins", "0"], r"`calibration_bins` must be an int >= 1, got 0"),
     ],
 )
