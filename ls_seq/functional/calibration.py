@@ -105,17 +105,19 @@ def token_statistics(
     classes: torch.Tensor | None = None,
     chunk_rows: int | None = None,
 ) -> TokenStatistics:
-    """One chunked pass over the logits: :class:`TokenStatistics` at every temperature (inputs unchecked).
+    """One chunked pass over the scored rows of the logits: :class:`TokenStatistics` at every temperature
+    (inputs unchecked).
 
-    Per chunk of rows the row max and arg-max (with the top-k, :func:`~ls_seq.functional._kernels.row_topk`),
-    the label's logit and the tracked classes' logits are taken once. Per temperature the only dense work is
-    ``S_T = sum_k 2^(s (z_k - m))`` with ``s = log2(e) / T`` (and ``sum_k 2^(2 s (z_k - m))`` for Brier): one
-    scaled shift, one in-place ``exp2`` (about half the cost of ``exp`` in ATen on CPU) and one or two row
-    reductions into a chunk-sized scratch buffer. Everything else is read off ``S_T`` and the few logits
-    taken per row: ``p_max = 1 / S_T``, ``log p_y = (z_y - m) / T - log S_T``, the top-k and class
-    probabilities ``2^(s (z_j - m)) / S_T``. Padded rows of a chunk are computed along (selecting the others
-    would copy it) and dropped at the end; chunks of padding only are skipped. Raises ``ValueError`` if a
-    non-ignored row holds NaN or an infinite logit.
+    The rows whose label is not ``ignore_index`` are taken in chunks (copied into a chunk-sized buffer, unless
+    they are consecutive, on CPU); padding is never computed, which matters for padded evaluation batches,
+    often a third padding. Per chunk the row max and arg-max (with the top-k,
+    :func:`~ls_seq.functional._kernels.row_topk`), the label's logit and the tracked classes' logits are taken
+    once. Per temperature the only dense work is ``S_T = sum_k 2^(s (z_k - m))`` with ``s = log2(e) / T`` (and
+    its 2-norm for Brier): one scaled shift, one in-place ``exp2`` (about half the cost of ``exp`` in ATen on
+    CPU) and one or two row reductions into a chunk-sized scratch buffer. Everything else is read off ``S_T``
+    and the few logits taken per row: ``p_max = 1 / S_T``, ``log p_y = (z_y - m) / T - log S_T``, the top-k and
+    class probabilities ``2^(s (z_j - m)) / S_T``. Raises ``ValueError`` if a scored row holds NaN or an
+    infinite logit.
     """
     device = logits.device
     vocab = logits.shape[-1]
@@ -125,42 +127,51 @@ def token_statistics(
     n_temps = temperatures.numel()
     inv_t = (1.0 / temperatures.double()).tolist()
     scales = [b * _LOG2E for b in inv_t]
-    valid_all = y_all != ignore_index  # (N,)
-    y_safe = torch.where(valid_all, y_all, torch.zeros_like(y_all)).long()  # (N,)
+    valid = (y_all != ignore_index).nonzero().squeeze(1)  # (n,) the scored rows
+    n = valid.numel()
+    label = y_all.index_select(0, valid).long()  # (n,)
 
     def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.zeros(*shape, dtype=dtype, device=device)
 
-    exp_sum = torch.ones(n_temps, n_flat, dtype=torch.float32, device=device)  # (T, N) S_T
-    exp_norm = torch.ones(n_temps, n_flat, dtype=torch.float32, device=device) if brier else None  # (T, N)
-    row_max = zeros(n_flat)  # (N,)
-    label_logit = zeros(n_flat)  # (N,)
-    correct = zeros(n_flat, dtype=torch.bool)  # (N,)
-    row_sum = zeros(n_flat)  # (N,) finite iff the row is
+    exp_sum = torch.ones(n_temps, n, dtype=torch.float32, device=device)  # (T, n) S_T
+    exp_norm = torch.ones(n_temps, n, dtype=torch.float32, device=device) if brier else None  # (T, n)
+    row_max = zeros(n)  # (n,)
+    label_logit = zeros(n)  # (n,)
+    correct = zeros(n, dtype=torch.bool)  # (n,)
+    row_sum = zeros(n)  # (n,) finite iff the row is
     k = max(1, min(top_k or 1, vocab))
-    top_logits = zeros(n_flat, k) if top_k else None  # (N, k)
-    in_topk = zeros(n_flat, dtype=torch.bool) if top_k else None  # (N,)
-    class_logits = zeros(n_flat, classes.numel()) if classes is not None else None  # (N, K)
-    step = _statistics_chunk_rows(n_flat, vocab, device, chunk_rows)
+    top_logits = zeros(n, k) if top_k else None  # (n, k)
+    in_topk = zeros(n, dtype=torch.bool) if top_k else None  # (n,)
+    class_logits = zeros(n, classes.numel()) if classes is not None else None  # (n, K)
+    step = _statistics_chunk_rows(n, vocab, device, chunk_rows)
+    rows_max = min(step, max(n, 1))
     # ATen's elementwise loops take the last few elements of a contiguous run through a scalar ``exp2``
     # that can differ from the vectorised one in the last bit. Strided rows do not coalesce into one run:
     # every row then ends in the same tail, so a token's statistics do not depend on its chunk.
     stride = -(-(vocab + 1) // 16) * 16
-    scratch = torch.empty(min(step, max(n_flat, 1)), stride, dtype=torch.float32, device=device)[:, :vocab]
-    for start in range(0, n_flat, step):
-        stop = min(start + step, n_flat)
-        if not bool(valid_all[start:stop].any()):
-            continue
-        z = z_all[start:stop]  # (c, V), any float dtype
+    scratch = torch.empty(rows_max, stride, dtype=torch.float32, device=device)[:, :vocab]
+    gathered = None  # (rows_max, V) in the logits' dtype: the chunk's scored rows, when not consecutive
+    on_cpu = device.type == "cpu"
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        rows = valid[start:stop]  # (c,)
+        if on_cpu and int(rows[-1]) - int(rows[0]) == stop - start - 1:
+            z = z_all[int(rows[0]) : int(rows[-1]) + 1]  # consecutive rows: a view, no copy
+        else:
+            if gathered is None:
+                gathered = torch.empty(rows_max, vocab, dtype=z_all.dtype, device=device)
+            z = torch.index_select(z_all, 0, rows, out=gathered[: stop - start])  # (c, V), any float dtype
+        y = label[start:stop]  # (c,)
         top_value, top_index = row_topk(z, k)  # (c, k), (c, k): largest first, ties to the lowest index
         m = top_value[:, :1].float()  # (c, 1)
         row_max[start:stop] = m[:, 0]
-        correct[start:stop] = top_index[:, 0] == y_all[start:stop]
-        label_logit[start:stop] = z.gather(1, y_safe[start:stop, None]).squeeze(1).float()
+        correct[start:stop] = top_index[:, 0] == y
+        label_logit[start:stop] = z.gather(1, y[:, None]).squeeze(1).float()
         row_sum[start:stop] = z.sum(dim=-1, dtype=torch.float32)
         if top_k:
             top_logits[start:stop] = top_value.float()
-            in_topk[start:stop] = (top_index == y_all[start:stop, None]).any(-1)
+            in_topk[start:stop] = (top_index == y[:, None]).any(-1)
         if classes is not None:
             class_logits[start:stop] = z.index_select(1, classes).float()
         work = scratch[: stop - start]  # (c, V) float32
@@ -171,21 +182,18 @@ def token_statistics(
             if brier:
                 torch.linalg.vector_norm(work, 2, dim=1, out=exp_norm[i, start:stop])
 
-    valid = valid_all.nonzero().squeeze(1)  # (n,)
-    # The row sum is finite iff every logit is: checked on counted rows only, padding may hold anything.
-    if not bool(torch.isfinite(row_sum.index_select(0, valid)).all()):
+    # The row sum is finite iff every logit is: only scored rows are read, padding may hold anything.
+    if not bool(torch.isfinite(row_sum).all()):
         raise ValueError("`logits` must be finite at non-ignored positions; got NaN or an infinite value")
     inv_t_col = torch.tensor(inv_t, dtype=torch.float32, device=device)[:, None]  # (T, 1)
     scale_col = torch.tensor(scales, dtype=torch.float32, device=device)[:, None]  # (T, 1)
-    exp_sum = exp_sum.index_select(1, valid)  # (T, n)
     inv_sum = exp_sum.reciprocal()  # (T, n)
-    m = row_max.index_select(0, valid)  # (n,)
     # The small (T, n) transcendentals run in float64 and round once: their vectorised and scalar results
     # then agree in float32, so they do not depend on n (how the tokens were batched) either.
-    log_prob = (label_logit.index_select(0, valid) - m)[None, :] * inv_t_col - exp_sum.double().log().float()
+    log_prob = (label_logit - row_max)[None, :] * inv_t_col - exp_sum.double().log().float()  # (T, n)
 
     def probabilities(selected: torch.Tensor) -> torch.Tensor:  # (n, j) logits -> (T, n, j) probabilities
-        shifted = (selected - m[:, None])[None] * scale_col[:, :, None]  # (T, n, j) float32
+        shifted = (selected - row_max[:, None])[None] * scale_col[:, :, None]  # (T, n, j) float32
         return shifted.double().exp2_().float() * inv_sum[:, :, None]
 
     n_rows = labels.shape[0] if labels.dim() > 1 else 1
@@ -194,14 +202,14 @@ def token_statistics(
         n_rows=n_rows,
         row=valid // row_length,
         column=valid % row_length,
-        label=y_all.index_select(0, valid).long(),
-        correct=correct.index_select(0, valid),
+        label=label,
+        correct=correct,
         confidence=inv_sum,  # the arg-max's 2^0 / S_T
         log_prob=log_prob,
-        sum_sq=None if exp_norm is None else (exp_norm.index_select(1, valid) * inv_sum).square_(),
-        topk_mass=None if top_logits is None else probabilities(top_logits.index_select(0, valid)).sum(-1),
-        in_topk=None if in_topk is None else in_topk.index_select(0, valid),
-        class_prob=None if class_logits is None else probabilities(class_logits.index_select(0, valid)),
+        sum_sq=None if exp_norm is None else (exp_norm * inv_sum).square_(),
+        topk_mass=None if top_logits is None else probabilities(top_logits).sum(-1),
+        in_topk=in_topk,
+        class_prob=None if class_logits is None else probabilities(class_logits),
     )
 
 
