@@ -159,3 +159,15 @@ def check_prior(prior: Any, vocab_size: int, name: str = "prior", atol: float = 
     if abs(total - 1.0) > atol:
         raise ValueError(f"`{name}` must sum to 1 (within {atol}), got a sum of {total:.6g}")
     return prior
+
+
+def check_seeds(seeds: Any, name: str = "seeds") -> list[int]:
+    """A non-empty list of distinct non-negative int seeds (``--seeds 42 43 44``), as a list."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)):
+        raise TypeError(f"`{name}` must be a list of ints, got {type(seeds).__name__}")
+    if not seeds:
+        raise ValueError(f"`{name}` must hold at least one seed, got none")
+    seeds = [check_positive_int(s, f"{name}[{i}]", minimum=0) for i, s in enumerate(seeds)]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"`{name}` must be distinct, got {seeds}")
+    return seeds

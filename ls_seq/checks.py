@@ -19,6 +19,7 @@ from ls_seq._validation import (
     check_choice,
     check_nonnegative,
     check_positive_int,
+    check_seeds,
     check_temperature,
     check_temperatures,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "check_choice",
     "check_nonnegative",
     "check_positive_int",
+    "check_seeds",
     "check_temperature",
     "check_temperatures",
 ]

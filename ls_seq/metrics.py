@@ -129,6 +129,10 @@ class TokenCalibration(Metric):
         """
         if float(self.tokens_n) <= 0 and not self._to_sync:
             raise RuntimeError("reliability() needs at least one non-ignored token: call update() first")
+        return self.schema.reliability(self._synced_states("reliability()"), binning)
+
+    def _synced_states(self, caller: str) -> dict[str, torch.Tensor]:
+        """The state summed over every process (as ``compute()`` sees it); a ``RuntimeError`` before any token."""
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn,
             process_group=self.process_group,
@@ -136,8 +140,25 @@ class TokenCalibration(Metric):
             should_unsync=self._should_unsync,
         ):
             if float(self.tokens_n) <= 0:
-                raise RuntimeError("reliability() needs at least one non-ignored token: call update() first")
-            return self.schema.reliability(self._states(), binning)
+                raise RuntimeError(f"{caller} needs at least one non-ignored token: call update() first")
+            return {name: value.clone() for name, value in self._states().items()}
+
+    def bootstrap_replicates(self) -> dict[str, torch.Tensor]:
+        """The ``bootstrap`` measure's replicates: ``ece``, ``accuracy``, ``nll``, each ``(R, T)`` (``(R,)``
+        without a grid), synced across processes like ``compute()``.
+
+        A token's bootstrap weights depend on the token only, so replicate ``r`` of two metrics filled on the
+        same evaluation set is one resample: ``b["ece"] - a["ece"]`` is a paired bootstrap of the difference
+        (:func:`ls_seq.study.intervals.paired_interval`).
+        """
+        from ls_seq.functional.measures import bootstrap_replicates
+
+        if "bootstrap" not in self.config.measures:
+            raise ValueError(f"bootstrap_replicates() needs the 'bootstrap' measure; `measures` is {list(self.config.measures)}")
+        replicates = bootstrap_replicates(self._synced_states("bootstrap_replicates()"))
+        if self.config.temperatures is None:
+            replicates = {k: v[:, 0] for k, v in replicates.items()}
+        return replicates
 
     @property
     def state_size(self) -> int:

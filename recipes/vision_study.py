@@ -6,7 +6,8 @@
 
 Arguments are :class:`vision.study.VisionStudyConfig` (``--help`` lists them), validated before any work;
 everything else lives in the ``vision`` package. Writes ``results.json``, ``report.md`` and PNG figures;
-``--resume`` continues a run, ``--overwrite_output_dir`` starts over. Bad input exits 2 and a fault (a full
+``--resume`` continues a run, ``--overwrite_output_dir`` starts over; ``--seeds 0 1 2`` runs the study per
+seed and summarises over seeds (``vision.seeds``). Bad input exits 2 and a fault (a full
 disk, a locked output directory) exits 1, each with one line; ``--debug`` (or ``LS_SEQ_DEBUG=1``) adds the
 traceback.
 """
@@ -20,7 +21,8 @@ import sys
 from transformers import HfArgumentParser
 
 from ls_seq.errors import run_main
-from vision.study import VisionStudyConfig, run_study
+from vision.seeds import run_seeds
+from vision.study import VisionStudyConfig
 
 
 def parse_args(argv: list[str] | None = None) -> VisionStudyConfig:
@@ -37,9 +39,10 @@ def parse_args(argv: list[str] | None = None) -> VisionStudyConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    results = run_study(parse_args(argv), command="python recipes/vision_study.py " + shlex.join(argv))
+    results = run_seeds(parse_args(argv), command="python recipes/vision_study.py " + shlex.join(argv))
     for claim in results["claims"]:
-        print(f"[{claim['verdict']}] {claim['claim']}: {claim['measured']}")
+        measured = claim.get("measured") or f"{claim['quantity']} = {claim['difference']:+.4f} ({claim['basis']})"
+        print(f"[{claim['verdict']}] {claim['claim']}: {measured}")
     return results
 
 

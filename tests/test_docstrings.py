@@ -14,6 +14,9 @@ MODULES = [
     "ls_seq.losses",
     "ls_seq.metrics",
     "ls_seq.generation",
+    "ls_seq.study.claims",
+    "ls_seq.study.intervals",
+    "ls_seq.study.presets",
 ]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,6 +51,9 @@ class CalibrationRow:
     fitted_temperature: float
     metrics: dict[str, float]
     reliability: dict[str, torch.Tensor]
+    # (R,) bootstrap replicates of ece, accuracy and nll; replicate r of every row is the same resample of the
+    # test images (ls_seq.study.intervals), so two rows' difference has a paired interval
+    replicates: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -58,6 +61,7 @@ class CalibrationRow:
             "fitted_temperature": self.fitted_temperature,
             **self.metrics,
             "reliability": {k: v.tolist() for k, v in self.reliability.items()},
+            "replicates": self.replicates,
         }
 
 
@@ -74,7 +78,8 @@ def calibration_row(
     metric = TokenCalibration(n_bins=n_bins)
     metric.update(test_logits.float() / temperature, test_labels)
     metrics = {k: float(v) for k, v in metric.compute().items()}
-    return CalibrationRow(name, float(temperature), float(fitted_temperature), metrics, metric.reliability())
+    replicates = {k: v.tolist() for k, v in metric.bootstrap_replicates().items()}
+    return CalibrationRow(name, float(temperature), float(fitted_temperature), metrics, metric.reliability(), replicates)
 
 
 def calibration_table(

@@ -32,6 +32,7 @@ from ls_seq.checks import (
     check_alpha,
     check_choice,
     check_positive_int,
+    check_seeds,
     check_temperatures,
 )
 from ls_seq.io import atomic_savefig, atomic_write_files, json_bytes
@@ -133,6 +134,10 @@ class VisionStudyConfig:
     data_dir: str | None = _help("local data: a CIFAR save_to_disk/parquet folder, or the ImageNet train/ val/ tree", default=None)
     cache_dir: str | None = _help("datasets cache directory", default=None)
     seed: int = _help("seed of splits, initialisation, shuffling and augmentation", default=0)
+    seeds: list[int] | None = _help(
+        "run the whole study once per seed in output_dir/seed_<s>/ and summarise over seeds (vision.seeds); "
+        "replaces --seed", default=None,
+    )
     mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", default="no")
     cpu: bool = _help("train on the CPU even when a GPU is present", default=False)
     progress: bool = _help("show tqdm progress bars", default=True)
@@ -162,6 +167,8 @@ class VisionStudyConfig:
             check_positive_int(getattr(self, name), name)
         check_positive_int(self.mi_augmentations, "mi_augmentations", minimum=2)
         check_positive_int(self.seed, "seed", minimum=0)
+        if self.seeds is not None:
+            self.seeds = check_seeds(self.seeds)
         for name in ("max_train_samples", "val_size"):
             if getattr(self, name) is not None:
                 check_positive_int(getattr(self, name), name)
@@ -474,7 +481,7 @@ def _report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> str:
 
 
 # What decides the numbers, beside the data: everything but where things are written, shown or cached.
-_NOT_CONFIGURATION = ("study", "output_dir", "data_dir", "cache_dir", "progress", "resume", "overwrite_output_dir")
+_NOT_CONFIGURATION = ("study", "output_dir", "data_dir", "cache_dir", "progress", "resume", "overwrite_output_dir", "seeds")
 
 
 def run_config(cfg: VisionStudyConfig, data: VisionData) -> dict[str, Any]:
@@ -517,7 +524,7 @@ def run_study(cfg: VisionStudyConfig, command: str | None = None) -> dict:
 def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], out: str, *, write: bool) -> dict:
     results: dict[str, Any] = {
         # not the flags of this invocation (resume, progress): a resumed run writes what an uninterrupted one does
-        "config": {**{k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite_output_dir", "progress")},
+        "config": {**{k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite_output_dir", "progress", "seeds")},
                    "studies": sorted(studies)},
         "data": {"name": data.name, "num_classes": data.num_classes, "n_train": len(data.train),
                  "n_val": len(data.val), "n_test": len(data.test)},

@@ -60,6 +60,7 @@ __all__ = [
     "CalibrationSchema",
     "Field",
     "Measure",
+    "bootstrap_replicates",
     "make_config",
 ]
 
@@ -318,14 +319,24 @@ def _bootstrap_update(stats: TokenStatistics, config: CalibrationConfig, groups:
     return {"bootstrap_count": count, "bootstrap_confidence": conf, "bootstrap_correct": correct, "bootstrap_nll": nll}
 
 
-def _bootstrap_compute(state: State, config: CalibrationConfig) -> State:
+def bootstrap_replicates(state: State) -> State:
+    """The ``(R, T)`` bootstrap replicates of ``ece``, ``accuracy`` and ``nll`` from a summed ``bootstrap`` state.
+
+    Replicate ``r`` weights each token by a Poisson draw that is a function of the token alone
+    (:mod:`ls_seq.functional.bootstrap`), so replicate ``r`` of two models scored on the same evaluation set
+    is the same resample of it: their difference is a paired bootstrap of the difference.
+    """
     count, _, correct = _bin_triple(state, "bootstrap")
     n = count.sum(-1).clamp_min(1e-300)  # (R, T): each replicate's weighted token count
-    replicates = {
+    return {
         "ece": binned_errors(*_bin_triple(state, "bootstrap"))["ece"],  # (R, T)
         "accuracy": correct.sum(-1) / n,
         "nll": state["bootstrap_nll"] / n,
     }
+
+
+def _bootstrap_compute(state: State, config: CalibrationConfig) -> State:
+    replicates = bootstrap_replicates(state)
     tail = (1 - config.bootstrap_level) / 2
     out = {}
     for name, values in replicates.items():

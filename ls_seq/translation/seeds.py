@@ -23,10 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ls_seq.io import atomic_write_files, figure_bytes, json_bytes, read_json
+from ls_seq.io import atomic_write_files, json_bytes, read_json
 from ls_seq.study import RunDirectory
 from ls_seq.study.claims import VERDICT_RULE, SeedEvidence, claims_table, decide
-from ls_seq.study.trajectory import TrajectoryPoint, plot_trajectory, trajectory_curves
+from ls_seq.study.seeds import TRAJECTORY_FIGURE, report_header, seed_dir, summarise, summary_table, trajectory_png
+from ls_seq.study.trajectory import TrajectoryPoint
 
 __all__ = ["METRICS", "aggregate", "run_seeds", "seed_claims"]
 
@@ -42,16 +43,6 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _get(entry: dict[str, Any], path: tuple[str, ...]) -> float | None:
-    for key in path:
-        if not isinstance(entry, dict) or key not in entry:
-            return None
-        entry = entry[key]
-    return entry
-
-
-def _seed_dir(output_dir: Path, seed: int) -> Path:
-    return output_dir / f"seed_{seed}"
 
 
 def run_seeds(data_args, model_args, study_args, command: str | None = None) -> dict[str, Any]:
@@ -79,10 +70,10 @@ def run_seeds(data_args, model_args, study_args, command: str | None = None) -> 
             config = read_json(run.config_path)["config"]
         results = {}
         for seed in config["seeds"]:
-            seed_dir = _seed_dir(output_dir, seed)
+            directory = seed_dir(output_dir, seed)
             args = dataclasses.replace(
-                study_args, seed=seed, seeds=None, output_dir=str(seed_dir), alphas=config["study"]["alphas"],
-                resume=study_args.resume and (seed_dir / "run_config.json").is_file(), overwrite_output_dir=False,
+                study_args, seed=seed, seeds=None, output_dir=str(directory), alphas=config["study"]["alphas"],
+                resume=study_args.resume and (directory / "run_config.json").is_file(), overwrite_output_dir=False,
             )  # fmt: skip
             results[seed] = run_study(data_args, model_args, args, command=f"{command}  # seed {seed}")
         summary = aggregate(results, output_dir, data_args, command=run.commands or [command])
@@ -111,7 +102,7 @@ def _bleu_tests(results: dict[int, dict[str, Any]], output_dir: Path, data_args)
             continue
 
         def hyps(alpha: float, seed: int = seed) -> list[str]:
-            text = (_seed_dir(output_dir, seed) / f"alpha_{alpha}" / "test_translations.txt").read_text(encoding="utf-8")
+            text = (seed_dir(output_dir, seed) / f"alpha_{alpha}" / "test_translations.txt").read_text(encoding="utf-8")
             return text.split("\n")[: len(test)]
 
         for alpha in alphas:
@@ -168,8 +159,6 @@ def seed_claims(models: dict[float, dict[int, dict[str, Any]]], bleu_tests: dict
 
 def aggregate(results: dict[int, dict[str, Any]], output_dir: Path, data_args, *, command: list[str]) -> dict[str, Any]:
     """The top-level ``results.json`` content from each seed's results (see the module docstring)."""
-    from ls_seq.significance import seed_interval
-
     models: dict[float, dict[int, dict[str, Any]]] = {}
     for seed, res in results.items():
         for m in res["models"]:
@@ -177,12 +166,7 @@ def aggregate(results: dict[int, dict[str, Any]], output_dir: Path, data_args, *
                 models.setdefault(m["alpha"], {})[seed] = m
     summary_models = []
     for alpha, by_seed in models.items():
-        metrics = {}
-        for name, path in METRICS.items():
-            values = {s: _get(m, path) for s, m in sorted(by_seed.items())}
-            if any(v is None for v in values.values()):
-                continue
-            metrics[name] = {**seed_interval(list(values.values())), "values": {str(s): v for s, v in values.items()}}
+        metrics = summarise(by_seed, METRICS)
         over = {str(s): m.get("calibration_along_training", {}).get("overconfident_from_step") for s, m in by_seed.items()}
         summary_models.append({"alpha": alpha, "metrics": metrics, "overconfident_from_step": over})
     bleu_tests = _bleu_tests(results, output_dir, data_args)
@@ -206,24 +190,10 @@ def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[i
     cfg = summary["config"]
     seeds = cfg["seeds"]
     lines = [
-        f"# EN-DE label smoothing study over {len(seeds)} seeds", "",
-        f"Command: `{cfg['command']}`" + "".join(f"; resumed with `{c}`" for c in cfg["resumed_with"]), "",
-        f"Preset `{cfg['preset_name']}`, seeds {', '.join(map(str, seeds))}; each seed's own report is in "
-        + ", ".join(f"[seed_{s}/report.md](seed_{s}/report.md)" for s in seeds) + ".", "",
+        *report_header("EN-DE label smoothing study", cfg, f"Preset `{cfg['preset_name']}`"),
         "## Test metrics over seeds (T = 1): mean ± std [95% t-interval]", "",
-        "| alpha | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|",
+        *summary_table([(str(m["alpha"]), m["metrics"]) for m in summary["models"]], list(METRICS), label="alpha"),
     ]  # fmt: skip
-    for m in summary["models"]:
-        cells = []
-        for name in METRICS:
-            v = m["metrics"].get(name)
-            if v is None:
-                cells.append("-")
-            elif v["std"] is None:
-                cells.append(f"{v['mean']:.4g}")
-            else:
-                cells.append(f"{v['mean']:.4g} ± {v['std']:.2g} [{v['low']:.4g}, {v['high']:.4g}]")
-        lines.append(f"| {m['alpha']} | " + " | ".join(cells) + " |")
     lines += ["", "Over-confident from (validation, first step from which the best-ECE T stays above 1): "
               + "; ".join(f"alpha={m['alpha']}: {m['overconfident_from_step']}" for m in summary["models"]), ""]  # fmt: skip
     if summary["bleu_paired_bootstrap"]:
@@ -243,8 +213,6 @@ def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[i
             if points:
                 along.setdefault(f"alpha {m['alpha']}", {})[seed] = [TrajectoryPoint(**p) for p in points]
     if along:
-        figures[output_dir / "calibration_along_training.png"] = figure_bytes(
-            plot_trajectory(trajectory_curves(along), title=f"Validation calibration along training, {len(seeds)} seeds")
-        )
-        lines += ["![Calibration along training](calibration_along_training.png)", ""]
+        figures[output_dir / TRAJECTORY_FIGURE] = trajectory_png(along, len(seeds))
+        lines += [f"![Calibration along training]({TRAJECTORY_FIGURE})", ""]
     atomic_write_files({**figures, output_dir / "report.md": "\n".join(lines), output_dir / "results.json": json_bytes(summary)})

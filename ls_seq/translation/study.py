@@ -43,6 +43,7 @@ from ls_seq._validation import (
     check_alpha,
     check_choice,
     check_positive_int,
+    check_seeds,
     check_temperatures,
 )
 from ls_seq.callbacks import CalibrationCallback
@@ -246,11 +247,7 @@ class StudyArguments:
         check_positive_int(self.n_bins, "n_bins")
         check_positive_int(self.seed, "seed", minimum=0)
         if self.seeds is not None:
-            if not self.seeds:
-                raise ValueError("`seeds` must hold at least one seed, got none")
-            self.seeds = [check_positive_int(s, f"seeds[{i}]", minimum=0) for i, s in enumerate(self.seeds)]
-            if len(set(self.seeds)) != len(self.seeds):
-                raise ValueError(f"`seeds` must be distinct, got {self.seeds}")
+            self.seeds = check_seeds(self.seeds)
         check_positive_int(self.logging_steps, "logging_steps")
         if self.resume and self.overwrite_output_dir:
             raise ValueError("`resume` and `overwrite_output_dir` exclude each other: keep the run or start over")
