@@ -26,6 +26,7 @@ from typing import Any
 from ls_seq.io import atomic_write_files, json_bytes, read_json
 from ls_seq.study import RunDirectory
 from ls_seq.study.claims import VERDICT_RULE, SeedEvidence, claims_table, decide
+from ls_seq.study.intervals import paired_interval
 from ls_seq.study.seeds import TRAJECTORY_FIGURE, report_header, seed_dir, summarise, summary_table, trajectory_png
 from ls_seq.study.trajectory import TrajectoryPoint
 
@@ -126,8 +127,18 @@ def seed_claims(models: dict[float, dict[int, dict[str, Any]]], bleu_tests: dict
             continue
         seeds = sorted(set(by_seed) & set(hard))
 
-        def evidence(diff, p_value=None, by_seed=by_seed, seeds=seeds):
-            return [SeedEvidence(s, diff(by_seed[s], hard[s]), p_value=None if p_value is None else p_value(s)) for s in seeds]
+        def evidence(diff, p_value=None, replicates=None, by_seed=by_seed, seeds=seeds):
+            out = []
+            for s in seeds:
+                low = high = None
+                pair = None if replicates is None else replicates(by_seed[s], hard[s])
+                if pair is not None and all(pair):  # a paired bootstrap of the difference over the test tokens
+                    low, high = paired_interval(pair[1], pair[0]).values()
+                out.append(SeedEvidence(s, diff(by_seed[s], hard[s]), low, high, None if p_value is None else p_value(s)))
+            return out
+
+        def test_replicates(name):
+            return lambda a, h: (a["test"].get("replicates", {}).get(name), h["test"].get("replicates", {}).get(name))
 
         def ts_bleu(m):  # the hard model's best BLEU over the temperature sweep (temperature scaling at decoding)
             return max(p["bleu"] for p in m["sweep"] if p["bleu"] is not None)
@@ -137,12 +148,12 @@ def seed_claims(models: dict[float, dict[int, dict[str, Any]]], bleu_tests: dict
 
         rows = [
             decide(f"alpha={alpha}: LS lowers the test ECE at T = 1 (Table 3)", "ECE(LS) - ECE(hard)", "lower",
-                   evidence(lambda a, h: a["test"]["ece"] - h["test"]["ece"])),
+                   evidence(lambda a, h: a["test"]["ece"] - h["test"]["ece"], replicates=test_replicates("ece"))),
             decide(f"alpha={alpha}: LS raises BLEU (beam search, T = 1)", "BLEU(LS) - BLEU(hard)", "higher",
                    evidence(lambda a, h: a["test"]["bleu"] - h["test"]["bleu"],
                             lambda s, alpha=alpha: bleu_tests.get(f"{s}:{alpha}", {}).get("p_value"))),
             decide(f"alpha={alpha}: LS worsens the test NLL (the paper's EN-DE finding)", "NLL(LS) - NLL(hard)", "higher",
-                   evidence(lambda a, h: a["test"]["nll"] - h["test"]["nll"])),
+                   evidence(lambda a, h: a["test"]["nll"] - h["test"]["nll"], replicates=test_replicates("nll"))),
             decide(f"alpha={alpha}: temperature scaling of the hard model does not reach LS's BLEU",
                    "BLEU(LS, T=1) - max over T of BLEU(hard, T)", "higher",
                    evidence(lambda a, h: sweep_bleu_1(a) - ts_bleu(h))),
@@ -151,7 +162,9 @@ def seed_claims(models: dict[float, dict[int, dict[str, Any]]], bleu_tests: dict
                    evidence(lambda a, h: abs(math.log(a["best_ece_temperature"])) - abs(math.log(h["best_ece_temperature"])))),
             decide(f"alpha={alpha}: LS calibrates about as well as temperature scaling (Table 3, within 0.01)",
                    "ECE(LS) - ECE(hard, best T)", "lower",
-                   evidence(lambda a, h: a["test"]["ece"] - h["best_ece"]), margin=0.01),
+                   evidence(lambda a, h: a["test"]["ece"] - h["best_ece"],
+                            replicates=lambda a, h: (a["test"].get("replicates", {}).get("ece"), h.get("best_ece_replicates"))),
+                   margin=0.01),
         ]  # fmt: skip
         claims += [dataclasses.asdict(c) for c in rows]
     return claims

@@ -658,6 +658,8 @@ def evaluate_model(
             # 95% token-level bootstrap intervals (ls_seq.functional.measures, "bootstrap")
             **{k: values[k].tolist() for k in ("ece_low", "ece_high", "accuracy_low", "accuracy_high") if k in values},
             "n_tokens": int(values["n_tokens"][i1]),
+            # (R, T) bootstrap replicates: the same token resamples for every model (ls_seq.study.intervals)
+            "replicates": {k: v.T.tolist() for k, v in metric.bootstrap_replicates().items()},
         }
         ev["reliability"] = {k: v[i1].tolist() for k, v in rel.items()}
         save("teacher_forced")
@@ -746,6 +748,8 @@ def summarize_model(alpha: float, ev: dict[str, Any], train_summary: dict[str, A
     for name in ("ece", "accuracy"):  # 95% bootstrap interval over the test tokens
         if f"{name}_low" in tf:
             entry["test"][f"{name}_interval"] = [tf[f"{name}_low"][i1], tf[f"{name}_high"][i1]]
+    if "replicates" in tf:  # stored per temperature: (T, R)
+        entry["test"]["replicates"] = {k: v[i1] for k, v in tf["replicates"].items()}
     entry["sweep"] = [
         {
             "temperature": t,
@@ -758,6 +762,8 @@ def summarize_model(alpha: float, ev: dict[str, Any], train_summary: dict[str, A
     entry["sweep_bleu_sentences"] = ev.get("sweep_bleu_sentences")
     entry["best_nll_temperature"] = best_temperature(entry["sweep"], "nll")
     entry["best_ece_temperature"] = best_temperature(entry["sweep"], "ece")
+    if "replicates" in tf:  # the ECE replicates at the best-ECE temperature (temperature scaling's)
+        entry["best_ece_replicates"] = tf["replicates"]["ece"][at[entry["best_ece_temperature"]]]
     entry["best_ece"] = min(p["ece"] for p in entry["sweep"])
     val = ev.get("validation_teacher_forced")
     if val is not None:  # a temperature chosen without looking at the test set, and what it gives there

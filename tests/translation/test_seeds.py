@@ -75,6 +75,11 @@ def test_bleu_tests_and_claims_follow_the_rule(reference_run, two_seeds):
     low, high = scipy.stats.t.interval(0.95, df=1, loc=np.mean(diffs), scale=sd / math.sqrt(2)) if sd > 0 else (diffs[0],) * 2
     expected = "agrees" if high < 0 else "disagrees" if low > 0 else "inconclusive"
     assert ece["verdict"] == expected and ece["basis"] == "t-interval over 2 seeds"
+    # per seed: the paired bootstrap of the difference, the same token resamples for both models
+    for s, e in zip((42, 43), ece["seeds"]):
+        reps = {a: np.asarray(per_seed[s][a]["test"]["replicates"]["ece"]) for a in (0.0, 0.1)}
+        assert len(reps[0.0]) == len(reps[0.1]) == 200
+        assert (e["low"], e["high"]) == pytest.approx(tuple(np.quantile(reps[0.1] - reps[0.0], [0.025, 0.975])), abs=1e-12)
     # "about as good as temperature scaling": the interval is shifted by the margin
     ts = claims["ECE(LS) - ECE(hard, best T)"]
     assert ts["margin"] == 0.01
