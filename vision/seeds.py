@@ -176,7 +176,8 @@ def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[i
                   ""]  # fmt: skip
     if summary["overconfident_from_epoch"]:
         lines += ["Over-confident from (validation, first epoch from which the best-ECE T stays above 1): "
-                  + "; ".join(f"{name}: {by_seed}" for name, by_seed in summary["overconfident_from_epoch"].items()), ""]  # fmt: skip
+                  + "; ".join(f"{name}: " + ", ".join(f"seed {s} {'never' if e is None else f'epoch {e}'}" for s, e in by_seed.items())
+                              for name, by_seed in summary["overconfident_from_epoch"].items()), ""]  # fmt: skip
     if summary["claims"]:
         claims = [Claim(**{**c, "seeds": [SeedEvidence(**e) for e in c["seeds"]]}) for c in summary["claims"]]
         lines += ["## The paper's calibration claims", "", summary["verdict_rule"],

@@ -19,6 +19,7 @@ differs is refused, listing the differences), ``--overwrite_output_dir`` starts 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -37,7 +38,7 @@ from ls_seq.checks import (
 )
 from ls_seq.io import atomic_savefig, atomic_write_files, json_bytes
 from ls_seq.plots import plot_reliability_diagram
-from ls_seq.study import RunDirectory
+from ls_seq.study import PresetRegistry, RunDirectory
 from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
 from vision.calibration import HARD, HARD_TS, SMOOTHED, CalibrationAlongTraining, calibration_table, trajectory_points
 from vision.data import (
@@ -66,25 +67,47 @@ from vision.projection import (
 )
 from vision.train import TrainConfig, TrainResult, collect_outputs, train_model
 
-__all__ = ["PRESETS", "STUDIES", "VisionStudyConfig", "run_study"]
+__all__ = ["PRESETS", "STUDIES", "VisionPreset", "VisionStudyConfig", "run_study"]
 
 STUDIES = ("projection", "calibration", "distillation", "mutual_info", "all")
 
+@dataclass(frozen=True)
+class VisionPreset:
+    """A named setting of the vision study: the dataset, its networks and SGD schedule (flags override each).
+
+    ``calibration_every``: epochs between two points of the calibration along training (vision.calibration);
+    ``max_train_samples``: None trains on the whole training split; ``num_classes``: None is read from the
+    ImageNet folder.
+    """
+
+    dataset: str
+    model: str
+    teacher_model: str
+    student_model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    num_classes: int | None
+    calibration_every: int
+    max_train_samples: int | None = None
+
+
 # Per-dataset defaults: the paper's architectures (AlexNet on CIFAR-10, ResNet-56 on CIFAR-100,
 # Inception-v4 on ImageNet, a ResNet-56 teacher for an AlexNet student) and standard SGD schedules.
-# ``calibration_every``: epochs between two points of the calibration along training (vision.calibration).
-PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(dataset="digits", model="digits_cnn", teacher_model="digits_cnn", student_model="digits_mlp",
-                   epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, num_classes=10, calibration_every=3),
-    "cifar10": dict(dataset="cifar10", model="alexnet_cifar", teacher_model="resnet56", student_model="alexnet_cifar",
-                    epochs=160, batch_size=128, lr=0.05, weight_decay=5e-4, num_classes=10, calibration_every=10),
-    "cifar100": dict(dataset="cifar100", model="resnet56", teacher_model="resnet56", student_model="alexnet_cifar",
-                     epochs=160, batch_size=128, lr=0.1, weight_decay=1e-4, num_classes=100, calibration_every=10),
-    "imagenet": dict(dataset="imagenet", model="inception_v4", teacher_model="inception_v4", student_model="resnet56",
-                     epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, num_classes=None, calibration_every=5),
-}
-# The over-confident regime on a CPU (docs/vision.md): few training images, long training, no weight decay.
-PRESETS["digits-lowdata"] = dict(PRESETS["digits"], epochs=60, weight_decay=0.0, max_train_samples=200, calibration_every=5)
+_DIGITS = VisionPreset("digits", "digits_cnn", "digits_cnn", "digits_mlp", epochs=30, batch_size=64, lr=0.05,
+                       weight_decay=5e-4, num_classes=10, calibration_every=3)  # fmt: skip
+PRESETS: PresetRegistry[VisionPreset] = PresetRegistry({
+    "digits": _DIGITS,
+    "cifar10": VisionPreset("cifar10", "alexnet_cifar", "resnet56", "alexnet_cifar", epochs=160, batch_size=128,
+                            lr=0.05, weight_decay=5e-4, num_classes=10, calibration_every=10),
+    "cifar100": VisionPreset("cifar100", "resnet56", "resnet56", "alexnet_cifar", epochs=160, batch_size=128, lr=0.1,
+                             weight_decay=1e-4, num_classes=100, calibration_every=10),
+    "imagenet": VisionPreset("imagenet", "inception_v4", "inception_v4", "resnet56", epochs=90, batch_size=256, lr=0.1,
+                             weight_decay=1e-4, num_classes=None, calibration_every=5),
+    # The over-confident regime on a CPU (docs/vision.md): few training images, long training, no weight decay.
+    "digits-lowdata": dataclasses.replace(_DIGITS, epochs=60, weight_decay=0.0, max_train_samples=200, calibration_every=5),
+})  # fmt: skip
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -153,14 +176,13 @@ class VisionStudyConfig:
             raise ValueError(f"`output_dir` must be a directory, got {os.fspath(self.output_dir)!r}, an existing file")
         if self.preset is None:
             self.preset = self.dataset
-        check_choice(self.preset, "preset", tuple(PRESETS))
-        preset = PRESETS[self.preset]
-        if preset["dataset"] != self.dataset:
-            raise ValueError(f"`preset` {self.preset!r} is a {preset['dataset']} setting, got dataset={self.dataset!r}")
+        preset = PRESETS[self.preset]  # a ValueError naming the presets for an unknown name
+        if preset.dataset != self.dataset:
+            raise ValueError(f"`preset` {self.preset!r} is a {preset.dataset} setting, got dataset={self.dataset!r}")
         for name in ("epochs", "batch_size", "lr", "weight_decay", "model", "teacher_model", "student_model",
                      "max_train_samples", "calibration_every"):  # fmt: skip
             if getattr(self, name) is None:
-                setattr(self, name, preset.get(name))
+                setattr(self, name, getattr(preset, name))
         for name in ("model", "teacher_model", "student_model"):
             check_choice(getattr(self, name), name, tuple(MODELS))
         for name in ("epochs", "batch_size", "mi_examples", "n_bins", "max_plot_points"):
@@ -182,7 +204,7 @@ class VisionStudyConfig:
         if self.resume and self.overwrite_output_dir:
             raise ValueError("`resume` and `overwrite_output_dir` exclude each other: keep the run or start over")
         check_data_dir(self.data_dir, required=self.dataset == "imagenet")
-        num_classes = preset["num_classes"] or _count_imagenet_classes(self.data_dir)
+        num_classes = preset.num_classes or _count_imagenet_classes(self.data_dir)
         self.projection_classes = list(check_classes(self.projection_classes or [0, 1, 2], num_classes, 3, "projection_classes"))
         self.mi_classes = list(check_classes(self.mi_classes or [0, 1], num_classes, 2, "mi_classes"))
         # the base training config is built now so that its own checks also run before any work

@@ -128,5 +128,6 @@ def claims_table(claims: Sequence[Claim], digits: int = 4) -> list[str]:
         claimed = sign + (f"{c.margin:g}" if c.margin else "0")
         interval = f"{_num(c.difference, digits)} [{_num(c.low, digits)}, {_num(c.high, digits)}] ({c.basis})"
         per_seed = ", ".join(f"{s.seed}: {s.verdict}" + (f" (p={s.p_value:.3f})" if s.p_value is not None else "") for s in c.seeds)
-        lines.append(f"| {c.claim} | {c.quantity} {claimed} | {interval} | {per_seed} | {c.measured} | **{c.verdict}** |")
+        cells = (c.claim, f"{c.quantity} {claimed}", interval, per_seed, c.measured)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + f" | **{c.verdict}** |")
     return lines

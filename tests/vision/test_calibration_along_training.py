@@ -60,7 +60,7 @@ def test_points_equal_token_calibration_of_the_checkpoints_and_are_reported(tmp_
 def test_the_lowdata_preset_is_the_documented_small_data_setting():
     cfg = VisionStudyConfig(preset="digits-lowdata", output_dir="unused")
     assert (cfg.dataset, cfg.max_train_samples, cfg.epochs, cfg.weight_decay) == ("digits", 200, 60, 0.0)
-    assert (cfg.lr, cfg.batch_size, cfg.model) == (PRESETS["digits"]["lr"], PRESETS["digits"]["batch_size"], "digits_cnn")
+    assert (cfg.lr, cfg.batch_size, cfg.model) == (PRESETS["digits"].lr, PRESETS["digits"].batch_size, "digits_cnn")
     assert VisionStudyConfig(preset="digits-lowdata", epochs=10, output_dir="unused").epochs == 10  # a flag wins
 
 
