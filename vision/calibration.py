@@ -23,6 +23,7 @@ import torch
 
 from ls_seq import fit_temperature
 from ls_seq.metrics import TokenCalibration
+from ls_seq.study.claims import SeedEvidence
 from ls_seq.study.trajectory import TrajectoryPoint, trajectory_from_log
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "CalibrationRow",
     "calibration_row",
     "calibration_table",
+    "paired_evidence",
     "trajectory_points",
 ]
 
@@ -155,3 +157,16 @@ def trajectory_points(history: Sequence[dict[str, float]]) -> list[TrajectoryPoi
     """The :class:`~ls_seq.study.trajectory.TrajectoryPoint` of each history entry that
     :class:`CalibrationAlongTraining` measured (``step`` and ``epoch`` are both the epoch)."""
     return trajectory_from_log(history, prefix="val_", step="epoch")
+
+
+def paired_evidence(rows: dict[str, dict], a: str, b: str, key: str, seed: int) -> SeedEvidence:
+    """One seed's evidence for a claim on ``rows[b][key] - rows[a][key]`` (results.json calibration rows): the
+    difference and its paired bootstrap interval over the test images, when both rows hold replicates."""
+    from ls_seq.study.intervals import paired_interval
+
+    low = high = None
+    reps_a, reps_b = rows[a].get("replicates", {}).get(key), rows[b].get("replicates", {}).get(key)
+    if reps_a and reps_b:
+        interval = paired_interval(reps_a, reps_b)
+        low, high = interval["low"], interval["high"]
+    return SeedEvidence(seed, rows[b][key] - rows[a][key], low, high)

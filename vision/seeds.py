@@ -26,9 +26,8 @@ from typing import Any
 from ls_seq.io import atomic_write_files, json_bytes, read_json
 from ls_seq.study import RunDirectory
 from ls_seq.study.claims import VERDICT_RULE, Claim, SeedEvidence, claims_table, decide
-from ls_seq.study.intervals import paired_interval
 from ls_seq.study.seeds import TRAJECTORY_FIGURE, report_header, seed_dir, summarise, summary_table, trajectory_png
-from vision.calibration import HARD, HARD_TS, SMOOTHED, trajectory_points
+from vision.calibration import HARD, HARD_TS, SMOOTHED, paired_evidence, trajectory_points
 from vision.study import _NOT_CONFIGURATION, VisionStudyConfig, run_study
 
 __all__ = ["METRICS", "aggregate", "run_seeds", "seed_claims"]
@@ -81,17 +80,7 @@ def run_seeds(cfg: VisionStudyConfig, command: str | None = None) -> dict[str, A
 
 def _evidence(results: dict[int, dict[str, Any]], a: str, b: str, key: str) -> list[SeedEvidence]:
     """Per seed: ``row b - row a`` of ``key``, with its paired bootstrap interval."""
-    out = []
-    for seed, res in sorted(results.items()):
-        rows = res["calibration"]["rows"]
-        diff = rows[b][key] - rows[a][key]
-        reps_a, reps_b = rows[a].get("replicates", {}).get(key), rows[b].get("replicates", {}).get(key)
-        low = high = None
-        if reps_a and reps_b:
-            interval = paired_interval(reps_a, reps_b)
-            low, high = interval["low"], interval["high"]
-        out.append(SeedEvidence(seed, diff, low, high))
-    return out
+    return [paired_evidence(res["calibration"]["rows"], a, b, key, seed) for seed, res in sorted(results.items())]
 
 
 def seed_claims(results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -134,3 +134,20 @@ def test_bad_seeds_are_refused(tmp_path, seeds, error, match):
     with pytest.raises(error, match=match):
         _cfg(tmp_path / "run", seeds=seeds)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_single_seed_decides_its_calibration_claims_from_the_paired_bootstrap(two_seeds):
+    out, _ = two_seeds
+    results = read_json(out / "seed_0" / "results.json")
+    rows = results["calibration"]["rows"]
+    claims = {c["quantity"]: c for c in results["claims"] if "quantity" in c}
+    assert set(claims) == {"ECE(LS) - ECE(hard)", "ECE(LS) - ECE(hard, fitted T)", "|log T(LS)| - |log T(hard)|"}
+    for quantity, (a, margin) in {"ECE(LS) - ECE(hard)": (HARD, 0.0), "ECE(LS) - ECE(hard, fitted T)": (HARD_TS, 0.01)}.items():
+        c = claims[quantity]
+        diff = np.asarray(rows[SMOOTHED]["replicates"]["ece"]) - np.asarray(rows[a]["replicates"]["ece"])
+        low, high = np.quantile(diff, [0.025, 0.975])
+        assert c["basis"] == "paired bootstrap" and (c["low"], c["high"]) == pytest.approx((low, high), abs=1e-12)
+        expected = "agrees" if high - margin < 0 else "disagrees" if low - margin > 0 else "inconclusive"
+        assert c["verdict"] == expected
+    assert claims["|log T(LS)| - |log T(hard)|"]["verdict"] == "inconclusive"  # no interval from one seed
+    assert "paired bootstrap interval" in (out / "seed_0" / "report.md").read_text()
