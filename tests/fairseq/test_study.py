@@ -96,10 +96,15 @@ def test_results_json_has_the_hf_studys_schema(fairseq_run, hf_results):
     every HF key (plus the fairseq trainer's); versions add fairseq's."""
     got = read_json(fairseq_run["out"] / "results.json")
     assert set(got) == set(hf_results) == {"config", "versions", "models", "table3"}
-    # The HF study's bootstrap intervals need per-token state; fairseq's validation logs carry only the per-bin
-    # sums, so its test entries have every other key.
-    hf_models = [{**m, "test": {k: v for k, v in m["test"].items() if not k.endswith("_interval")}} for m in hf_results["models"]]
-    assert all({"ece_interval", "accuracy_interval"} <= set(m["test"]) for m in hf_results["models"])
+    # The HF study's bootstrap intervals and replicates need per-token state; fairseq's validation logs carry
+    # only the per-bin sums, so its entries have every other key.
+    def without_bootstrap(m):
+        test = {k: v for k, v in m["test"].items() if not k.endswith("_interval") and k != "replicates"}
+        return {**{k: v for k, v in m.items() if k != "best_ece_replicates"}, "test": test}
+
+    hf_models = [without_bootstrap(m) for m in hf_results["models"]]
+    assert all({"ece_interval", "accuracy_interval", "replicates"} <= set(m["test"]) for m in hf_results["models"])
+    assert all("best_ece_replicates" in m for m in hf_results["models"])
     assert _schema(got["models"]) == _schema(hf_models)
     assert _schema(got["table3"]) == _schema(hf_results["table3"])
     hf_only = {"bf16"} - set(got["config"])  # the trainer's own switch; the fairseq study records fp16 beside it
