@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ls_seq.io import atomic_write_files, json_bytes, read_json
+from ls_seq.io import atomic_write_files, json_bytes
 from ls_seq.study import RunDirectory
 from ls_seq.study.claims import VERDICT_RULE, Claim, SeedEvidence, claims_table, decide
 from ls_seq.study.seeds import TRAJECTORY_FIGURE, report_header, seed_dir, summarise, summary_table, trajectory_png
@@ -188,8 +188,3 @@ def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[i
         figures[output_dir / TRAJECTORY_FIGURE] = trajectory_png(along, len(seeds))
         lines += [f"![Calibration along training]({TRAJECTORY_FIGURE})", ""]
     atomic_write_files({**figures, output_dir / "report.md": "\n".join(lines), output_dir / "results.json": json_bytes(summary)})
-
-
-def read_summary(output_dir: str | Path) -> dict[str, Any]:
-    """The top-level ``results.json`` of a seeds run."""
-    return read_json(Path(output_dir) / "results.json")

@@ -1,4 +1,4 @@
-"""What every ls-seq study shares: its run directory, presets, stage boundaries and calibration along training.
+"""What every ls-seq study shares: run directory, presets, stage boundaries, calibration along training, claims, seeds.
 
 :mod:`ls_seq.study.run_dir`
     :class:`RunDirectory`: the output directory, locked for the run, with the resolved configuration that
@@ -9,6 +9,12 @@
     :func:`stage_boundary`: the named points between a study's stages, where the fault tests kill it.
 :mod:`ls_seq.study.trajectory`
     Calibration along training: the point a model turns over-confident, one compute and one plot function.
+:mod:`ls_seq.study.claims`
+    The paper's claims against a study's measurements: one rule from intervals to a verdict.
+:mod:`ls_seq.study.intervals`
+    Paired bootstrap intervals of the difference between two models on the same evaluation set.
+:mod:`ls_seq.study.seeds`
+    What a study over several seeds shares: seed directories, summaries over seeds, the report's tables.
 """
 
 from ls_seq.study.failpoints import stage_boundary
