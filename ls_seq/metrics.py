@@ -127,8 +127,6 @@ class TokenCalibration(Metric):
         like ``compute()``. Confidence and accuracy are 0 in empty bins. Shapes ``(n_bins,)``, or
         ``(T, n_bins)`` with temperatures.
         """
-        if float(self.tokens_n) <= 0 and not self._to_sync:
-            raise RuntimeError("reliability() needs at least one non-ignored token: call update() first")
         return self.schema.reliability(self._synced_states("reliability()"), binning)
 
     def _synced_states(self, caller: str) -> dict[str, torch.Tensor]:

@@ -162,11 +162,7 @@ def trajectory_points(history: Sequence[dict[str, float]]) -> list[TrajectoryPoi
 def paired_evidence(rows: dict[str, dict], a: str, b: str, key: str, seed: int) -> SeedEvidence:
     """One seed's evidence for a claim on ``rows[b][key] - rows[a][key]`` (results.json calibration rows): the
     difference and its paired bootstrap interval over the test images, when both rows hold replicates."""
-    from ls_seq.study.intervals import paired_interval
+    from ls_seq.study.intervals import paired_evidence as evidence
 
-    low = high = None
-    reps_a, reps_b = rows[a].get("replicates", {}).get(key), rows[b].get("replicates", {}).get(key)
-    if reps_a and reps_b:
-        interval = paired_interval(reps_a, reps_b)
-        low, high = interval["low"], interval["high"]
-    return SeedEvidence(seed, rows[b][key] - rows[a][key], low, high)
+    replicates = [rows[name].get("replicates", {}).get(key) for name in (a, b)]
+    return evidence(seed, rows[b][key] - rows[a][key], *replicates)

@@ -39,7 +39,7 @@ from ls_seq.checks import (
 from ls_seq.io import atomic_savefig, atomic_write_files, json_bytes
 from ls_seq.plots import plot_reliability_diagram
 from ls_seq.study import PresetRegistry, RunDirectory
-from ls_seq.study.claims import SeedEvidence, decide
+from ls_seq.study.claims import AGREES, DISAGREES, INCONCLUSIVE, SeedEvidence, decide, markdown_cell
 from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
 from vision.calibration import (
     HARD,
@@ -366,9 +366,6 @@ def _distillation(cfg: VisionStudyConfig, data: VisionData, out: str) -> dict:
 # ------------------------------------------------------------------------------------------------ claims
 
 
-AGREES, DISAGREES, INCONCLUSIVE = "agrees", "disagrees", "inconclusive"
-
-
 def _smaller(expected_smaller: float, other: float, tolerance: float) -> str:
     """Verdict on the claim ``expected_smaller < other``; differences within ``tolerance`` are noise."""
     if abs(other - expected_smaller) <= tolerance:
@@ -523,7 +520,7 @@ def _report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> str:
         interval = "-"
         if "difference" in c:
             interval = f"{c['difference']:+.4f}" + (f" [{c['low']:+.4f}, {c['high']:+.4f}]" if c["low"] is not None else " (no interval)")
-        lines.append(f"| {c['claim']} | {c['measured'].replace('|', chr(92) + '|')} | {interval} | {c['verdict']} |")
+        lines.append(f"| {c['claim']} | {markdown_cell(c['measured'])} | {interval} | {c['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

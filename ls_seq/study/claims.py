@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from ls_seq.significance import seed_interval, verdict
 
-__all__ = ["AGREES", "DISAGREES", "INCONCLUSIVE", "VERDICT_RULE", "Claim", "SeedEvidence", "claims_table", "decide"]
+__all__ = ["AGREES", "DISAGREES", "INCONCLUSIVE", "VERDICT_RULE", "Claim", "SeedEvidence", "claims_table", "decide", "markdown_cell"]
 
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "disagrees", "inconclusive"
 P_VALUE_LEVEL = 0.05
@@ -117,6 +117,11 @@ def _num(x: float | None, digits: int) -> str:
     return "-" if x is None else f"{x:+.{digits}f}"
 
 
+def markdown_cell(text: str) -> str:
+    """``text`` for a Markdown table cell: a ``|`` (as in ``|log T|``) would end the cell, so it is escaped."""
+    return text.replace("|", "\\|")
+
+
 def claims_table(claims: Sequence[Claim], digits: int = 4) -> list[str]:
     """Markdown lines: one row per claim (quantity, expected sign, difference and its interval, per-seed verdicts)."""
     lines = [
@@ -129,5 +134,5 @@ def claims_table(claims: Sequence[Claim], digits: int = 4) -> list[str]:
         interval = f"{_num(c.difference, digits)} [{_num(c.low, digits)}, {_num(c.high, digits)}] ({c.basis})"
         per_seed = ", ".join(f"{s.seed}: {s.verdict}" + (f" (p={s.p_value:.3f})" if s.p_value is not None else "") for s in c.seeds)
         cells = (c.claim, f"{c.quantity} {claimed}", interval, per_seed, c.measured)
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + f" | **{c.verdict}** |")
+        lines.append("| " + " | ".join(markdown_cell(cell) for cell in cells) + f" | **{c.verdict}** |")
     return lines

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["paired_interval"]
+from ls_seq.study.claims import SeedEvidence
+
+__all__ = ["paired_evidence", "paired_interval"]
 
 
 def paired_interval(
@@ -47,3 +49,19 @@ def paired_interval(
     tail = (1 - level) / 2
     low, high = torch.quantile(b - a, torch.tensor([tail, 1 - tail], dtype=torch.float64))
     return {"low": float(low), "high": float(high)}
+
+
+def paired_evidence(
+    seed: int,
+    difference: float,
+    replicates_a: Sequence[float] | None,
+    replicates_b: Sequence[float] | None,
+    *,
+    p_value: float | None = None,
+) -> SeedEvidence:
+    """One seed's :class:`~ls_seq.study.claims.SeedEvidence` for ``b - a``: the measured ``difference`` and, when
+    both models' replicates are given, the :func:`paired_interval` of it (none otherwise)."""
+    low = high = None
+    if replicates_a and replicates_b:
+        low, high = paired_interval(replicates_a, replicates_b).values()
+    return SeedEvidence(seed, difference, low, high, p_value)

@@ -26,7 +26,7 @@ from typing import Any
 from ls_seq.io import atomic_write_files, json_bytes, read_json
 from ls_seq.study import RunDirectory
 from ls_seq.study.claims import VERDICT_RULE, SeedEvidence, claims_table, decide
-from ls_seq.study.intervals import paired_interval
+from ls_seq.study.intervals import paired_evidence
 from ls_seq.study.seeds import TRAJECTORY_FIGURE, report_header, seed_dir, summarise, summary_table, trajectory_png
 from ls_seq.study.trajectory import TrajectoryPoint
 
@@ -42,8 +42,6 @@ METRICS: dict[str, tuple[str, ...]] = {
     "best_nll_temperature": ("best_nll_temperature",),
     "best_ece": ("best_ece",),
 }
-
-
 
 
 def run_seeds(data_args, model_args, study_args, command: str | None = None) -> dict[str, Any]:
@@ -128,13 +126,13 @@ def seed_claims(models: dict[float, dict[int, dict[str, Any]]], bleu_tests: dict
         seeds = sorted(set(by_seed) & set(hard))
 
         def evidence(diff, p_value=None, replicates=None, by_seed=by_seed, seeds=seeds):
+            """Per seed: ``diff(smoothed, hard)``, with the paired bootstrap interval over the test tokens when
+            ``replicates(smoothed, hard)`` gives both models' replicates."""
             out = []
             for s in seeds:
-                low = high = None
-                pair = None if replicates is None else replicates(by_seed[s], hard[s])
-                if pair is not None and all(pair):  # a paired bootstrap of the difference over the test tokens
-                    low, high = paired_interval(pair[1], pair[0]).values()
-                out.append(SeedEvidence(s, diff(by_seed[s], hard[s]), low, high, None if p_value is None else p_value(s)))
+                smoothed_reps, hard_reps = (None, None) if replicates is None else replicates(by_seed[s], hard[s])
+                out.append(paired_evidence(s, diff(by_seed[s], hard[s]), hard_reps, smoothed_reps,
+                                           p_value=None if p_value is None else p_value(s)))  # fmt: skip
             return out
 
         def test_replicates(name):
