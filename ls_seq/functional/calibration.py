@@ -28,6 +28,7 @@ import torch
 
 from ls_seq._validation import check_choice, check_logits_labels, check_positive_int
 from ls_seq.functional._kernels import chunk_rows_for, row_topk
+from ls_seq.functional.native import exp_sums, exp_sums_available, native_topk
 
 __all__ = [
     "NORMS",
@@ -45,6 +46,7 @@ __all__ = [
 NORMS = ("l1", "l2", "max")
 _LOG2E = 1.0 / math.log(2.0)
 _CPU_CHUNK_ELEMENTS = 1 << 19
+_NATIVE_CHUNK_ELEMENTS = 1 << 21
 
 def _iter_valid_chunks(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
@@ -110,14 +112,18 @@ def token_statistics(
 
     The rows whose label is not ``ignore_index`` are taken in chunks (copied into a chunk-sized buffer, unless
     they are consecutive, on CPU); padding is never computed, which matters for padded evaluation batches,
-    often a third padding. Per chunk the row max and arg-max (with the top-k,
-    :func:`~ls_seq.functional._kernels.row_topk`), the label's logit and the tracked classes' logits are taken
-    once. Per temperature the only dense work is ``S_T = sum_k 2^(s (z_k - m))`` with ``s = log2(e) / T`` (and
-    its 2-norm for Brier): one scaled shift, one in-place ``exp2`` (about half the cost of ``exp`` in ATen on
-    CPU) and one or two row reductions into a chunk-sized scratch buffer. Everything else is read off ``S_T``
-    and the few logits taken per row: ``p_max = 1 / S_T``, ``log p_y = (z_y - m) / T - log S_T``, the top-k and
-    class probabilities ``2^(s (z_j - m)) / S_T``. Raises ``ValueError`` if a scored row holds NaN or an
-    infinite logit.
+    often a third padding. Per chunk the row max and arg-max (with the top-k), the label's logit and the
+    tracked classes' logits are taken once. Per temperature the only dense work is
+    ``S_T = sum_k 2^(s (z_k - m))`` with ``s = log2(e) / T`` (and its 2-norm for Brier). Everything else is read
+    off ``S_T`` and the few logits taken per row: ``p_max = 1 / S_T``, ``log p_y = (z_y - m) / T - log S_T``, the
+    top-k and class probabilities ``2^(s (z_j - m)) / S_T``. Raises ``ValueError`` if a scored row holds NaN or
+    an infinite logit.
+
+    On CPU the top-k and every ``S_T`` come from the compiled kernels of :mod:`ls_seq.functional.native` (all
+    temperatures in one read of a row); where they cannot be built, and on other devices, from ATen:
+    :func:`~ls_seq.functional._kernels.row_topk`, then per temperature one scaled shift, one in-place ``exp2``
+    and one or two row reductions into a chunk-sized scratch buffer. Either way a token's statistics depend on
+    its row alone, not on its chunk or batch.
     """
     device = logits.device
     vocab = logits.shape[-1]
@@ -139,20 +145,22 @@ def token_statistics(
     row_max = zeros(n)  # (n,)
     label_logit = zeros(n)  # (n,)
     correct = zeros(n, dtype=torch.bool)  # (n,)
-    row_sum = zeros(n)  # (n,) finite iff the row is
+    finite = zeros(n, dtype=torch.bool)  # (n,) whether every logit of the row is finite
     k = max(1, min(top_k or 1, vocab))
     top_logits = zeros(n, k) if top_k else None  # (n, k)
     in_topk = zeros(n, dtype=torch.bool) if top_k else None  # (n,)
     class_logits = zeros(n, classes.numel()) if classes is not None else None  # (n, K)
-    step = _statistics_chunk_rows(n, vocab, device, chunk_rows)
+    on_cpu = device.type == "cpu"
+    native = on_cpu and exp_sums_available()  # the compiled kernels: every temperature in one read of a row
+    step = _statistics_chunk_rows(n, vocab, device, chunk_rows, native)
     rows_max = min(step, max(n, 1))
     # ATen's elementwise loops take the last few elements of a contiguous run through a scalar ``exp2``
     # that can differ from the vectorised one in the last bit. Strided rows do not coalesce into one run:
     # every row then ends in the same tail, so a token's statistics do not depend on its chunk.
     stride = -(-(vocab + 1) // 16) * 16
-    scratch = torch.empty(rows_max, stride, dtype=torch.float32, device=device)[:, :vocab]
+    scratch = None  # (rows_max, V) float32: the ATen path's exp2 buffer; the compiled path's upcast logits
     gathered = None  # (rows_max, V) in the logits' dtype: the chunk's scored rows, when not consecutive
-    on_cpu = device.type == "cpu"
+    native_scales = torch.tensor(scales, dtype=torch.float64)  # (T,)
     for start in range(0, n, step):
         stop = min(start + step, n)
         rows = valid[start:stop]  # (c,)
@@ -163,18 +171,31 @@ def token_statistics(
                 gathered = torch.empty(rows_max, vocab, dtype=z_all.dtype, device=device)
             z = torch.index_select(z_all, 0, rows, out=gathered[: stop - start])  # (c, V), any float dtype
         y = label[start:stop]  # (c,)
-        top_value, top_index = row_topk(z, k)  # (c, k), (c, k): largest first, ties to the lowest index
+        if scratch is None and not (native and z.dtype == torch.float32 and z.stride(1) == 1):
+            scratch = torch.empty(rows_max, stride, dtype=torch.float32, device=device)[:, :vocab]
+        work = None if scratch is None else scratch[: stop - start]  # (c, V) float32
+        if native:
+            zf = z if work is None else work.copy_(z)  # half logits upcast exactly
+            top_value, top_index, finite[start:stop] = native_topk(zf, k)  # as row_topk's, plus finiteness
+        else:
+            top_value, top_index = row_topk(z, k)  # (c, k), (c, k): largest first, ties to the lowest index
+            # The row sum is finite iff every logit is.
+            finite[start:stop] = torch.isfinite(z.sum(dim=-1, dtype=torch.float32))
         m = top_value[:, :1].float()  # (c, 1)
         row_max[start:stop] = m[:, 0]
         correct[start:stop] = top_index[:, 0] == y
         label_logit[start:stop] = z.gather(1, y[:, None]).squeeze(1).float()
-        row_sum[start:stop] = z.sum(dim=-1, dtype=torch.float32)
         if top_k:
             top_logits[start:stop] = top_value.float()
             in_topk[start:stop] = (top_index == y[:, None]).any(-1)
         if classes is not None:
             class_logits[start:stop] = z.index_select(1, classes).float()
-        work = scratch[: stop - start]  # (c, V) float32
+        if native:
+            sq = None if exp_norm is None else exp_norm[:, start:stop]
+            exp_sums(zf, m[:, 0].contiguous(), native_scales, exp_sum[:, start:stop], sq)
+            if sq is not None:
+                sq.sqrt_()
+            continue
         for i, s in enumerate(scales):
             # s * z - s * m in float32 (half logits are upcast exactly on the way), then 2^x in place.
             torch.add(m * -s, z, alpha=s, out=work).exp2_()
@@ -182,8 +203,8 @@ def token_statistics(
             if brier:
                 torch.linalg.vector_norm(work, 2, dim=1, out=exp_norm[i, start:stop])
 
-    # The row sum is finite iff every logit is: only scored rows are read, padding may hold anything.
-    if not bool(torch.isfinite(row_sum).all()):
+    # Only scored rows are read: padding may hold anything.
+    if not bool(finite.all()):
         raise ValueError("`logits` must be finite at non-ignored positions; got NaN or an infinite value")
     inv_t_col = torch.tensor(inv_t, dtype=torch.float32, device=device)[:, None]  # (T, 1)
     scale_col = torch.tensor(scales, dtype=torch.float32, device=device)[:, None]  # (T, 1)
@@ -213,15 +234,19 @@ def token_statistics(
     )
 
 
-def _statistics_chunk_rows(n_rows: int, vocab: int, device: torch.device, chunk_rows: int | None) -> int:
+def _statistics_chunk_rows(
+    n_rows: int, vocab: int, device: torch.device, chunk_rows: int | None, native: bool = False
+) -> int:
     """Rows per chunk of :func:`token_statistics`: cache-sized on CPU, the kernels' large chunks elsewhere.
 
-    On CPU each temperature reads and writes the chunk three times (shift, ``exp2``, reductions), so a chunk
-    that stays in the L2/L3 cache (2**19 float32 logits, 2 MiB: 16 rows at V = 32000) measured 2.3x faster
-    than the kernels' 128 MiB chunks (``benchmarks/bench_calibration.py``). On a GPU few large launches win.
+    On CPU each temperature of the ATen path reads and writes the chunk three times (shift, ``exp2``,
+    reductions), so a chunk that stays in the L2/L3 cache (2**19 float32 logits, 2 MiB: 16 rows at V = 32000)
+    measured 2.3x faster than the kernels' 128 MiB chunks (``benchmarks/bench_calibration.py``). The compiled
+    kernels work row by row, so their chunks (2**21 logits) only amortise the per-chunk calls and the split
+    across threads. On a GPU few large launches win.
     """
     if chunk_rows is None and device.type == "cpu":
-        chunk_rows = max(1, _CPU_CHUNK_ELEMENTS // max(vocab, 1))
+        chunk_rows = max(1, (_NATIVE_CHUNK_ELEMENTS if native else _CPU_CHUNK_ELEMENTS) // max(vocab, 1))
     return chunk_rows_for(n_rows, vocab, chunk_rows)
 
 
