@@ -11,7 +11,11 @@ called as usual, through its wrappers, and two hooks do the work inside that cal
   logits come out with zero positions (``(B, 0, V)``) and everything the model does to them afterwards
   (``+ final_logits_bias``, soft-capping) costs nothing;
 * a forward hook on the model puts the loss into its output (``outputs.loss``), so the loss is part of what
-  the DDP wrapper's forward returns, as it expects.
+  the DDP wrapper's forward returns, as it expects. It runs ahead of the model's other forward hooks
+  (``prepend=True``): FSDP2's post-forward hook, on the same module once it is sharded, registers FSDP's
+  backward hooks on the output's tensors, and must see the loss among them. A causal LM sharded as a whole
+  otherwise outputs only the empty logits, which the loss does not depend on: FSDP's backward never ran,
+  its gradients were neither reduced nor resharded (``tests/distributed``: FSDP2 on gloo).
 
 Gradient checkpointing and peft adapters work unchanged (the hooks sit on the head and on the base model).
 :func:`check_fused_matches_model` verifies once, on one row, that the model's logits really are
@@ -80,7 +84,7 @@ def fused_output_layer(
 
     handles = [
         head.register_forward_pre_hook(pre_hook, with_kwargs=True),
-        io.model.register_forward_hook(attach_loss, with_kwargs=True),
+        io.model.register_forward_hook(attach_loss, with_kwargs=True, prepend=True),
     ]
     try:
         yield result

@@ -11,6 +11,11 @@ Usage: ``torchrun --standalone --nproc_per_node 2 ddp_checks.py OUT_DIR``. The c
    to a plain Seq2SeqTrainer (its own pass), and ``CalibrationMetrics`` in a plain Trainer's loop.
 4. Training after ``evaluate()`` (transformers then skips the DDP wrapper) raises instead of silently
    skipping the gradient all-reduce.
+5. The fused loss under FSDP2 (``fully_shard``, gloo): the pieces the trainer's ``compute_loss`` uses
+   (``model_io``, ``fused_output_layer``, the loss function's fused sums) on a model sharded per layer the way
+   accelerate's transformer auto-wrap does it (``_no_split_modules``) and on one sharded as a whole, 2 ranks x
+   batch 4 x 2 accumulation steps. accelerate itself refuses FSDP without a GPU ("no available devices found"), so the Trainer's FSDP
+   wiring is not run here; this checks what the fused path must get right inside it.
 """
 
 from __future__ import annotations
@@ -72,9 +77,7 @@ def error_of(fn, kind: type[Exception]) -> str:
 def train_and_save(trainer, path: Path) -> dict:
     trainer.train()
     if trainer.is_world_process_zero():
-        buffer = io.BytesIO()
-        torch.save({n: p.detach() for n, p in trainer.model.named_parameters()}, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, io_bytes(dict(trainer.model.named_parameters())))
     return next(entry for entry in trainer.state.log_history if "loss" in entry)
 
 
@@ -88,6 +91,51 @@ def check_fused_step(out_dir: Path, family: str) -> dict:
     trainer = ls_trainer(out_dir, f"fused_{family}", family, fused_linear_loss=True, fused_chunk_size=7,
                          per_device_train_batch_size=4, gradient_accumulation_steps=2)  # fmt: skip
     return train_and_save(trainer, out_dir / f"params_fused_{family}.pt")
+
+
+def check_fsdp2_fused_step(out_dir: Path, family: str, wrap: str, rank: int, world: int) -> None:
+    """One SGD step with the fused loss on an FSDP2-sharded model; rank 0 saves the gathered parameters.
+
+    ``wrap``: ``"layers"`` shards each of ``model._no_split_modules`` and then the root (accelerate's
+    transformer auto-wrap), ``"root"`` the root alone (its ``NO_WRAP`` policy)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from distributed.families import family_examples
+    from ls_seq.fused_head import fused_output_layer
+    from ls_seq.loss_func import LabelSmoothingLossFunc
+    from ls_seq.model_io import model_io
+
+    model = family_model(family, seed=2).train()
+    mio = model_io(model)
+    mesh = init_device_mesh("cpu", (world,))
+    for module in model.modules() if wrap == "layers" else ():
+        if type(module).__name__ in model._no_split_modules:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    loss_fn = LabelSmoothingLossFunc(alpha=0.1)
+    mine = family_examples(family, 16, seed=5)[rank * 8 : (rank + 1) * 8]
+    batches = [family_collate(family)(mine[:4]), family_collate(family)(mine[4:])]
+    scored = [mio.scored_labels(batch["labels"], None, loss_fn.ignore_index) for batch in batches]
+    n_tokens = torch.tensor(float(sum(int((s != loss_fn.ignore_index).sum()) for s in scored)))
+    dist.all_reduce(n_tokens)  # the token count of the whole accumulated batch, every rank
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for batch, labels in zip(batches, scored):
+        inputs = mio.teacher_forcing_inputs({k: v for k, v in batch.items() if k != "labels"}, batch["labels"])
+        with fused_output_layer(mio, labels, loss_fn, 7):
+            loss = model(**inputs).loss  # the summed loss, attached inside the sharded module's forward
+        (loss / n_tokens * world).backward()  # FSDP averages the gradients over ranks
+    optimizer.step()
+    params = {n: p.full_tensor() for n, p in model.named_parameters()}  # every parameter still sharded
+    if rank == 0:
+        atomic_write_bytes(out_dir / f"params_fsdp2_{wrap}_{family}.pt", io_bytes(params))
+
+
+def io_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """``torch.save`` of the detached tensors, in memory (written atomically by the caller)."""
+    buffer = io.BytesIO()
+    torch.save({n: t.detach() for n, t in tensors.items()}, buffer)
+    return buffer.getvalue()
 
 
 def check_eval_loss(out_dir: Path) -> float:
@@ -119,6 +167,9 @@ def main() -> None:
         "calibration": calibration_routes(out_dir),
         "evaluate_then_train_error": check_evaluate_then_train_is_refused(out_dir),
     }
+    for family in FUSED_FAMILIES:
+        for wrap in ("layers", "root"):
+            check_fsdp2_fused_step(out_dir, family, wrap, state.process_index, state.num_processes)
     if state.is_main_process:
         atomic_write_json(out_dir / "results.json", results)
     state.wait_for_everyone()
