@@ -14,8 +14,8 @@ Usage: ``torchrun --standalone --nproc_per_node 2 ddp_checks.py OUT_DIR``. The c
 5. The fused loss under FSDP2 (``fully_shard``, gloo): the pieces the trainer's ``compute_loss`` uses
    (``model_io``, ``fused_output_layer``, the loss function's fused sums) on a model sharded per layer the way
    accelerate's transformer auto-wrap does it (``_no_split_modules``) and on one sharded as a whole, 2 ranks x
-   batch 4 x 2 accumulation steps. accelerate itself refuses FSDP without a GPU ("no available devices found"), so the Trainer's FSDP
-   wiring is not run here; this checks what the fused path must get right inside it.
+   batch 4 x 2 accumulation steps. accelerate does not run FSDP on CPU (FSDP v1: "no available devices found"; v2 with ``use_cpu``: DDP
+   instead), so the Trainer's FSDP wiring is not run here; this checks what the fused path must get right inside it.
 """
 
 from __future__ import annotations
