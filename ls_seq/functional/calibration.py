@@ -176,7 +176,7 @@ def token_statistics(
         work = None if scratch is None else scratch[: stop - start]  # (c, V) float32
         if native:
             zf = z if work is None else work.copy_(z)  # half logits upcast exactly
-            top_value, top_index, finite[start:stop] = native_topk(zf, k)  # as row_topk's, plus finiteness
+            top_value, top_index = native_topk(zf, k)  # as row_topk's
         else:
             top_value, top_index = row_topk(z, k)  # (c, k), (c, k): largest first, ties to the lowest index
             # The row sum is finite iff every logit is.
@@ -192,7 +192,7 @@ def token_statistics(
             class_logits[start:stop] = z.index_select(1, classes).float()
         if native:
             sq = None if exp_norm is None else exp_norm[:, start:stop]
-            exp_sums(zf, m[:, 0].contiguous(), native_scales, exp_sum[:, start:stop], sq)
+            exp_sums(zf, m[:, 0].contiguous(), native_scales, exp_sum[:, start:stop], sq, finite[start:stop])
             if sq is not None:
                 sq.sqrt_()
             continue

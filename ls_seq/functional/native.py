@@ -1,12 +1,13 @@
 """The compiled CPU kernels of the calibration pass (``_native/exp_sums.c``): per row and temperature
 ``sum_j 2^x`` and ``sum_j 4^x`` for ``x = s_t (z_j - m)``, all temperatures in one read of the row
-(:func:`exp_sums`), and the row's top k with a finiteness flag in one more (:func:`native_topk`).
+with a flag for rows holding an infinity or a NaN (:func:`exp_sums`), and the row's top k in one more read
+(:func:`native_topk`).
 
 On CPU the exponentials are the whole cost of :func:`ls_seq.functional.calibration.token_statistics`: ATen
 takes one shift, one ``exp2`` and one reduction per temperature, each reading and writing the chunk, about 1.4
 ns per logit and temperature here; the kernel keeps a row in cache for every temperature and measured about
 0.45 ns. The top k (:func:`~ls_seq.functional._kernels.row_topk` on ATen, plus a row sum for the finiteness
-check) measured 0.28 s on (4096, 32000) logits against 0.11 s compiled (``benchmarks/bench_calibration.py``). It is plain C99 without libtorch headers, built on first use
+check) measured 0.28 s on (4096, 32000) logits against 0.06 s compiled (``benchmarks/bench_calibration.py``). It is plain C99 without libtorch headers, built on first use
 with the platform's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``, which
 takes well under a second), cached under ``$LS_SEQ_CACHE`` (default ``~/.cache/ls_seq``) by a key of its
 source, compiler, flags and CPU, and called through :mod:`ctypes`, which releases the GIL: a batch's rows are
@@ -113,8 +114,8 @@ def _library():
         )
         return None
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.ls_seq_exp_sums.argtypes = [p, i, i, i, p, p, i, p, p, i]
-    lib.ls_seq_row_topk.argtypes = [p, i, i, i, i, p, p, p]
+    lib.ls_seq_exp_sums.argtypes = [p, i, i, i, p, p, i, p, p, i, p]
+    lib.ls_seq_row_topk.argtypes = [p, i, i, i, i, p, p]
     lib.ls_seq_exp_sums.restype = lib.ls_seq_row_topk.restype = None
     return lib
 
@@ -143,15 +144,21 @@ def _split(rows: int, terms: int, call) -> None:
 
 
 def exp_sums(
-    z: torch.Tensor, m: torch.Tensor, scales: torch.Tensor, out_sum: torch.Tensor, out_sq: torch.Tensor | None
+    z: torch.Tensor,
+    m: torch.Tensor,
+    scales: torch.Tensor,
+    out_sum: torch.Tensor,
+    out_sq: torch.Tensor | None,
+    out_finite: torch.Tensor,
 ) -> None:
-    """``out_sum[t, r] = sum_j 2^(scales[t] (z[r, j] - m[r]))`` and ``out_sq[t, r]`` the same sum of squares.
+    """``out_sum[t, r] = sum_j 2^(scales[t] (z[r, j] - m[r]))``, ``out_sq[t, r]`` the same sum of squares, and
+    ``out_finite[r]``: whether row ``r`` holds no infinity and no NaN (then its sums are meaningless).
 
     Trusts its inputs (private to the calibration pass): ``z`` ``(c, V)`` float32 CPU with unit stride along
     ``V``; ``m`` ``(c,)`` contiguous float32, each row's maximum (so every ``x <= 0``); ``scales`` ``(T,)``
     contiguous float64, ``log2(e) / T``; ``out_sum`` and ``out_sq`` ``(T, c)`` float32 with unit stride along
-    ``c`` and the same stride along ``T`` (columns of larger ``(T, n)`` buffers are fine). Requires
-    :func:`exp_sums_available`.
+    ``c`` and the same stride along ``T`` (columns of larger ``(T, n)`` buffers are fine); ``out_finite``
+    ``(c,)`` contiguous bool. Requires :func:`exp_sums_available`.
     """
     fn = _library().ls_seq_exp_sums
     rows, vocab = z.shape
@@ -162,33 +169,31 @@ def exp_sums(
         fn(
             z.data_ptr() + r0 * z.stride(0) * 4, r1 - r0, vocab, z.stride(0), m.data_ptr() + r0 * 4,
             scales.data_ptr(), n_t, out_sum.data_ptr() + r0 * 4, sq_ptr and sq_ptr + r0 * 4, out_sum.stride(0),
+            out_finite.data_ptr() + r0,  # bool: one byte each, written 0 or 1
         )
 
     _split(rows, rows * vocab * n_t, call)
 
 
-def native_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``k`` largest logits of each row, largest first, their indices, and whether each row is finite.
+def native_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest logits of each row, largest first, and their indices, in one read of the row.
 
-    What :func:`~ls_seq.functional._kernels.row_topk` returns (the first index is the row's first maximum, as
-    ``torch.max`` gives it), in one read of the row. Trusts its inputs: ``z`` ``(c, V)`` float32 CPU with unit
-    stride along ``V``, ``1 <= k <= V``. Requires :func:`exp_sums_available`.
+    What :func:`~ls_seq.functional._kernels.row_topk` returns: the first index is the row's first maximum, as
+    ``torch.max`` gives it. Trusts its inputs: ``z`` ``(c, V)`` float32 CPU with unit stride along ``V``,
+    ``1 <= k <= V``; a row holding a NaN has unspecified values (:func:`exp_sums` flags it). Requires
+    :func:`exp_sums_available`.
 
     Returns:
-        ``values (c, k)`` float32, ``indices (c, k)`` int64 and ``finite (c,)`` bool (no NaN, no infinity in
-        the row; a row with a NaN has unspecified values).
+        ``values (c, k)`` float32 and ``indices (c, k)`` int64.
     """
     fn = _library().ls_seq_row_topk
     rows, vocab = z.shape
     values = torch.empty(rows, k, dtype=torch.float32)
     indices = torch.empty(rows, k, dtype=torch.int64)
-    finite = torch.empty(rows, dtype=torch.bool)  # one byte each, written 0 or 1
 
     def call(r0: int, r1: int) -> None:
-        fn(
-            z.data_ptr() + r0 * z.stride(0) * 4, r1 - r0, vocab, z.stride(0), k, values.data_ptr() + r0 * k * 4,
-            indices.data_ptr() + r0 * k * 8, finite.data_ptr() + r0,
-        )
+        fn(z.data_ptr() + r0 * z.stride(0) * 4, r1 - r0, vocab, z.stride(0), k, values.data_ptr() + r0 * k * 4,
+           indices.data_ptr() + r0 * k * 8)  # fmt: skip
 
     _split(rows, rows * vocab, call)
-    return values, indices, finite
+    return values, indices

@@ -32,8 +32,10 @@ def test_exp_sums_equal_float64_sums_at_every_temperature(vocab):
     g = torch.Generator().manual_seed(vocab)
     z = 6 * torch.randn(37, vocab, generator=g)  # (c, V): terms from 1 down to ~e^-80 at T = 0.5
     out, sq = torch.full((5, 37), float("nan")), torch.full((5, 37), float("nan"))
-    native.exp_sums(z, z.amax(1).contiguous(), _scales(GRID), out, sq)
+    finite = torch.zeros(37, dtype=torch.bool)
+    native.exp_sums(z, z.amax(1).contiguous(), _scales(GRID), out, sq, finite)
     ref, ref_sq = _reference_sums(z, GRID)
+    assert finite.all()
     # float32 results: the exponent's rounding (|x| ulp) and a 64-term float sum per lane bound the error.
     torch.testing.assert_close(out.double(), ref, rtol=2e-6, atol=0)
     torch.testing.assert_close(sq.double(), ref_sq, rtol=2e-6, atol=0)
@@ -45,7 +47,7 @@ def test_exp_sums_read_strided_rows_and_write_columns_of_a_larger_buffer():
     z = big[3:13, 50:650]  # (10, 600): row stride 700
     m = z.amax(1).contiguous()
     out = torch.full((5, 30), -1.0)
-    native.exp_sums(z, m, _scales(GRID), out[:, 7:17], None)
+    native.exp_sums(z, m, _scales(GRID), out[:, 7:17], None, torch.empty(10, dtype=torch.bool))
     ref, _ = _reference_sums(z, GRID)
     torch.testing.assert_close(out[:, 7:17].double(), ref, rtol=2e-6, atol=0)
     assert (out[:, :7] == -1).all() and (out[:, 17:] == -1).all()  # nothing written outside the columns
@@ -54,7 +56,7 @@ def test_exp_sums_read_strided_rows_and_write_columns_of_a_larger_buffer():
 def test_exp_sums_underflowing_terms_add_nothing():
     z = torch.tensor([[0.0, -1000.0, -200.0, -130.0] + [-1e30] * 13])  # (1, 17): one term of 1, the rest ~0
     out, sq = torch.empty(5, 1), torch.empty(5, 1)
-    native.exp_sums(z, z.amax(1).contiguous(), _scales(GRID), out, sq)
+    native.exp_sums(z, z.amax(1).contiguous(), _scales(GRID), out, sq, torch.empty(1, dtype=torch.bool))
     ref, _ = _reference_sums(z, GRID)
     torch.testing.assert_close(out.double(), ref, rtol=1e-7, atol=0)
     assert (out == 1).sum() >= 3  # at T <= 1 every other term is below 2^-126 * 16: the sum rounds to 1
@@ -69,10 +71,10 @@ def test_exp_sums_split_across_threads_equals_one_call():
         results = []
         for n_threads in (1, 3):
             torch.set_num_threads(n_threads)
-            out, sq = torch.empty(5, 64), torch.empty(5, 64)
-            native.exp_sums(z, m, _scales(GRID), out, sq)
-            values, indices, finite = native.native_topk(z, 4)
-            results.append((out, sq, values, indices, finite))
+            out, sq, finite = torch.empty(5, 64), torch.empty(5, 64), torch.empty(64, dtype=torch.bool)
+            native.exp_sums(z, m, _scales(GRID), out, sq, finite)
+            values, indices = native.native_topk(z, 4)
+            results.append((out, sq, finite, values, indices))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(*results):
@@ -83,36 +85,38 @@ def test_exp_sums_split_across_threads_equals_one_call():
 def test_native_topk_equals_torch(rows, vocab, k):
     g = torch.Generator().manual_seed(vocab)
     z = torch.randn(rows, vocab, generator=g)
-    values, indices, finite = native.native_topk(z, k)
+    values, indices = native.native_topk(z, k)
     ref_values, _ = z.topk(k, dim=1)
     assert torch.equal(values, ref_values)
     assert torch.equal(z.gather(1, indices), values)
     assert torch.equal(indices[:, 0], z.max(dim=1).indices)
-    assert finite.all()
 
 
 def test_native_topk_ties_and_ascending_rows():
     g = torch.Generator().manual_seed(3)
     z = torch.randint(0, 3, (300, 613), generator=g).float()  # many ties at the maximum
-    values, indices, _ = native.native_topk(z, 4)
+    values, indices = native.native_topk(z, 4)
     assert torch.equal(values, z.topk(4, dim=1).values)
     assert torch.equal(indices[:, 0], z.max(dim=1).indices)  # the first maximum, as torch.max returns it
     assert torch.equal(z.gather(1, indices), values)
     assert (indices[:, :-1] < indices[:, 1:]).all()  # tied values keep index order (all four tie here)
     up = torch.arange(5000.0).repeat(2, 1)  # every block raises the threshold: the insertion path throughout
-    values, indices, _ = native.native_topk(up, 5)
+    values, indices = native.native_topk(up, 5)
     assert values[0].tolist() == [4999.0, 4998.0, 4997.0, 4996.0, 4995.0]
     assert indices[1].tolist() == [4999, 4998, 4997, 4996, 4995]
 
 
-def test_native_topk_flags_every_nonfinite_row():
-    z = torch.randn(8, 300)
+@pytest.mark.parametrize("vocab", [300, 1030, 4096 + 7])
+def test_exp_sums_flag_every_nonfinite_row(vocab):
+    z = torch.randn(8, vocab)
     bad = {0: float("nan"), 1: float("inf"), 2: float("-inf"), 3: float("nan"), 4: float("-inf"), 5: float("inf")}
-    where = {0: 3, 1: 7, 2: 9, 3: 299, 4: 256, 5: 290}  # inside a full 256-block, and in the partial tail
+    where = {0: 3, 1: 7, 2: 9, 3: vocab - 1, 4: vocab - 2, 5: vocab // 2}  # in the first block, the middle, the tail
     for row, value in bad.items():
         z[row, where[row]] = value
     z[6] = float("nan")  # a row of NaN
-    _, _, finite = native.native_topk(z, 2)
+    values, _ = native.native_topk(z, 2)  # the pass takes the maximum from here, NaN or not
+    finite = torch.ones(8, dtype=torch.bool)
+    native.exp_sums(z, values[:, 0].contiguous(), _scales(GRID), torch.empty(5, 8), torch.empty(5, 8), finite)
     assert finite.tolist() == [False] * 7 + [True]
 
 

@@ -11,7 +11,7 @@
  * their 2^x carry one rounding of x, not that of s_t * z_j.
  * 2^x: x = n + f with n = rint(x), |f| <= 1/2; 2^f by the degree-6 polynomial of Cephes' exp2f (relative error
  * 1.7e-7 on [-1/2, 1/2]); 2^n put into the exponent bits. x <= 0 always (m is the maximum); below -126, where
- * 2^x is under float32's smallest normal, x is raised to -126: such a term adds at most 1.2e-38 to a sum that
+ * 2^x is under float32's smallest normal, x is raised to -126 (so is a NaN, whose row is flagged non-finite): such a term adds at most 1.2e-38 to a sum that
  * is at least 1 (the maximum's own term). The loops are written so that GCC/Clang vectorise them without
  * -ffast-math: 16 independent float lanes per block of 1024 logits, each block's lanes added in a fixed order
  * into double accumulators. A row's result therefore depends only on the row, not on which rows share the
@@ -25,7 +25,7 @@
 #define SCAN 256
 
 static inline float exp2_nonpositive(float x) {
-    x = x < -126.0f ? -126.0f : x;
+    x = x > -126.0f ? x : -126.0f; /* a NaN compares false and becomes -126: every step below stays defined */
     float n = __builtin_rintf(x);
     float f = x - n;
     float p = 1.535336188319500e-4f;
@@ -41,61 +41,6 @@ static inline float exp2_nonpositive(float x) {
     return p * scale;
 }
 
-/* One block of `len` logits (len a multiple of LANES) at one temperature into (*sum, *sq). */
-static inline void block_lanes(const float *z, int64_t len, float s, float m, int squares, double *sum, double *sq) {
-    float acc[LANES] = {0}, acc2[LANES] = {0};
-    for (int64_t j = 0; j < len; j += LANES) {
-        for (int l = 0; l < LANES; ++l) {
-            float e = exp2_nonpositive(s * (z[j + l] - m));
-            acc[l] += e;
-            acc2[l] += e * e;
-        }
-    }
-    double total = 0.0, total2 = 0.0;
-    for (int l = 0; l < LANES; ++l) {
-        total += acc[l];
-        total2 += acc2[l];
-    }
-    *sum += total;
-    if (squares) *sq += total2;
-}
-
-/* For rows r in [0, rows): z + r * row_stride holds `vocab` contiguous float32 logits, m[r] their maximum.
- * Writes out_sum[t * out_stride + r] = sum_j 2^(s_t (z_j - m)) and, when out_sq is not NULL,
- * out_sq[t * out_stride + r] = sum_j 4^(s_t (z_j - m)), both rounded to float32 once. */
-void ls_seq_exp_sums(const float *z, int64_t rows, int64_t vocab, int64_t row_stride, const float *m,
-                     const double *scales, int64_t n_t, float *out_sum, float *out_sq, int64_t out_stride) {
-    int squares = out_sq != 0;
-    int64_t whole = vocab - vocab % LANES;
-    for (int64_t r = 0; r < rows; ++r) {
-        const float *row = z + r * row_stride;
-        for (int64_t t = 0; t < n_t; ++t) {
-            float s = (float)scales[t];
-            float mr = m[r];
-            double sum = 0.0, sq = 0.0;
-            for (int64_t start = 0; start < whole; start += BLOCK) {
-                int64_t len = whole - start < BLOCK ? whole - start : BLOCK;
-                block_lanes(row + start, len, s, mr, squares, &sum, &sq);
-            }
-            for (int64_t j = whole; j < vocab; ++j) {
-                float e = exp2_nonpositive(s * (row[j] - mr));
-                sum += e;
-                sq += (double)e * e;
-            }
-            out_sum[t * out_stride + r] = (float)sum;
-            if (squares) out_sq[t * out_stride + r] = (float)sq;
-        }
-    }
-}
-
-/* For rows r in [0, rows) of z as above: the k largest logits, largest first, with their indices, and whether
- * every logit of the row is finite. out_values[r * k + i], out_indices[r * k + i], out_finite[r].
- *
- * One read of the row: 256 logits at a time are compared with the current k-th largest (vectorised); only a
- * block holding a larger one is scanned again and inserted, element by element, into the sorted top k. An insertion goes after
- * the entries equal to it, so among tied values the lowest index comes first: out_indices[r * k] is the first
- * maximum of the row, torch.max's arg-max. A NaN is never inserted (it compares false) and clears the row's
- * finite flag, as does an infinity (both have an exponent field of all ones: see nonfinite_bit). Requires 1 <= k <= vocab. */
 /* Bit 31 set iff x is an infinity or a NaN: the exponent field plus one carries into bit 31 only when the
  * field is all ones. Integer and/add only, so the scan vectorises without compares. */
 static inline uint32_t nonfinite_bit(float x) {
@@ -104,14 +49,82 @@ static inline uint32_t nonfinite_bit(float x) {
     return (u & 0x7f800000u) + 0x00800000u;
 }
 
+/* One block of `len` logits (len a multiple of LANES) at one temperature into (*sum, *sq); with `check` (a
+ * constant at each call, so each call site compiles to its own loop) also ORs the block's nonfinite_bit into
+ * *bad: on integer ports, beside the floating-point work, it costs about 4% of one temperature. */
+static inline void block_lanes(const float *z, int64_t len, float s, float m, int squares, double *sum, double *sq,
+                               const int check, uint32_t *bad) {
+    float acc[LANES] = {0}, acc2[LANES] = {0};
+    uint32_t flags[LANES] = {0};
+    for (int64_t j = 0; j < len; j += LANES) {
+        for (int l = 0; l < LANES; ++l) {
+            float e = exp2_nonpositive(s * (z[j + l] - m));
+            acc[l] += e;
+            acc2[l] += e * e;
+            if (check) flags[l] |= nonfinite_bit(z[j + l]);
+        }
+    }
+    double total = 0.0, total2 = 0.0;
+    for (int l = 0; l < LANES; ++l) {
+        total += acc[l];
+        total2 += acc2[l];
+        if (check) *bad |= flags[l];
+    }
+    *sum += total;
+    if (squares) *sq += total2;
+}
+
+/* For rows r in [0, rows): z + r * row_stride holds `vocab` contiguous float32 logits, m[r] their maximum.
+ * Writes out_sum[t * out_stride + r] = sum_j 2^(s_t (z_j - m)) and, when out_sq is not NULL,
+ * out_sq[t * out_stride + r] = sum_j 4^(s_t (z_j - m)), both rounded to float32 once, and out_finite[r] = 1 if
+ * no logit of the row is an infinity or a NaN (checked while the first temperature reads the row), else 0. */
+void ls_seq_exp_sums(const float *z, int64_t rows, int64_t vocab, int64_t row_stride, const float *m,
+                     const double *scales, int64_t n_t, float *out_sum, float *out_sq, int64_t out_stride,
+                     uint8_t *out_finite) {
+    int squares = out_sq != 0;
+    int64_t whole = vocab - vocab % LANES;
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *row = z + r * row_stride;
+        float mr = m[r];
+        uint32_t bad = 0;
+        for (int64_t t = 0; t < n_t; ++t) {
+            float s = (float)scales[t];
+            double sum = 0.0, sq = 0.0;
+            for (int64_t start = 0; start < whole; start += BLOCK) {
+                int64_t len = whole - start < BLOCK ? whole - start : BLOCK;
+                if (t == 0)
+                    block_lanes(row + start, len, s, mr, squares, &sum, &sq, 1, &bad);
+                else
+                    block_lanes(row + start, len, s, mr, squares, &sum, &sq, 0, &bad);
+            }
+            for (int64_t j = whole; j < vocab; ++j) {
+                float e = exp2_nonpositive(s * (row[j] - mr));
+                sum += e;
+                sq += (double)e * e;
+                bad |= nonfinite_bit(row[j]);
+            }
+            out_sum[t * out_stride + r] = (float)sum;
+            if (squares) out_sq[t * out_stride + r] = (float)sq;
+        }
+        out_finite[r] = !(bad >> 31);
+    }
+}
+
+/* For rows r in [0, rows) of z as above: the k largest logits, largest first, with their indices:
+ * out_values[r * k + i], out_indices[r * k + i].
+ *
+ * One read of the row: 256 logits at a time are compared with the current k-th largest (vectorised); only a
+ * block holding a larger one is scanned again and inserted, element by element, into the sorted top k. An insertion goes after
+ * the entries equal to it, so among tied values the lowest index comes first: out_indices[r * k] is the first
+ * maximum of the row, torch.max's arg-max. A NaN is never inserted (it compares false); finiteness is
+ * ls_seq_exp_sums' check. Requires 1 <= k <= vocab. */
 void ls_seq_row_topk(const float *z, int64_t rows, int64_t vocab, int64_t row_stride, int64_t k, float *out_values,
-                     int64_t *out_indices, uint8_t *out_finite) {
+                     int64_t *out_indices) {
     for (int64_t r = 0; r < rows; ++r) {
         const float *row = z + r * row_stride;
         float *val = out_values + r * k;
         int64_t *idx = out_indices + r * k;
         int64_t filled = 0;
-        uint32_t bad[LANES] = {0}; /* bit 31 set once an exponent field of all ones (inf, NaN) was seen */
         for (int64_t start = 0; start < vocab; start += SCAN) {
             int64_t len = vocab - start < SCAN ? vocab - start : SCAN;
             float threshold = filled == k ? val[k - 1] : -__builtin_inff();
@@ -122,7 +135,6 @@ void ls_seq_row_topk(const float *z, int64_t rows, int64_t vocab, int64_t row_st
                     for (int l = 0; l < LANES; ++l) {
                         float x = row[start + j + l];
                         any[l] |= x > threshold;
-                        bad[l] |= nonfinite_bit(x);
                     }
                 }
                 for (int l = 0; l < LANES; ++l) above |= any[l];
@@ -130,7 +142,6 @@ void ls_seq_row_topk(const float *z, int64_t rows, int64_t vocab, int64_t row_st
                 for (int64_t l = 0; l < len; ++l) {
                     float x = row[start + l];
                     above |= x > threshold;
-                    bad[0] |= nonfinite_bit(x);
                 }
             }
             if (!above) continue;
@@ -149,13 +160,10 @@ void ls_seq_row_topk(const float *z, int64_t rows, int64_t vocab, int64_t row_st
                 if (filled < k) ++filled;
             }
         }
-        /* A row of NaN fills nothing: its slots are set so the caller's finite check raises first. */
+        /* A row of NaN fills nothing: its slots are set to NaN (ls_seq_exp_sums flags the row). */
         for (int64_t i = filled; i < k; ++i) {
             val[i] = __builtin_nanf("");
             idx[i] = 0;
         }
-        uint32_t any_bad = 0;
-        for (int l = 0; l < LANES; ++l) any_bad |= bad[l];
-        out_finite[r] = !(any_bad >> 31);
     }
 }
