@@ -49,6 +49,16 @@ _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool there (a call would hang otherwise)."""
+    global _lock, _pool
+    _lock, _pool = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("LS_SEQ_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "ls_seq")
     return Path(root).expanduser() / "native"

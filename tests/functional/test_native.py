@@ -180,3 +180,28 @@ def test_the_switch_turns_the_kernels_off(monkeypatch):
         monkeypatch.delenv("LS_SEQ_NATIVE")
         native._library.cache_clear()
     assert native.exp_sums_available()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork: POSIX only")
+def test_a_forked_child_splits_rows_across_a_new_pool():
+    import multiprocessing
+
+    z = 4 * torch.randn(64, 20000)  # above the split threshold: the thread pool is used, and so created here
+    m = z.amax(1).contiguous()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = torch.empty(5, 64)
+        native.exp_sums(z, m, _scales(GRID), out, None, torch.empty(64, dtype=torch.bool))
+        with multiprocessing.get_context("fork").Pool(1) as pool:  # the child inherits the pool object, not its threads
+            child = pool.apply_async(_sums_in_child, (z, m)).get(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(child, out)
+
+
+def _sums_in_child(z, m):
+    torch.set_num_threads(2)
+    out = torch.empty(5, z.shape[0])
+    native.exp_sums(z, m, _scales(GRID), out, None, torch.empty(z.shape[0], dtype=torch.bool))
+    return out
