@@ -39,6 +39,7 @@ from ls_seq.translation.data import ParallelCorpus, _tokenize, load_corpora
 from ls_seq.translation.evaluation import evaluate_model
 from ls_seq.translation.presets import Preset
 from ls_seq.translation.processes import _Processes
+from ls_seq.translation.records import Evaluation
 from ls_seq.translation.report import _versions, _write_results, source_warnings, write_report
 from ls_seq.translation.summary import summarize_model, table3_row
 from ls_seq.translation.tokenizer import load_or_train_tokenizer
@@ -181,21 +182,21 @@ def _run(run, config, preset, corpora, study_args, state, *, cpu_threads, bf16, 
             )
         results["models"].append({"alpha": alpha})
 
-        def on_progress(ev: dict[str, Any], alpha: float = alpha, summary: dict[str, Any] = summary) -> None:
-            results["models"][-1] = summarize_model(alpha, ev, summary, grid)
+        def on_progress(evaluation: Evaluation, alpha: float = alpha, summary: dict[str, Any] = summary) -> None:
+            results["models"][-1] = summarize_model(alpha, evaluation, summary, grid)
             results["table3"] = table3_row(results["models"])
             if state.is_main_process:
                 _write_results(output_dir, results)
 
         t1 = time.time()
         model.to(state.device)
-        ev = evaluate_model(
+        evaluation = evaluate_model(
             model, tokenizer, corpora["test"], test_dataset, preset, model_dir,
             n_bins=config["n_bins"], seed=config["seed"], state=state, on_progress=on_progress,
             validation_dataset=validation_dataset,
         )  # fmt: skip
         state.wait_for_everyone()
-        on_progress(ev)
+        on_progress(evaluation)
         timings[f"alpha_{alpha}"]["eval_seconds_this_run"] = round(time.time() - t1, 1)
         timings[f"alpha_{alpha}"]["train_and_eval_seconds_this_run"] = round(time.time() - t0, 1)
         if state.is_main_process:  # after every model, so a killed run's times are kept too
