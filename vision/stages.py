@@ -14,7 +14,16 @@ from typing import Any
 from ls_seq.study import StageRecord, StageStore
 from vision.distillation import DistillationPoint
 
-__all__ = ["STAGES_NAME", "CalibrationStage", "DistillationStage", "MutualInfoStage", "ProjectionStage", "stage_store"]
+__all__ = [
+    "ON_BASE_RUNS",
+    "STAGES_NAME",
+    "CalibrationStage",
+    "DistillationStage",
+    "MeasuredRuns",
+    "MutualInfoStage",
+    "ProjectionStage",
+    "stage_store",
+]
 
 STAGES_NAME = "stages.json"
 
@@ -120,6 +129,31 @@ class DistillationStage(StageRecord):
         return cls(tuple(DistillationPoint(**p) for p in value["points"]), str(value["figure"]))
 
 
+@dataclass(frozen=True)
+class MeasuredRuns(StageRecord):
+    """The trained runs (their directories under ``runs/``) that the projection, calibration and
+    mutual-information records measured: a resume that trains other ones (adding ``mutual_info`` trains the
+    base networks again with its callback) measures those studies again."""
+
+    stage = "measured_runs"
+    keys = ("measured_runs",)
+
+    runs: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"measured_runs": list(self.runs)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> MeasuredRuns:
+        if not isinstance(doc["measured_runs"], list):
+            raise TypeError(f"`measured_runs` must be a list, got {type(doc['measured_runs']).__name__}")
+        return cls(tuple(str(r) for r in doc["measured_runs"]))
+
+
+# The records that measure the base networks (MeasuredRuns says which ones).
+ON_BASE_RUNS = (ProjectionStage, CalibrationStage, MutualInfoStage)
+
+
 def stage_store(path: str) -> StageStore:
     """The (not yet loaded) store of the vision studies' records in ``path``."""
-    return StageStore(path, (ProjectionStage, CalibrationStage, MutualInfoStage, DistillationStage))
+    return StageStore(path, (*ON_BASE_RUNS, DistillationStage, MeasuredRuns))

@@ -80,9 +80,11 @@ from vision.projection import (
     template_plane_projection,
 )
 from vision.stages import (
+    ON_BASE_RUNS,
     STAGES_NAME,
     CalibrationStage,
     DistillationStage,
+    MeasuredRuns,
     MutualInfoStage,
     ProjectionStage,
     stage_store,
@@ -608,11 +610,12 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
     if studies & {"projection", "calibration", "mutual_info"}:
         callbacks = [_mutual_info_callback(cfg, data)] if "mutual_info" in studies else []
         along = CalibrationAlongTraining(data.val, cfg.calibration_every, n_bins=cfg.n_bins) if cfg.calibration_every else None
-        runs = {}
+        runs, run_dirs = {}, []
         for name, alpha in ((HARD, 0.0), (SMOOTHED, cfg.alpha)):
             tag = "alpha0" if alpha == 0 else f"alpha{alpha:g}"
             mixing = (f"_mixup{cfg.mixup:g}" if cfg.mixup else "") + (f"_cutmix{cfg.cutmix:g}" if cfg.cutmix else "")
             run_dir = os.path.join(out, "runs", f"{cfg.model}_{tag}{mixing}" + ("_mi" if callbacks else ""))
+            run_dirs.append(run_dir)
             start, calibration_before = time.perf_counter(), along.seconds if along else 0.0
             runs[name] = train_model(
                 cfg.model, data, cfg.train_config(alpha, mixup=cfg.mixup, cutmix=cfg.cutmix), run_dir=run_dir, callbacks=[*callbacks, *([along] if along else [])],
@@ -625,6 +628,11 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
                 timings[name] |= {"calibration_along_training_seconds": round(spent, 2),
                                   "calibration_share_of_training": round(spent / max(seconds, 1e-9), 4)}  # fmt: skip
         results["runs"] = {name: r.history for name, r in runs.items()}
+        trained = MeasuredRuns(tuple(os.path.basename(d) for d in run_dirs))
+        if stages.get(MeasuredRuns) != trained:  # records of other networks are not these networks' measurements
+            for record_type in ON_BASE_RUNS:
+                stages.drop(record_type)
+            stages.put(trained)
         if "projection" in studies:
             results["projection"] = measured(ProjectionStage, lambda: _projection(cfg, data, runs, out))
         if "calibration" in studies:

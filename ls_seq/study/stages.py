@@ -143,6 +143,13 @@ class StageStore:
                 self._doc.pop(key, None)
         self._doc.update(values)
 
+    def drop(self, record_type: type[StageRecord]) -> None:
+        """Forget ``record_type``'s stage in memory (its keys leave the file at the next :meth:`save`): it is
+        no longer done."""
+        self._check_registered(record_type)
+        for key in record_type.keys:
+            self._doc.pop(key, None)
+
     def save(self) -> Path:
         """Write every record to ``path`` atomically (a reader sees the old file or the new one, never a part)."""
         return atomic_write_json(self.path, self._doc)

@@ -202,8 +202,11 @@ def test_a_resume_reads_finished_studies_back_from_their_stage_records(tmp_path,
 
     out = tmp_path / "cal"
     first = run_study(_small(out, study="calibration", epochs=1))
-    assert read_json(out / "stages.json") == {"calibration": json.loads(json.dumps(first["calibration"]))}
+    assert read_json(out / "stages.json") == {"measured_runs": ["digits_cnn_alpha0", "digits_cnn_alpha0.1"],
+                                              "calibration": json.loads(json.dumps(first["calibration"]))}  # fmt: skip
     results = (out / "results.json").read_bytes()
+
+    measure = vision.study._calibration
 
     def measure_again(*args, **kwargs):
         raise AssertionError("a finished study was measured again")
@@ -218,6 +221,14 @@ def test_a_resume_reads_finished_studies_back_from_their_stage_records(tmp_path,
     with pytest.warns(LsSeqWarning, match=r"stages\.json' is not valid JSON .*set aside as .*damaged-stages\.json"):
         third = run_study(_small(out, study="calibration", epochs=1, resume=True))
     assert third["calibration"] == first["calibration"] and (out / "results.json").read_bytes() == results
+
+    # adding mutual_info trains the base networks again with its callback: their calibration is measured anew
+    calls = []
+    with monkeypatch.context() as patched:
+        patched.setattr(vision.study, "_calibration", lambda *a: calls.append(1) or measure(*a))
+        both = run_study(_small(out, study="mutual_info", epochs=1, resume=True))
+    assert calls == [1] and read_json(out / "stages.json")["measured_runs"] == ["digits_cnn_alpha0_mi", "digits_cnn_alpha0.1_mi"]
+    assert {"calibration", "mutual_info"} <= set(both)
 
     stages = read_json(out / "stages.json")
     del stages["calibration"]["rows"]
