@@ -228,9 +228,19 @@ class Evaluation:
 
     @classmethod
     def from_store(cls, store: StageStore) -> Evaluation:
-        return cls(**{f.name: store.get(record_type) for f, record_type in zip(fields(cls), EVALUATION_RECORDS)})
+        return cls(**{name: store.get(record_type) for name, record_type in _FIELDS.items()})
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], source: str = "the evaluation record") -> Evaluation:
         """From the content of an ``evaluation.json`` (the fairseq study builds one in memory)."""
-        return cls(**{f.name: read_record(record_type, doc, source) for f, record_type in zip(fields(cls), EVALUATION_RECORDS)})
+        return cls(**{name: read_record(record_type, doc, source) for name, record_type in _FIELDS.items()})
+
+
+# Evaluation's fields and the record each holds.
+_FIELDS: dict[str, type[StageRecord]] = {
+    "teacher_forced": TeacherForced, "shuffled_sources": ShuffledSources, "test_bleu": TestBleu,
+    "sweep_bleu": SweepBleu, "validation": ValidationSweep,
+}  # fmt: skip
+assert set(_FIELDS) == {f.name for f in fields(Evaluation)} and set(_FIELDS.values()) == set(EVALUATION_RECORDS), (
+    "every Evaluation field holds one of EVALUATION_RECORDS"
+)
