@@ -57,7 +57,7 @@ def _callback_without_eval_dataset():
 
 
 def _ende_args(**kwargs):
-    from ls_seq.translation.study import DataArguments, ModelArguments, StudyArguments
+    from ls_seq.translation.arguments import DataArguments, ModelArguments, StudyArguments
 
     cls = {"data": DataArguments, "model": ModelArguments, "study": StudyArguments}[kwargs.pop("which")]
     return cls(**kwargs)

@@ -17,6 +17,7 @@ MODULES = [
     "ls_seq.study.claims",
     "ls_seq.study.intervals",
     "ls_seq.study.presets",
+    "ls_seq.study.stages",
 ]
 
 

@@ -12,9 +12,10 @@
    figures first, ``report.md`` and ``results.json`` last, as one set).
 
 ``output_dir`` is a :class:`ls_seq.study.RunDirectory`: locked for the run, with its configuration in
-``run_config.json``. Checkpoints live in ``output_dir/runs/<run>/``; ``--resume`` continues every run from
-its checkpoint when the configuration is the same (another ``--study`` may be added; anything else that
-differs is refused, listing the differences), ``--overwrite_output_dir`` starts over.
+``run_config.json``. Checkpoints live in ``output_dir/runs/<run>/``, and each finished study's record in
+``output_dir/stages.json`` (:mod:`vision.stages`); ``--resume`` continues every run from its checkpoint and
+reads finished studies back when the configuration is the same (another ``--study`` may be added; anything
+else that differs is refused, listing the differences), ``--overwrite_output_dir`` starts over.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ import math
 import os
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from ls_seq.checkpoints import set_aside
 from ls_seq.checks import (
     check_alpha,
     check_choice,
@@ -36,9 +40,10 @@ from ls_seq.checks import (
     check_seeds,
     check_temperatures,
 )
+from ls_seq.errors import InputError, LsSeqWarning
 from ls_seq.io import atomic_savefig, atomic_write_files, json_bytes
 from ls_seq.plots import plot_reliability_diagram
-from ls_seq.study import PresetRegistry, RunDirectory
+from ls_seq.study import PresetRegistry, RunDirectory, StageRecord
 from ls_seq.study.claims import AGREES, DISAGREES, INCONCLUSIVE, SeedEvidence, decide, markdown_cell
 from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
 from vision.calibration import (
@@ -73,6 +78,16 @@ from vision.projection import (
     cluster_tightness,
     template_plane_basis,
     template_plane_projection,
+)
+from vision.stages import (
+    ON_BASE_RUNS,
+    STAGES_NAME,
+    CalibrationStage,
+    DistillationStage,
+    MeasuredRuns,
+    MutualInfoStage,
+    ProjectionStage,
+    stage_store,
 )
 from vision.train import TrainConfig, TrainResult, collect_outputs, train_model
 
@@ -254,7 +269,7 @@ def _images(dataset: Any, indices: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ studies
 
 
-def _projection(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> dict:
+def _projection(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> ProjectionStage:
     classes = cfg.projection_classes
     g = torch.Generator().manual_seed(cfg.seed)
     panels, tightness = {}, {}
@@ -284,10 +299,10 @@ def _projection(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainR
     title = f"{data.name}: penultimate layer on the plane of the templates of classes {', '.join(names)}"
     fig = plot_projection(panels, classes, class_names=data.class_names, title=title)
     atomic_savefig(fig, os.path.join(out, "projection.png"), dpi=120)
-    return {"classes": classes, "tightness": tightness, "figure": "projection.png"}
+    return ProjectionStage(tuple(classes), tightness, "projection.png")
 
 
-def _calibration(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> dict:
+def _calibration(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> CalibrationStage:
     def outs(result: TrainResult, split: Any) -> tuple[torch.Tensor, torch.Tensor]:
         o = collect_outputs(result.model, split)
         return o.logits, o.labels
@@ -301,7 +316,9 @@ def _calibration(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, Train
         title=f"{data.name}, test split, {cfg.n_bins} bins",
     )
     atomic_savefig(fig, os.path.join(out, "reliability.png"), dpi=120)
-    return {"rows": {name: row.as_dict() for name, row in rows.items()}, "figure": "reliability.png"}
+    trajectories = {name: trajectory_points(r.history) for name, r in runs.items()}
+    along = _along_training(cfg, trajectories, out) if all(trajectories.values()) else None
+    return CalibrationStage({name: row.as_dict() for name, row in rows.items()}, "reliability.png", along)
 
 
 def _along_training(cfg: VisionStudyConfig, trajectories: dict[str, list[TrajectoryPoint]], out: str) -> dict:
@@ -329,7 +346,7 @@ def _mutual_info_callback(cfg: VisionStudyConfig, data: VisionData) -> MutualInf
     )
 
 
-def _mutual_info(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> dict:
+def _mutual_info(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> MutualInfoStage:
     log_n = math.log(cfg.mi_examples)
     fig = plot_mutual_information(
         {name: r.history for name, r in runs.items()}, upper_bound=log_n,
@@ -340,13 +357,10 @@ def _mutual_info(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, Train
         name: [[h["epoch"], h["mutual_information"]] for h in r.history if "mutual_information" in h]
         for name, r in runs.items()
     }
-    return {
-        "classes": cfg.mi_classes, "n_examples": cfg.mi_examples, "n_augmentations": cfg.mi_augmentations,
-        "log_n": log_n, "curves": curves, "figure": "mutual_information.png",
-    }
+    return MutualInfoStage(tuple(cfg.mi_classes), cfg.mi_examples, cfg.mi_augmentations, log_n, curves, "mutual_information.png")
 
 
-def _distillation(cfg: VisionStudyConfig, data: VisionData, out: str) -> dict:
+def _distillation(cfg: VisionStudyConfig, data: VisionData, out: str) -> DistillationStage:
     points = distillation_study(
         data,
         teacher_model=cfg.teacher_model,
@@ -360,7 +374,7 @@ def _distillation(cfg: VisionStudyConfig, data: VisionData, out: str) -> dict:
     )
     fig = plot_distillation(points, title=f"{data.name}: {cfg.teacher_model} -> {cfg.student_model}")
     atomic_savefig(fig, os.path.join(out, "distillation.png"), dpi=120)
-    return {"points": [asdict(p) for p in points], "figure": "distillation.png"}
+    return DistillationStage(tuple(points), "distillation.png")
 
 
 # ------------------------------------------------------------------------------------------------ claims
@@ -574,14 +588,34 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
                  "n_val": len(data.val), "n_test": len(data.test)},
     }
     timings: dict[str, Any] = {}
+    stages = stage_store(os.path.join(out, STAGES_NAME))
+    if cfg.resume:
+        try:
+            stages.load()
+        except InputError as exc:  # not JSON (a record that does not parse is refused by get, naming it)
+            if write:
+                moved = set_aside(stages.path)
+                warnings.warn(f"{exc}; set aside as {str(moved)!r}, measuring again", LsSeqWarning, stacklevel=2)
+
+    def measured(record_type: type[StageRecord], measure: Callable[[], StageRecord]) -> dict[str, Any]:
+        """What results.json holds for one study: its record read back (a resume), or measured and saved."""
+        record = stages.get(record_type)
+        if record is None:
+            record = measure()
+            stages.put(record)
+            if write:
+                stages.save()
+        return record.to_json()[record_type.keys[0]]
+
     if studies & {"projection", "calibration", "mutual_info"}:
         callbacks = [_mutual_info_callback(cfg, data)] if "mutual_info" in studies else []
         along = CalibrationAlongTraining(data.val, cfg.calibration_every, n_bins=cfg.n_bins) if cfg.calibration_every else None
-        runs = {}
+        runs, run_dirs = {}, []
         for name, alpha in ((HARD, 0.0), (SMOOTHED, cfg.alpha)):
             tag = "alpha0" if alpha == 0 else f"alpha{alpha:g}"
             mixing = (f"_mixup{cfg.mixup:g}" if cfg.mixup else "") + (f"_cutmix{cfg.cutmix:g}" if cfg.cutmix else "")
             run_dir = os.path.join(out, "runs", f"{cfg.model}_{tag}{mixing}" + ("_mi" if callbacks else ""))
+            run_dirs.append(run_dir)
             start, calibration_before = time.perf_counter(), along.seconds if along else 0.0
             runs[name] = train_model(
                 cfg.model, data, cfg.train_config(alpha, mixup=cfg.mixup, cutmix=cfg.cutmix), run_dir=run_dir, callbacks=[*callbacks, *([along] if along else [])],
@@ -594,17 +628,19 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
                 timings[name] |= {"calibration_along_training_seconds": round(spent, 2),
                                   "calibration_share_of_training": round(spent / max(seconds, 1e-9), 4)}  # fmt: skip
         results["runs"] = {name: r.history for name, r in runs.items()}
+        trained = MeasuredRuns(tuple(os.path.basename(d) for d in run_dirs))
+        if stages.get(MeasuredRuns) != trained:  # records of other networks are not these networks' measurements
+            for record_type in ON_BASE_RUNS:
+                stages.drop(record_type)
+            stages.put(trained)
         if "projection" in studies:
-            results["projection"] = _projection(cfg, data, runs, out)
+            results["projection"] = measured(ProjectionStage, lambda: _projection(cfg, data, runs, out))
         if "calibration" in studies:
-            results["calibration"] = _calibration(cfg, data, runs, out)
-            trajectories = {name: trajectory_points(r.history) for name, r in runs.items()}
-            if all(trajectories.values()):
-                results["calibration"]["along_training"] = _along_training(cfg, trajectories, out)
+            results["calibration"] = measured(CalibrationStage, lambda: _calibration(cfg, data, runs, out))
         if "mutual_info" in studies:
-            results["mutual_info"] = _mutual_info(cfg, data, runs, out)
+            results["mutual_info"] = measured(MutualInfoStage, lambda: _mutual_info(cfg, data, runs, out))
     if "distillation" in studies:
-        results["distillation"] = _distillation(cfg, data, out)
+        results["distillation"] = measured(DistillationStage, lambda: _distillation(cfg, data, out))
     results["claims"] = _claims(results)
     if write:  # the figures are written; the report and the results that name them come last, together
         atomic_write_files({

@@ -25,10 +25,10 @@ from transformers import DataCollatorForSeq2Seq, MarianMTModel, TrainerCallback,
 from ls_seq.io import atomic_write_json
 from ls_seq.sweeps import best_temperature, teacher_forced_sweep
 from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer
-from ls_seq.translation.data import load_corpora
+from ls_seq.translation.data import _batches, _tokenize, load_corpora
 from ls_seq.translation.presets import PAPER_TEMPERATURES, apply_overrides, build_model_config, get_preset
-from ls_seq.translation.study import _batches, _tokenize, training_arguments
 from ls_seq.translation.tokenizer import load_or_train_tokenizer
+from ls_seq.translation.training import training_arguments
 
 GRID = list(PAPER_TEMPERATURES)
 

@@ -38,24 +38,13 @@ from ls_seq.functional.losses import CONVENTIONS
 from ls_seq.io import atomic_write_json, atomic_write_text, read_json
 from ls_seq.study import RunDirectory, stage_boundary
 from ls_seq.sweeps import corpus_bleu, distinct_share
+from ls_seq.translation.arguments import DataArguments, ModelArguments, _check_optional_ints, resolve_preset
 from ls_seq.translation.data import ParallelCorpus, load_corpora
+from ls_seq.translation.evaluation import _derangement, source_check_skipped
 from ls_seq.translation.presets import Preset
-from ls_seq.translation.study import (
-    RESUME_EXTENDABLE,
-    DataArguments,
-    ModelArguments,
-    _check_optional_ints,
-    _derangement,
-    _versions,
-    _write_results,
-    resolve_preset,
-    run_config,
-    source_check_skipped,
-    source_warnings,
-    summarize_model,
-    table3_row,
-    write_report,
-)
+from ls_seq.translation.report import _versions, _write_results, source_warnings, write_report
+from ls_seq.translation.study import RESUME_EXTENDABLE, run_config
+from ls_seq.translation.summary import summarize_model, table3_row
 from ls_seq.translation.tokenizer import load_or_train_tokenizer
 
 from .calibration import metrics_from_sums, reliability_from_sums
@@ -147,7 +136,7 @@ def evaluation_from_fairseq(
     Args:
         calibration: :func:`.evaluate.calibration_sums` of the subsets done so far: ``test`` (at the grid and
             1), ``test1`` (the test set with deranged sources) and ``valid``; ``source_check_skipped``: why
-            the source check does not apply (:func:`ls_seq.translation.study.source_check_skipped`), if so.
+            the source check does not apply (:func:`ls_seq.translation.evaluation.source_check_skipped`), if so.
         test: the test corpus (references: its raw targets).
         test_translations: detokenized ``fairseq-generate`` output on the whole test set (T = 1), or None.
         sweep_translations: temperature -> detokenized ``fairseq-generate --temperature T`` output on the
@@ -155,7 +144,7 @@ def evaluation_from_fairseq(
         grid: the study's temperatures; n_bleu: the sentences of the BLEU sweep.
 
     Returns:
-        The keys :func:`ls_seq.translation.study.summarize_model` reads (a partial record for partial
+        The keys :func:`ls_seq.translation.summary.summarize_model` reads (a partial record for partial
         input): ``teacher_forced``, ``reliability``, ``nll_shuffled_sources``, ``test_bleu``,
         ``share_distinct_outputs``, ``sweep_bleu``, ``sweep_bleu_sentences``, ``validation_teacher_forced``.
         NLLs in nats.

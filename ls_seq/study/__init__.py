@@ -1,10 +1,13 @@
-"""What every ls-seq study shares: run directory, presets, stage boundaries, calibration along training, claims, seeds.
+"""What every ls-seq study shares: run directory, presets, stage records, stage boundaries, calibration along
+training, claims, seeds.
 
 :mod:`ls_seq.study.run_dir`
     :class:`RunDirectory`: the output directory, locked for the run, with the resolved configuration that
     ``--resume`` is checked against.
 :mod:`ls_seq.study.presets`
     :class:`PresetRegistry` of frozen dataclass presets, :func:`apply_overrides` from the command line.
+:mod:`ls_seq.study.stages`
+    :class:`StageStore`: a study's finished stages as typed records in one JSON file, what ``--resume`` skips.
 :mod:`ls_seq.study.failpoints`
     :func:`stage_boundary`: the named points between a study's stages, where the fault tests kill it.
 :mod:`ls_seq.study.trajectory`
@@ -25,6 +28,7 @@ from ls_seq.study.run_dir import (
     config_differences,
     extend_config,
 )
+from ls_seq.study.stages import StageRecord, StageRecordError, StageStore
 from ls_seq.study.trajectory import (
     TrajectoryCurve,
     TrajectoryPoint,
@@ -37,6 +41,9 @@ __all__ = [
     "PresetRegistry",
     "RunDirectory",
     "RunLock",
+    "StageRecord",
+    "StageRecordError",
+    "StageStore",
     "TrajectoryCurve",
     "TrajectoryPoint",
     "apply_overrides",

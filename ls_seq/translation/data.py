@@ -2,7 +2,8 @@
 
 A corpus on disk is a directory holding ``{split}.{lang}`` or ``{split}.{lang}.gz`` files, one sentence
 per line, line ``i`` of the source file aligned with line ``i`` of the target file (Multi30k's layout).
-Everything returns a :class:`ParallelCorpus`: two equally long lists of strings.
+Everything returns a :class:`ParallelCorpus`: two equally long lists of strings; ``_tokenize`` makes one a
+``datasets.Dataset`` of token ids and ``_batches`` collates such a dataset for evaluation.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ls_seq.errors import InputError
 from ls_seq.io import sha256_file
@@ -215,3 +217,21 @@ def load_corpora(
         s: read_parallel_split(data_dir, names[s], src_lang, tgt_lang).head(max_samples.get(s))
         for s in ("train", "validation", "test")
     }
+
+
+def _tokenize(corpus: ParallelCorpus, tokenizer: Any, max_length: int):
+    """A ``datasets.Dataset`` of ``input_ids``, ``labels`` and ``length`` (for length-grouped batches)."""
+    import datasets
+
+    src = tokenizer(corpus.source, truncation=True, max_length=max_length)["input_ids"]
+    tgt = tokenizer(corpus.target, truncation=True, max_length=max_length)["input_ids"]
+    return datasets.Dataset.from_dict(
+        {"input_ids": src, "labels": tgt, "length": [max(len(s), len(t)) for s, t in zip(src, tgt)]}
+    )
+
+
+def _batches(dataset, indices: list[int], collator, batch_size: int):
+    """Collated batches of ``dataset[indices]`` in order (the evaluation set of this process)."""
+    for start in range(0, len(indices), batch_size):
+        rows = dataset.select(indices[start : start + batch_size])
+        yield collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])

@@ -58,7 +58,7 @@ def plot_fig4(models: Sequence[dict[str, Any]]):
 
 def table3_cells(row: dict[str, Any]) -> list[str]:
     """The Table-3 row's four cells as text: baseline ECE, temperature-scaled ECE / T (T chosen on validation,
-    and on test), label-smoothed ECE / alpha; the keys of :func:`ls_seq.translation.study.table3_row`."""
+    and on test), label-smoothed ECE / alpha; the keys of :func:`ls_seq.translation.summary.table3_row`."""
 
     def fmt(value):
         return "-" if value is None else f"{value:.4f}"

@@ -46,7 +46,8 @@ METRICS: dict[str, tuple[str, ...]] = {
 
 def run_seeds(data_args, model_args, study_args, command: str | None = None) -> dict[str, Any]:
     """The study for ``study_args.seeds`` (or the one ``study_args.seed``); returns the top-level results."""
-    from ls_seq.translation.study import _Processes, run_study
+    from ls_seq.translation.processes import _Processes
+    from ls_seq.translation.study import run_study
 
     seeds = study_args.seeds or [study_args.seed]
     if len(seeds) == 1:

@@ -89,7 +89,7 @@ def data_bin(tmp_path_factory, plugin) -> DataBin:
     """400 training, 64 validation and 64 test pairs of Multi30k, tokenized and binarised by the study's code."""
     from ls_seq.ls_seq_fairseq.data import binarize, write_token_files
     from ls_seq.translation.data import ParallelCorpus, load_corpora
-    from ls_seq.translation.study import _derangement
+    from ls_seq.translation.evaluation import _derangement
     from ls_seq.translation.tokenizer import load_or_train_tokenizer
 
     data_dir = ROOT.parent / "shared" / "data" / "multi30k"  # as tests/conftest.py's multi30k_dir

@@ -301,14 +301,14 @@ def test_a_nan_final_model_and_damaged_progress_files_are_set_aside_and_recomput
 def test_non_finite_weights_stop_the_run_naming_the_step_and_nothing_is_saved(reference_run, tmp_path, capsys, monkeypatch):
     """A weight turns NaN after step 12 (as an overflow would): the run stops at step 13 with one line; no
     checkpoint after it, no final model, no results; the checkpoint before it is whole and finite."""
-    from ls_seq.translation import study
+    from ls_seq.translation import training
 
     def poison(self, args, state, control, model=None, **kwargs):
         if state.global_step == 12:
             with torch.no_grad():
                 model.model.encoder.layers[0].fc1.weight[0, 0] = float("nan")
 
-    monkeypatch.setattr(study._StageBoundaries, "on_step_end", poison)
+    monkeypatch.setattr(training._StageBoundaries, "on_step_end", poison)
     out = tmp_path / "run"
     code, lines = _main(slice_args(reference_run["data"], out, "--alphas", "0.0"), capsys)
     assert code == 1 and len(lines) == 1 and "step 13" in lines[0], lines

@@ -12,15 +12,9 @@ import pytest
 import torch
 
 from ls_seq.io import file_mode, read_json
-from ls_seq.translation.study import (
-    SOURCE_DISTINCT_MIN,
-    SOURCE_NLL_GAP_MIN,
-    _derangement,
-    check_source_use,
-    source_warnings,
-    summarize_model,
-    table3_row,
-)
+from ls_seq.translation.evaluation import SOURCE_DISTINCT_MIN, SOURCE_NLL_GAP_MIN, _derangement, check_source_use
+from ls_seq.translation.report import source_warnings
+from ls_seq.translation.summary import summarize_model, table3_row
 from translation.ende_runs import RECIPE, error_lines, slice_args
 from translation.ende_runs import recipe as _recipe
 
@@ -62,7 +56,7 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, flags, message):
 
 def test_cpu_threads_default_to_this_process_share_of_the_cores(monkeypatch):
     """``accelerate launch`` without a config pins one thread; the study takes its share of the usable cores."""
-    from ls_seq.translation.study import _Processes
+    from ls_seq.translation.processes import _Processes
 
     state, saved = _Processes(), torch.get_num_threads()
     cores = len(os.sched_getaffinity(0))

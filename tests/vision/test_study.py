@@ -189,8 +189,52 @@ def test_a_second_run_needs_resume_and_a_changed_configuration_is_refused(tmp_pa
     assert both["config"]["studies"] == ["calibration", "projection"] and {"calibration", "projection"} <= set(both)
     assert both["calibration"] == first["calibration"]
     assert os.path.getmtime(out / "runs" / "digits_cnn_alpha0" / "checkpoint.pt") == mtime
-    for name in ("results.json", "report.md", "reliability.png", "run_config.json"):
+    for name in ("results.json", "report.md", "reliability.png", "run_config.json", "stages.json"):
         assert stat.S_IMODE((out / name).stat().st_mode) == file_mode(), name
+
+
+def test_a_resume_reads_finished_studies_back_from_their_stage_records(tmp_path, monkeypatch):
+    """stages.json holds each finished study's record; a resume reads it instead of measuring again, a
+    garbled file is set aside and measured again, and a record missing a field is refused by name."""
+    import vision.study
+    from ls_seq.errors import LsSeqWarning
+    from ls_seq.study import StageRecordError
+
+    out = tmp_path / "cal"
+    first = run_study(_small(out, study="calibration", epochs=1))
+    assert read_json(out / "stages.json") == {"measured_runs": ["digits_cnn_alpha0", "digits_cnn_alpha0.1"],
+                                              "calibration": json.loads(json.dumps(first["calibration"]))}  # fmt: skip
+    results = (out / "results.json").read_bytes()
+
+    measure = vision.study._calibration
+
+    def measure_again(*args, **kwargs):
+        raise AssertionError("a finished study was measured again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(vision.study, "_calibration", measure_again)
+        again = run_study(_small(out, study="calibration", epochs=1, resume=True))
+    assert again["calibration"] == first["calibration"] and again["claims"] == first["claims"]
+    assert (out / "results.json").read_bytes() == results
+
+    (out / "stages.json").write_text('{"calibration": {"rows"')  # a write cut short
+    with pytest.warns(LsSeqWarning, match=r"stages\.json' is not valid JSON .*set aside as .*damaged-stages\.json"):
+        third = run_study(_small(out, study="calibration", epochs=1, resume=True))
+    assert third["calibration"] == first["calibration"] and (out / "results.json").read_bytes() == results
+
+    # adding mutual_info trains the base networks again with its callback: their calibration is measured anew
+    calls = []
+    with monkeypatch.context() as patched:
+        patched.setattr(vision.study, "_calibration", lambda *a: calls.append(1) or measure(*a))
+        both = run_study(_small(out, study="mutual_info", epochs=1, resume=True))
+    assert calls == [1] and read_json(out / "stages.json")["measured_runs"] == ["digits_cnn_alpha0_mi", "digits_cnn_alpha0.1_mi"]
+    assert {"calibration", "mutual_info"} <= set(both)
+
+    stages = read_json(out / "stages.json")
+    del stages["calibration"]["rows"]
+    (out / "stages.json").write_text(json.dumps(stages))
+    with pytest.raises(StageRecordError, match=r"stages\.json': the record of stage 'calibration' lacks the field 'rows'"):
+        run_study(_small(out, study="calibration", epochs=1, resume=True))
 
 
 def test_a_locked_output_directory_is_refused(tmp_path):
