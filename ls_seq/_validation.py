@@ -161,6 +161,18 @@ def check_prior(prior: Any, vocab_size: int, name: str = "prior", atol: float = 
     return prior
 
 
+def check_alphas(alphas: Any, name: str = "alphas") -> list[float]:
+    """A non-empty list of distinct smoothing weights in ``[0, 1)`` (``--alphas 0 0.1``), as a list of floats."""
+    if isinstance(alphas, (str, bytes)) or not isinstance(alphas, (list, tuple)):
+        raise TypeError(f"`{name}` must be a list of numbers in [0, 1), got {type(alphas).__name__}")
+    if not alphas:
+        raise ValueError(f"`{name}` must hold at least one value in [0, 1)")
+    alphas = [check_alpha(a, f"{name}[{i}]", allow_one=False) for i, a in enumerate(alphas)]
+    if len(set(alphas)) != len(alphas):
+        raise ValueError(f"`{name}` must be distinct, got {alphas}")
+    return alphas
+
+
 def check_seeds(seeds: Any, name: str = "seeds") -> list[int]:
     """A non-empty list of distinct non-negative int seeds (``--seeds 42 43 44``), as a list."""
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)):

@@ -16,6 +16,7 @@ ValueError: `alpha` must be in [0, 1], got 1.5
 
 from ls_seq._validation import (
     check_alpha,
+    check_alphas,
     check_choice,
     check_nonnegative,
     check_positive_int,
@@ -26,6 +27,7 @@ from ls_seq._validation import (
 
 __all__ = [
     "check_alpha",
+    "check_alphas",
     "check_choice",
     "check_nonnegative",
     "check_positive_int",

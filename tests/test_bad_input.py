@@ -164,6 +164,8 @@ ROWS = [
     # the EN-DE recipe's arguments and data (checked before any work; the recipe exits non-zero)
     ("ende alpha=1", lambda: _ende_args(which="study", alphas=[0.0, 1.0]), ValueError, r"`alphas\[1\]` must be in \[0, 1\), got 1.0"),
     ("ende no alphas", lambda: _ende_args(which="study", alphas=[]), ValueError, "`alphas` must hold at least one value"),
+    ("ende repeated alphas", lambda: _ende_args(which="study", alphas=[0.1, 0.1]), ValueError, r"`alphas` must be distinct, got \[0.1, 0.1\]"),
+    ("ende alphas not a list", lambda: _ende_args(which="study", alphas=0.1), TypeError, "`alphas` must be a list of numbers in"),
     ("ende temperature", lambda: _ende_args(which="study", temperatures=[1.0, -0.5]), ValueError, r"`temperatures\[1\]` must be finite and > 0"),
     ("ende preset", lambda: _ende_args(which="model", preset="huge"), ValueError, "`preset` must be one of"),
     ("ende dataset", lambda: _ende_args(which="data", dataset="wmt19"), ValueError, "`dataset` must be one of 'multi30k', 'wmt14'"),

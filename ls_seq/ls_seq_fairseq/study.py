@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ls_seq._validation import check_alpha, check_choice, check_positive_int, check_temperatures
+from ls_seq._validation import check_alphas, check_choice, check_positive_int, check_temperatures
 from ls_seq.errors import InputError
 from ls_seq.functional.losses import CONVENTIONS
 from ls_seq.io import atomic_write_json, atomic_write_text, read_json
@@ -92,11 +92,7 @@ class FairseqStudyArguments:
     )
 
     def __post_init__(self):
-        if not self.alphas:
-            raise ValueError("`alphas` must hold at least one value in [0, 1)")
-        self.alphas = [check_alpha(a, f"alphas[{i}]", allow_one=False) for i, a in enumerate(self.alphas)]
-        if len(set(self.alphas)) != len(self.alphas):
-            raise ValueError(f"`alphas` must be distinct, got {self.alphas}")
+        self.alphas = check_alphas(self.alphas)
         check_choice(self.ls_convention, "ls_convention", CONVENTIONS)
         if self.temperatures is not None:
             self.temperatures = check_temperatures(self.temperatures)

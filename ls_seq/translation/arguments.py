@@ -11,6 +11,7 @@ from typing import Any
 
 from ls_seq._validation import (
     check_alpha,
+    check_alphas,
     check_choice,
     check_positive_int,
     check_seeds,
@@ -134,11 +135,7 @@ class StudyArguments:
     )
 
     def __post_init__(self):
-        if not self.alphas:
-            raise ValueError("`alphas` must hold at least one value in [0, 1)")
-        self.alphas = [check_alpha(a, f"alphas[{i}]", allow_one=False) for i, a in enumerate(self.alphas)]
-        if len(set(self.alphas)) != len(self.alphas):
-            raise ValueError(f"`alphas` must be distinct, got {self.alphas}")
+        self.alphas = check_alphas(self.alphas)
         if self.temperatures is not None:
             self.temperatures = check_temperatures(self.temperatures)
         if self.calibration_temperatures is not None:

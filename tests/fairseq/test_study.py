@@ -274,6 +274,7 @@ def _write_corpus(directory, n=12):
     ("flags", "error", "message"),
     [
         (["--alphas", "0.0", "1.0"], ValueError, r"`alphas\[1\]` must be in \[0, 1\)"),
+        (["--alphas", "0.1", "0.1"], ValueError, r"`alphas` must be distinct, got \[0.1, 0.1\]"),
         (["--temperatures", "1.0", "0"], ValueError, r"`temperatures\[1\]` must be finite and > 0"),
         (["--ls_convention", "hinton"], ValueError, r"`ls_convention` must be one of 'uniform', 'fairseq', got 'hinton'"),
         (["--warmup_steps", "0"], ValueError, r"`warmup_steps` must be an int >= 1, got 0"),
