@@ -44,17 +44,16 @@ from ls_seq.errors import InputError, LsSeqWarning
 from ls_seq.io import atomic_savefig, atomic_write_files, json_bytes
 from ls_seq.plots import plot_reliability_diagram
 from ls_seq.study import PresetRegistry, RunDirectory, StageRecord
-from ls_seq.study.claims import AGREES, DISAGREES, INCONCLUSIVE, SeedEvidence, decide, markdown_cell
+from ls_seq.study.claims import markdown_cell
 from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
 from vision.calibration import (
     HARD,
-    HARD_TS,
     SMOOTHED,
     CalibrationAlongTraining,
     calibration_table,
-    paired_evidence,
     trajectory_points,
 )
+from vision.claims import claims
 from vision.data import (
     DATASETS,
     HFImageDataset,
@@ -63,11 +62,6 @@ from vision.data import (
     load_vision_data,
 )
 from vision.distillation import (
-    FROM_HARD,
-    FROM_LS,
-    STUDENT,
-    TEACHER,
-    DistillationPoint,
     distillation_study,
 )
 from vision.information import MutualInformationCallback, select_two_class_indices
@@ -377,92 +371,6 @@ def _distillation(cfg: VisionStudyConfig, data: VisionData, out: str) -> Distill
     return DistillationStage(tuple(points), "distillation.png")
 
 
-# ------------------------------------------------------------------------------------------------ claims
-
-
-def _smaller(expected_smaller: float, other: float, tolerance: float) -> str:
-    """Verdict on the claim ``expected_smaller < other``; differences within ``tolerance`` are noise."""
-    if abs(other - expected_smaller) <= tolerance:
-        return INCONCLUSIVE
-    return AGREES if expected_smaller < other else DISAGREES
-
-
-def _more_accurate(expected_better: float, other: float, n: int) -> str:
-    """Verdict on ``expected_better > other`` for two accuracies on ``n`` test examples: within 2 binomial
-    standard errors of the difference (``sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n)``) is noise."""
-    se = math.sqrt((expected_better * (1 - expected_better) + other * (1 - other)) / n)
-    return _smaller(-expected_better, -other, max(2 * se, 0.5 / n))
-
-
-def _claims(results: dict) -> list[dict]:
-    """The paper's claims, each with the numbers measured here and a verdict (agrees, disagrees, inconclusive).
-
-    The calibration claims follow :data:`ls_seq.study.claims.VERDICT_RULE` with this seed's paired bootstrap
-    intervals. For the others, noise rules: tightness and mutual information differing by less than 5% of their
-    mean, accuracies by less than two binomial standard errors are inconclusive.
-    """
-    claims = []
-
-    def add(claim: str, measured: str, verdict: str) -> None:
-        claims.append({"claim": claim, "measured": measured, "verdict": verdict})
-
-    if "projection" in results:
-        t = results["projection"]["tightness"]
-        for split in ("train", "validation"):
-            h, s = t[HARD][split]["plane"], t[SMOOTHED][split]["plane"]
-            add(f"Fig. 1: label smoothing makes the clusters tighter ({split}, template plane)",
-                f"tightness hard {h:.3f} vs LS {s:.3f} (lower = tighter)", _smaller(s, h, 0.025 * (h + s)))
-    if "calibration" in results:
-        # decided by the shared rule (ls_seq.study.claims): one seed, so each difference's paired bootstrap
-        # interval over the test images; the fitted temperatures have none (inconclusive with one seed)
-        r, seed = results["calibration"]["rows"], results["config"]["seed"]
-        ts, ls = r[HARD_TS], r[SMOOTHED]
-        t_ls, t_hard = ls["fitted_temperature"], r[HARD]["fitted_temperature"]
-        decided = [
-            decide("Fig. 2 / Table 3: label smoothing lowers the ECE of hard targets", "ECE(LS) - ECE(hard)", "lower",
-                   [paired_evidence(r, HARD, SMOOTHED, "ece", seed)], measured=f"ECE hard {r[HARD]['ece']:.4f} vs LS {ls['ece']:.4f}"),
-            decide("Table 3: label smoothing calibrates about as well as temperature scaling",
-                   "ECE(LS) - ECE(hard, fitted T)", "lower", [paired_evidence(r, HARD_TS, SMOOTHED, "ece", seed)], margin=0.01,
-                   measured=f"ECE temperature scaling {ts['ece']:.4f} (T={ts['temperature']:.2f}) vs LS {ls['ece']:.4f}"),
-            decide("Sec. 3: a label-smoothed network needs less temperature scaling (fitted T nearer 1)",
-                   "|log T(LS)| - |log T(hard)|", "lower", [SeedEvidence(seed, abs(math.log(t_ls)) - abs(math.log(t_hard)))],
-                   measured=f"T fitted to LS {t_ls:.2f} vs hard {t_hard:.2f}"),
-        ]  # fmt: skip
-        for c in decided:
-            claims.append({"claim": c.claim, "measured": c.measured, "verdict": c.verdict, "quantity": c.quantity,
-                           "difference": c.difference, "low": c.low, "high": c.high, "basis": c.basis})  # fmt: skip
-    if "distillation" in results:
-        pts = [DistillationPoint(**p) for p in results["distillation"]["points"]]
-        n = results["data"]["n_test"]
-
-        def best(curve: str, exclude_alpha0: bool = False) -> DistillationPoint:
-            return max((p for p in pts if p.curve == curve and not (exclude_alpha0 and p.alpha == 0)),
-                       key=lambda p: p.accuracy)
-
-        hard_teacher = next(p for p in pts if p.curve == TEACHER and p.alpha == 0.0)
-        ls_teacher = best(TEACHER, exclude_alpha0=True)
-        add("Fig. 5: label smoothing improves the teacher's accuracy",
-            f"teacher alpha=0 {hard_teacher.accuracy:.4f} vs best alpha={ls_teacher.alpha:g} {ls_teacher.accuracy:.4f}",
-            _more_accurate(ls_teacher.accuracy, hard_teacher.accuracy, n))
-        fh = best(FROM_HARD)
-        if any(p.curve == FROM_LS for p in pts):
-            fl = best(FROM_LS)
-            add("Fig. 5: students of a hard-target teacher (best T) beat students of LS teachers",
-                f"best from hard teacher {fh.accuracy:.4f} (T={fh.temperature:g}) vs best from LS teacher "
-                f"{fl.accuracy:.4f} (alpha={fl.alpha:g})", _more_accurate(fh.accuracy, fl.accuracy, n))
-        st = best(STUDENT)
-        add("Fig. 5: distillation from the hard teacher beats training the student with label smoothing",
-            f"best distilled {fh.accuracy:.4f} vs best LS student {st.accuracy:.4f} (alpha={st.alpha:g})",
-            _more_accurate(fh.accuracy, st.accuracy, n))
-    if "mutual_info" in results:
-        c = results["mutual_info"]["curves"]
-        h, s = c[HARD][-1][1], c[SMOOTHED][-1][1]
-        add("Fig. 6: label smoothing lowers the mutual information between example and logits late in training",
-            f"final I(X;Y) hard {h:.3f} vs LS {s:.3f} nats (log N = {results['mutual_info']['log_n']:.3f})",
-            _smaller(s, h, 0.025 * (h + s)))
-    return claims
-
-
 def _report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> str:
     lines = [f"# Vision study: {cfg.dataset}, studies: {', '.join(sorted(studies))}", ""]
     d = results["data"]
@@ -527,7 +435,8 @@ def _report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> str:
         "model): *agrees* when it lies wholly on the claimed side of 0 (of the margin, where one is stated), "
         "*disagrees* when wholly on the other, *inconclusive* when it holds it or there is no interval (the fitted "
         "temperatures: decide it over seeds with --seeds). Other claims: tightness or mutual information within 5% "
-        "of each other, accuracies within two binomial standard errors are inconclusive (one run, one seed).", "",
+        "of each other, accuracies within two binomial standard errors are inconclusive (one run, one seed; --seeds "
+        "decides them by the t-interval over seeds).", "",
         "| claim | measured | difference [95% interval] | verdict |", "|---|---|---|---|",
     ]
     for c in results["claims"]:
@@ -641,7 +550,7 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
             results["mutual_info"] = measured(MutualInfoStage, lambda: _mutual_info(cfg, data, runs, out))
     if "distillation" in studies:
         results["distillation"] = measured(DistillationStage, lambda: _distillation(cfg, data, out))
-    results["claims"] = _claims(results)
+    results["claims"] = claims(results)
     if write:  # the figures are written; the report and the results that name them come last, together
         atomic_write_files({
             # wall-clock apart, so that results.json is a deterministic function of the configuration

@@ -151,3 +151,22 @@ def test_a_single_seed_decides_its_calibration_claims_from_the_paired_bootstrap(
         assert c["verdict"] == expected
     assert claims["|log T(LS)| - |log T(hard)|"]["verdict"] == "inconclusive"  # no interval from one seed
     assert "paired bootstrap interval" in (out / "seed_0" / "report.md").read_text()
+
+
+def test_projection_claims_are_decided_over_seeds_from_each_seeds_tightness(tmp_path):
+    out = tmp_path / "proj"
+    summary = run_seeds(_cfg(out, study="projection", seeds=[0, 1], calibration_every=0))
+    decided = summary["other_claims"]
+    assert [c["quantity"] for c in decided] == ["tightness(LS) - tightness(hard)"] * 2 and summary["claims"] == []
+    for c, split in zip(decided, ("train", "validation")):
+        per_seed = []
+        for s in (0, 1):
+            t = read_json(out / f"seed_{s}" / "results.json")["projection"]["tightness"]
+            per_seed.append(t[SMOOTHED][split]["plane"] - t[HARD][split]["plane"])
+        assert [e["difference"] for e in c["seeds"]] == pytest.approx(per_seed, abs=1e-12)
+        half = student_t.ppf(0.975, df=1) * statistics.stdev(per_seed) / np.sqrt(2)
+        assert (c["low"], c["high"]) == pytest.approx((statistics.mean(per_seed) - half, statistics.mean(per_seed) + half), rel=1e-9)
+        assert c["basis"] == "t-interval over 2 seeds"
+    report = (out / "report.md").read_text()
+    assert "## The projection, distillation and mutual-information claims" in report
+    assert sum(report.count(f"**{v}**") for v in ("agrees", "disagrees", "inconclusive")) == len(decided)

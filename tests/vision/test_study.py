@@ -121,18 +121,6 @@ def test_single_study_trains_only_what_it_needs(tmp_path):
     assert len(results["claims"]) == 3
 
 
-def test_claim_verdicts_call_small_differences_inconclusive():
-    from vision.study import _more_accurate, _smaller
-
-    assert _smaller(0.10, 0.20, 0.01) == "agrees"
-    assert _smaller(0.20, 0.10, 0.01) == "disagrees"
-    assert _smaller(0.100, 0.105, 0.01) == "inconclusive"
-    # 0.96 vs 0.95 on 359 examples: 2 SE = 2 * sqrt((0.96*0.04 + 0.95*0.05) / 359) = 0.031 > 0.01
-    assert _more_accurate(0.96, 0.95, 359) == "inconclusive"
-    assert _more_accurate(0.96, 0.95, 100000) == "agrees"
-    assert _more_accurate(0.90, 0.99, 359) == "disagrees"
-
-
 def test_recipe_reads_its_arguments_from_a_json_file(tmp_path):
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"dataset": "digits", "study": "projection", "epochs": 2, "projection_classes": [7, 8, 9]}))
