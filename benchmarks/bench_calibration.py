@@ -18,6 +18,7 @@ Run from the repository root:
 
     python -m benchmarks.bench_calibration                 # N=4096, V=32000
     python -m benchmarks.bench_calibration --n 1024        # quick
+    LS_SEQ_NATIVE=0 python -m benchmarks.bench_calibration # ls-seq's ATen path instead of its compiled kernels
 """
 
 from __future__ import annotations
