@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ls_seq.study import StageRecord, StageStore
+from ls_seq.study.stages import json_object
 from vision.distillation import DistillationPoint
 
 __all__ = [
@@ -26,12 +27,6 @@ __all__ = [
 ]
 
 STAGES_NAME = "stages.json"
-
-
-def _mapping(value: Any, name: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"`{name}` must be an object, got {type(value).__name__}")
-    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -51,8 +46,8 @@ class ProjectionStage(StageRecord):
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ProjectionStage:
-        value = _mapping(doc["projection"], "projection")
-        return cls(tuple(int(c) for c in value["classes"]), _mapping(value["tightness"], "projection.tightness"),
+        value = json_object(doc["projection"], "projection")
+        return cls(tuple(int(c) for c in value["classes"]), json_object(value["tightness"], "projection.tightness"),
                    str(value["figure"]))  # fmt: skip
 
 
@@ -76,10 +71,10 @@ class CalibrationStage(StageRecord):
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> CalibrationStage:
-        value = _mapping(doc["calibration"], "calibration")
+        value = json_object(doc["calibration"], "calibration")
         along = value.get("along_training")
-        return cls(_mapping(value["rows"], "calibration.rows"), str(value["figure"]),
-                   None if along is None else _mapping(along, "calibration.along_training"))  # fmt: skip
+        return cls(json_object(value["rows"], "calibration.rows"), str(value["figure"]),
+                   None if along is None else json_object(along, "calibration.along_training"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,9 +100,9 @@ class MutualInfoStage(StageRecord):
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> MutualInfoStage:
-        value = _mapping(doc["mutual_info"], "mutual_info")
+        value = json_object(doc["mutual_info"], "mutual_info")
         return cls(tuple(int(c) for c in value["classes"]), int(value["n_examples"]), int(value["n_augmentations"]),
-                   float(value["log_n"]), _mapping(value["curves"], "mutual_info.curves"), str(value["figure"]))  # fmt: skip
+                   float(value["log_n"]), json_object(value["curves"], "mutual_info.curves"), str(value["figure"]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -125,7 +120,7 @@ class DistillationStage(StageRecord):
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> DistillationStage:
-        value = _mapping(doc["distillation"], "distillation")
+        value = json_object(doc["distillation"], "distillation")
         return cls(tuple(DistillationPoint(**p) for p in value["points"]), str(value["figure"]))
 
 

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, TypeVar
 from ls_seq.errors import InputError
 from ls_seq.io import atomic_write_json, read_json
 
-__all__ = ["StageRecord", "StageRecordError", "StageStore", "read_record"]
+__all__ = ["StageRecord", "StageRecordError", "StageStore", "json_object", "read_record"]
 
 R = TypeVar("R", bound="StageRecord")
 
@@ -68,6 +68,13 @@ class StageRecord:
     @classmethod
     def from_json(cls: type[R], doc: Mapping[str, Any]) -> R:
         raise NotImplementedError
+
+
+def json_object(value: Any, name: str) -> dict[str, Any]:
+    """``value`` as a dict, for a record's ``from_json``: ``TypeError`` naming ``name`` if it is not an object."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"`{name}` must be an object, got {type(value).__name__}")
+    return dict(value)
 
 
 def read_record(record_type: type[R], doc: Mapping[str, Any], source: str) -> R | None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ls_seq.study.stages import StageRecord, StageStore, read_record
+from ls_seq.study.stages import StageRecord, StageStore, json_object, read_record
 
 __all__ = [
     "EVALUATION_RECORDS",
@@ -43,12 +43,6 @@ def _floats(values: Any, name: str, n: int | None = None) -> tuple[float, ...]:
     if n is not None and len(out) != n:
         raise ValueError(f"`{name}` holds {len(out)} values for {n} temperatures")
     return out
-
-
-def _mapping(value: Any, name: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"`{name}` must be an object, got {type(value).__name__}")
-    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -90,7 +84,7 @@ class TeacherForced(StageRecord):
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> TeacherForced:
-        tf = _mapping(doc["teacher_forced"], "teacher_forced")
+        tf = json_object(doc["teacher_forced"], "teacher_forced")
         temperatures = _floats(tf["temperatures"], "teacher_forced.temperatures")
         n = len(temperatures)
         replicates = tf.get("replicates")
@@ -98,9 +92,9 @@ class TeacherForced(StageRecord):
             temperatures=temperatures,
             **{name: _floats(tf[name], f"teacher_forced.{name}", n) for name in _MEASURES},
             n_tokens=int(tf["n_tokens"]),
-            reliability=_mapping(doc["reliability"], "reliability"),
+            reliability=json_object(doc["reliability"], "reliability"),
             intervals={name: _floats(tf[name], f"teacher_forced.{name}", n) for name in _INTERVALS if name in tf},
-            replicates=None if replicates is None else _mapping(replicates, "teacher_forced.replicates"),
+            replicates=None if replicates is None else json_object(replicates, "teacher_forced.replicates"),
         )
 
 
@@ -179,7 +173,7 @@ class SweepBleu(StageRecord):
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> SweepBleu:
-        sweep = _mapping(doc["sweep_bleu"], "sweep_bleu")
+        sweep = json_object(doc["sweep_bleu"], "sweep_bleu")
         return cls(sentences=int(doc["sweep_bleu_sentences"]), points=tuple((float(t), float(b)) for t, b in sweep.items()))
 
 
@@ -201,7 +195,7 @@ class ValidationSweep(StageRecord):
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ValidationSweep:
-        val = _mapping(doc["validation_teacher_forced"], "validation_teacher_forced")
+        val = json_object(doc["validation_teacher_forced"], "validation_teacher_forced")
         temperatures = _floats(val["temperatures"], "validation_teacher_forced.temperatures")
         n = len(temperatures)
         return cls(temperatures, _floats(val["nll"], "validation_teacher_forced.nll", n),
