@@ -8,8 +8,8 @@ A minimal subclass of fairseq's ``label_smoothed_cross_entropy``: the same loggi
   ``--ls-kernel fairseq``, fairseq's own ``label_smoothed_nll_loss`` on the log-probabilities, the same
   operations in the same order (bit-identical training with ``--ls-convention fairseq``; more memory);
 * in validation, token calibration: per-bin sums in the logging outputs (``_calibration:*`` keys, float64,
-  hidden from the log lines), summed across batches and workers by fairseq and turned into ``ece``, ``mce``
-  and, per temperature of ``--calibration-temperatures``, ``nll_T<t>`` (base 2, like ``nll_loss``) and
+  hidden from the log lines), summed across batches and workers by fairseq and turned into ``ece``, ``mce``,
+  ``token_accuracy`` and ``mean_confidence`` (fractions, at T = 1) and, per temperature of ``--calibration-temperatures``, ``nll_T<t>`` (base 2, like ``nll_loss``) and
   ``ece_T<t>``, and ``best_nll_T`` / ``best_ece_T``, by ``log_derived``. The sums are exact under data
   parallelism and gradient accumulation: 2 workers log what 1 does.
 
@@ -326,10 +326,14 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
         i1 = temperatures.index(1.0)
         metrics.log_derived("ece", lambda meters: float(calibration(meters)["ece"][i1]))
         metrics.log_derived("mce", lambda meters: float(calibration(meters)["mce"][i1]))
+        # fractions at T = 1 (fairseq's own `accuracy`, with --report-accuracy, is a percentage)
+        metrics.log_derived("token_accuracy", lambda meters: float(calibration(meters)["accuracy"][i1]))
+        metrics.log_derived("mean_confidence", lambda meters: float(calibration(meters)["mean_confidence"][i1]))
+        for i, t in enumerate(temperatures):  # nll_T1 also alone: 6 digits, where nll_loss has 3 decimals
+            metrics.log_derived(f"nll_T{t:g}", lambda meters, i=i: float(calibration(meters)["nll"][i]) / _LOG2)
         if len(temperatures) == 1:
             return
         for i, t in enumerate(temperatures):
-            metrics.log_derived(f"nll_T{t:g}", lambda meters, i=i: float(calibration(meters)["nll"][i]) / _LOG2)
             metrics.log_derived(f"ece_T{t:g}", lambda meters, i=i: float(calibration(meters)["ece"][i]))
         for name in ("nll", "ece"):
             metrics.log_derived(f"best_{name}_T", lambda meters, name=name: temperatures[int(calibration(meters)[name].argmin())])

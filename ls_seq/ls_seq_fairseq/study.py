@@ -42,13 +42,22 @@ from ls_seq.translation.arguments import DataArguments, ModelArguments, _check_o
 from ls_seq.translation.data import ParallelCorpus, load_corpora
 from ls_seq.translation.evaluation import _derangement, source_check_skipped
 from ls_seq.translation.presets import Preset
+from ls_seq.translation.records import (
+    Evaluation,
+    ShuffledSources,
+    SweepBleu,
+    TeacherForced,
+    TestBleu,
+    ValidationSweep,
+    evaluation_store,
+)
 from ls_seq.translation.report import _versions, _write_results, source_warnings, write_report
 from ls_seq.translation.study import RESUME_EXTENDABLE, run_config
 from ls_seq.translation.summary import summarize_model, table3_row
 from ls_seq.translation.tokenizer import load_or_train_tokenizer
 
 from .calibration import metrics_from_sums, reliability_from_sums
-from .data import binarize, write_token_files
+from .data import binarize, is_binarized, write_token_files
 from .evaluate import calibration_sums, generate
 from .train import check_train_arguments, gpu_count, train_arguments, train_model
 
@@ -81,6 +90,17 @@ class FairseqStudyArguments:
     )
     save_steps: int | None = field(default=None, metadata={"help": "Checkpoint every n updates (what --resume continues from)."})
     n_bins: int = field(default=15, metadata={"help": "Calibration bins (the paper: 15)."})
+    calibration_every: int | None = field(
+        default=None,
+        metadata={"help": "Calibration along training: validation ECE/NLL/best temperature every n updates, in "
+                  "fairseq-train's validation (0: off; default: the preset's)."},
+    )
+    calibration_samples: int | None = field(
+        default=None, metadata={"help": "Calibration along training on the first n validation pairs (default: the preset's)."}
+    )
+    calibration_temperatures: list[float] | None = field(
+        default=None, metadata={"help": "Temperature grid of the calibration along training (default: the preset's)."}
+    )
     seed: int = field(default=42, metadata={"help": "fairseq's --seed: initialisation, data order, dropout."})
     resume: bool = field(default=False, metadata={"help": "Continue a killed run in output_dir: finished work is kept."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a non-empty output_dir."})
@@ -96,9 +116,13 @@ class FairseqStudyArguments:
         check_choice(self.ls_convention, "ls_convention", CONVENTIONS)
         if self.temperatures is not None:
             self.temperatures = check_temperatures(self.temperatures)
+        if self.calibration_temperatures is not None:
+            self.calibration_temperatures = check_temperatures(self.calibration_temperatures, "calibration_temperatures")
+        _check_optional_ints(self, ("calibration_every",), minimum=0)
         # warm-up >= 1: fairseq's inverse_sqrt schedule divides by it
         _check_optional_ints(
-            self, ("num_beams", "max_steps", "batch_size", "save_steps", "generate_batch_size", "cpu_threads", "warmup_steps")
+            self, ("num_beams", "max_steps", "batch_size", "save_steps", "generate_batch_size", "cpu_threads", "warmup_steps",
+                   "calibration_samples")
         )
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
@@ -126,8 +150,8 @@ def evaluation_from_fairseq(
     sweep_translations: dict[float, list[str]],
     grid: list[float],
     n_bleu: int,
-) -> dict[str, Any]:
-    """The HF study's evaluation record (what its ``evaluate_model`` returns) from fairseq's outputs.
+) -> Evaluation:
+    """The HF study's evaluation records (what its ``evaluate_model`` returns) from fairseq's outputs.
 
     Args:
         calibration: :func:`.evaluate.calibration_sums` of the subsets done so far: ``test`` (at the grid and
@@ -140,46 +164,44 @@ def evaluation_from_fairseq(
         grid: the study's temperatures; n_bleu: the sentences of the BLEU sweep.
 
     Returns:
-        The keys :func:`ls_seq.translation.summary.summarize_model` reads (a partial record for partial
-        input): ``teacher_forced``, ``reliability``, ``nll_shuffled_sources``, ``test_bleu``,
-        ``share_distinct_outputs``, ``sweep_bleu``, ``sweep_bleu_sentences``, ``validation_teacher_forced``.
-        NLLs in nats.
+        The :class:`~ls_seq.translation.records.Evaluation` of the stages the input covers (None for the
+        others), which :func:`ls_seq.translation.summary.summarize_model` reads. NLLs in nats. The
+        teacher-forced record has no bootstrap intervals: fairseq's validation logs carry per-bin sums only.
     """
-    ev: dict[str, Any] = {}
+    teacher_forced = shuffled = validation = test_bleu = None
     if "test" in calibration:
         temps, stats = _as_tensors(calibration["test"])
         values, rel = metrics_from_sums(stats), reliability_from_sums(stats)
         i1 = temps.index(1.0)
-        ev["teacher_forced"] = {
-            "temperatures": temps,
-            **{k: values[k].tolist() for k in ("nll", "ece", "mce", "rms", "accuracy", "mean_confidence")},
-            "n_tokens": int(values["n_tokens"][i1]),
-        }
-        ev["reliability"] = {k: v[i1].tolist() for k, v in rel.items()}
+        teacher_forced = TeacherForced(
+            temperatures=tuple(temps),
+            **{k: tuple(values[k].tolist()) for k in ("nll", "ece", "mce", "rms", "accuracy", "mean_confidence")},
+            n_tokens=int(values["n_tokens"][i1]),
+            reliability={k: v[i1].tolist() for k, v in rel.items()},
+            intervals={},
+        )
     if "source_check_skipped" in calibration:
-        ev["nll_shuffled_sources"], ev["source_check_skipped"] = None, calibration["source_check_skipped"]
+        shuffled = ShuffledSources(nll=None, skipped=calibration["source_check_skipped"])
     elif "test1" in calibration:
         temps, stats = _as_tensors(calibration["test1"])
-        ev["nll_shuffled_sources"] = float(metrics_from_sums(stats)["nll"][temps.index(1.0)])
+        shuffled = ShuffledSources(nll=float(metrics_from_sums(stats)["nll"][temps.index(1.0)]))
     if test_translations is not None:
-        ev["test_bleu"] = corpus_bleu(test_translations, test.target)
-        ev["share_distinct_outputs"] = distinct_share(test_translations)
+        test_bleu = TestBleu(corpus_bleu(test_translations, test.target), distinct_share(test_translations))
     refs = test.target[:n_bleu]
-    sweep = {repr(float(t)): corpus_bleu(h, refs) for t, h in sweep_translations.items()}
+    bleu = {float(t): corpus_bleu(h, refs) for t, h in sweep_translations.items()}
     if test_translations is not None and 1.0 in grid:  # beam search at T = 1 already translated these
-        sweep[repr(1.0)] = corpus_bleu(test_translations[:n_bleu], refs)
-    ev["sweep_bleu"] = {repr(float(t)): sweep[repr(float(t))] for t in grid if repr(float(t)) in sweep}
-    ev["sweep_bleu_sentences"] = n_bleu
+        bleu[1.0] = corpus_bleu(test_translations[:n_bleu], refs)
+    sweep = SweepBleu(sentences=n_bleu, points=tuple((float(t), bleu[float(t)]) for t in grid if float(t) in bleu))
     if "valid" in calibration:
         temps, stats = _as_tensors(calibration["valid"])
         values = metrics_from_sums(stats)
         at = [temps.index(float(t)) for t in grid]
-        ev["validation_teacher_forced"] = {
-            "temperatures": list(grid),
-            "nll": [float(values["nll"][i]) for i in at],
-            "ece": [float(values["ece"][i]) for i in at],
-        }
-    return ev
+        validation = ValidationSweep(
+            temperatures=tuple(float(t) for t in grid),
+            nll=tuple(float(values["nll"][i]) for i in at),
+            ece=tuple(float(values["ece"][i]) for i in at),
+        )
+    return Evaluation(teacher_forced, shuffled, test_bleu, sweep, validation)
 
 
 def _detokenize(tokenizer: Any, hypotheses: list[str]) -> list[str]:
@@ -199,7 +221,7 @@ def evaluate_model(
     on_progress,
     *,
     source_check_skip: str | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Calibration passes, the test translation and the BLEU sweep of one model, each stage kept on disk.
 
     ``model_dir/calibration.json`` (summed statistics per subset), ``test_translations.txt`` and
@@ -219,9 +241,12 @@ def evaluate_model(
     def lines(path: Path) -> list[str]:
         return path.read_text(encoding="utf-8").split("\n")[:-1]
 
-    def progress(stage: str) -> dict[str, Any]:
+    def progress(stage: str) -> Evaluation:
         ev = evaluation_from_fairseq(calibration, test, lines(test_path) if test_path.is_file() else None, sweep, grid, n_bleu)
-        atomic_write_json(model_dir / "evaluation.json", ev)
+        store = evaluation_store(model_dir / "evaluation.json")  # rebuilt from the stage files: never resumed from
+        for record in ev.records():
+            store.put(record)
+        store.save()
         on_progress(ev)
         stage_boundary(f"{model_dir.name}/evaluated:{stage}")
         return ev
@@ -335,11 +360,13 @@ def _run(run, config, preset, preset_name, corpora, study_args, *, start) -> dic
     sources = tokenizer(test.source, truncation=True, max_length=preset.max_length)["input_ids"]
     perm = _derangement(len(test), config["seed"])
     data_dir = output_dir / "data-bin"
-    if not (data_dir / "dict.de.txt").is_file():
+    if not is_binarized(data_dir):
+        n_cal = len(corpora["validation"]) if preset.calibration_samples is None else preset.calibration_samples
         n_bleu = len(test) if preset.max_bleu_samples is None else min(preset.max_bleu_samples, len(test))
         splits = {
             "train": corpora["train"],
             "valid": corpora["validation"],
+            "valid1": corpora["validation"].head(n_cal),
             "test": test,
             "test1": ParallelCorpus([test.source[j] for j in perm], list(test.target)),
             "test2": test.head(n_bleu),
@@ -365,9 +392,14 @@ def _run(run, config, preset, preset_name, corpora, study_args, *, start) -> dic
         summary = train_model(alpha, preset, flags, model_dir, study_args)
         stage_boundary(f"{model_dir.name}/trained")
         timings[f"alpha_{alpha}"] = {"train_seconds": summary["seconds"]}
+        if summary.get("calibration_trajectory"):  # included in train_seconds, as in the HF study
+            timings[f"alpha_{alpha}"]["calibration_along_training_seconds"] = summary["calibration_seconds"]
+            timings[f"alpha_{alpha}"]["calibration_share_of_training"] = round(
+                summary["calibration_seconds"] / max(summary["seconds"], 1e-9), 4
+            )
         results["models"].append({"alpha": alpha})
 
-        def on_progress(ev: dict[str, Any], alpha: float = alpha, summary: dict[str, Any] = summary) -> None:
+        def on_progress(ev: Evaluation, alpha: float = alpha, summary: dict[str, Any] = summary) -> None:
             results["models"][-1] = summarize_model(alpha, ev, summary, grid)
             results["table3"] = table3_row(results["models"])
             _write_results(output_dir, results)

@@ -2,13 +2,15 @@
 
 * :func:`train_arguments` translates a preset (:mod:`ls_seq.translation.presets`) into ``fairseq-train`` flags
   with the ls-seq criterion; :func:`check_train_arguments` parses them with fairseq's own parser.
-* :func:`train_model` runs ``fairseq-train`` in its own process (it resumes from ``checkpoint_last.pt``;
-  :func:`restore_point` checks that checkpoint first) and summarises its JSON log
-  (:func:`train_summary_from_log`, in nats).
+* :func:`train_model` runs ``fairseq-train`` (:mod:`.timed_train`) in its own process (it resumes from
+  ``checkpoint_last.pt``; :func:`restore_point` checks that checkpoint first) and summarises its JSON log
+  (:func:`train_summary_from_log`, in nats), with the calibration along training
+  (:func:`trajectory_from_log`) when the preset asks for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +27,7 @@ import torch
 from ls_seq.checkpoints import first_verified, verify_torch_archive
 from ls_seq.errors import CheckpointError, LsSeqError
 from ls_seq.io import atomic_write_json, read_json
+from ls_seq.study.trajectory import TrajectoryPoint
 from ls_seq.translation.presets import Preset
 
 from . import PLUGIN_DIR
@@ -42,12 +45,14 @@ __all__ = [
     "train_arguments",
     "train_model",
     "train_summary_from_log",
+    "trajectory_from_log",
 ]
 
 # fairseq architecture of each preset; every dimension is also passed explicitly, so the name only says
 # which of fairseq's registered Transformers the preset is (base and big: Vaswani et al.'s, the paper's).
 ARCHITECTURES = {"base": "transformer_wmt_en_de", "big": "transformer_vaswani_wmt_en_de_big"}
 _LN2 = math.log(2.0)
+_NEVER = 2**31 - 1  # an epoch interval no run reaches
 
 
 def gpu_count() -> int:
@@ -63,11 +68,14 @@ def train_arguments(
     The preset's Transformer (tied embeddings, sinusoidal positions, scaled embeddings, as the HF study's
     Marian model) and schedule: Adam (0.9, 0.98, eps 1e-9), inverse-sqrt decay after linear warm-up, gradient
     norm clipped at 1, ``batch_size`` sentences per update over all GPUs, and the ls-seq criterion logging
-    calibration at the study's temperatures in every validation.
+    calibration in every validation: with ``preset.calibration_every > 0`` (the calibration along training)
+    every that many updates (and at the end) on ``valid1`` at the preset's calibration temperatures, else at
+    the end of every epoch on ``valid`` at the study's temperatures.
     """
     gpus = gpu_count()
     fp16 = (gpus > 0) if args.fp16 is None else args.fp16
-    grid = ",".join(repr(float(t)) for t in preset.temperatures)
+    along = preset.calibration_every > 0
+    grid = ",".join(repr(float(t)) for t in (preset.calibration_temperatures if along else preset.temperatures))
     flags = [
         str(data_dir), "--user-dir", PLUGIN_DIR, "--task", "translation", "--source-lang", "en", "--target-lang", "de",
         "--arch", ARCHITECTURES.get(preset_name, "transformer"), "--share-all-embeddings",
@@ -85,8 +93,11 @@ def train_arguments(
         "--seed", str(args.seed), "--save-dir", str(save_dir), "--save-interval-updates", str(preset.save_steps),
         "--keep-interval-updates", "1", "--no-epoch-checkpoints",
         "--log-format", "json", "--log-interval", str(args.logging_steps), "--log-file", str(save_dir / "train.log"),
-        "--num-workers", "0",
+        "--num-workers", "0", "--ignore-unused-valid-subsets",  # valid or valid1: the other one is there unused
     ]  # fmt: skip
+    if along:  # not at epoch ends; fairseq also validates at the last update and at mid-epoch checkpoints
+        flags += ["--valid-subset", "valid1", "--validate-interval-updates", str(preset.calibration_every),
+                  "--validate-interval", str(_NEVER)]  # fmt: skip
     if gpus == 0:
         flags.append("--cpu")
     if fp16:
@@ -113,19 +124,11 @@ def train_summary_from_log(log_file: Path, steps: int) -> dict[str, Any]:
     """
     windows: dict[int, dict[str, Any]] = {}
     epochs: list[dict[str, Any]] = []
-    with open(log_file, encoding="utf-8") as f:
-        for line in f:
-            text = line.split(" | ")[-1].strip()  # the console form prefixes "<time> | INFO | train_inner | "
-            if not text.startswith("{"):
-                continue
-            try:
-                stats = json.loads(text)
-            except json.JSONDecodeError:
-                continue  # fairseq also logs its configuration as a Python dict
-            if "num_updates" in stats and "loss" in stats:
-                windows[int(stats["num_updates"])] = stats
-            elif "train_num_updates" in stats:
-                epochs.append(stats)
+    for stats in _log_objects(log_file):
+        if "num_updates" in stats and "loss" in stats:
+            windows[int(stats["num_updates"])] = stats
+        elif "train_num_updates" in stats:
+            epochs.append(stats)
     if not windows and not epochs:
         raise LsSeqError(f"{str(log_file)!r} holds no training log line: did fairseq-train run?")
     curve = [
@@ -141,6 +144,52 @@ def train_summary_from_log(log_file: Path, steps: int) -> dict[str, Any]:
         done = float(epochs[-1]["epoch"])
         final_loss, final_nll = float(epochs[-1]["train_loss"]) * _LN2, float(epochs[-1]["train_nll_loss"]) * _LN2
     return {"steps": steps, "epochs": round(done, 4), "final_loss": final_loss, "final_nll_loss": final_nll, "loss_curve": curve}
+
+
+def _log_objects(log_file: Path):
+    """The JSON objects of a fairseq ``--log-file``, in order (other lines skipped)."""
+    with open(log_file, encoding="utf-8") as f:
+        for line in f:
+            text = line.split(" | ")[-1].strip()  # the console form prefixes "<time> | INFO | train_inner | "
+            if not text.startswith("{"):
+                continue
+            try:
+                yield json.loads(text)
+            except json.JSONDecodeError:
+                continue  # fairseq also logs its configuration as a Python dict
+
+
+def trajectory_from_log(log_file: Path, subset: str = "valid1") -> tuple[list[TrajectoryPoint], float]:
+    """The calibration along training in a fairseq ``--log-file`` and the seconds its validations took.
+
+    Each validation on ``subset`` logs one JSON object (``<subset>_ece``, ``<subset>_nll_T1`` in base 2,
+    ``<subset>_token_accuracy``, ``<subset>_mean_confidence``, ``<subset>_best_ece_T``, ``<subset>_best_nll_T``,
+    ``<subset>_num_updates``: the criterion's metrics, :mod:`.criterion`), and :mod:`.timed_train` one
+    ``{"validation_num_updates", "validation_seconds"}``. A resumed run appends and fairseq may repeat a line:
+    the last one of each update counts. A point's ``epoch`` is its update times the epochs per update of the
+    training windows (fairseq's ``update``: epochs done). Returns the points in update order, and the summed
+    seconds of the validations at those updates.
+    """
+    points: dict[int, dict[str, Any]] = {}
+    seconds: dict[int, float] = {}
+    epochs_per_update = None
+    for stats in _log_objects(log_file):
+        if f"{subset}_ece" in stats:
+            points[int(stats[f"{subset}_num_updates"])] = stats
+        elif "validation_seconds" in stats:
+            seconds[int(stats["validation_num_updates"])] = float(stats["validation_seconds"])
+        elif "num_updates" in stats and "update" in stats and int(stats["num_updates"]) > 0:
+            epochs_per_update = float(stats["update"]) / int(stats["num_updates"])
+    out = []
+    for step, s in sorted(points.items()):
+        out.append(TrajectoryPoint(
+            step=step, epoch=round(step * (epochs_per_update or 0.0), 4), ece=float(s[f"{subset}_ece"]),
+            nll=float(s[f"{subset}_nll_T1"]) * _LN2, accuracy=float(s[f"{subset}_token_accuracy"]),
+            mean_confidence=float(s[f"{subset}_mean_confidence"]),
+            best_ece_temperature=float(s.get(f"{subset}_best_ece_T", 1.0)),
+            best_nll_temperature=float(s.get(f"{subset}_best_nll_T", 1.0)),
+        ))  # fmt: skip
+    return out, round(sum(seconds.get(p.step, 0.0) for p in out), 2)
 
 
 def _updates_in(checkpoint: Path) -> int:
@@ -210,7 +259,7 @@ def train_model(alpha: float, preset: Preset, flags: list[str], model_dir: Path,
             env["OMP_NUM_THREADS"] = str(args.cpu_threads)
         linux = sys.platform.startswith("linux")
         proc = subprocess.run(
-            [sys.executable, "-m", "fairseq_cli.train", *flags], env=env, check=False,
+            [sys.executable, "-m", "ls_seq.ls_seq_fairseq.timed_train", *flags], env=env, check=False,
             preexec_fn=_die_with_parent if linux else None,
         )  # fmt: skip
         if proc.returncode != 0:
@@ -222,6 +271,10 @@ def train_model(alpha: float, preset: Preset, flags: list[str], model_dir: Path,
     if steps != preset.max_steps:
         raise LsSeqError(f"fairseq-train stopped at update {steps} of {preset.max_steps}; see {save_dir / 'train.log'}")
     summary = {"alpha": alpha, **train_summary_from_log(save_dir / "train.log", steps)}
+    if preset.calibration_every > 0:  # the HF study's keys (ls_seq.translation.training)
+        points, seconds = trajectory_from_log(save_dir / "train.log")
+        summary["calibration_trajectory"] = [dataclasses.asdict(p) for p in points]
+        summary["calibration_seconds"] = seconds
     summary["resumed_from"] = None if resumed_at is None else f"checkpoint_last.pt (update {resumed_at})"
     summary["command"] = shlex.join(["fairseq-train", *flags])
     summary["seconds"] = round(time.time() - start, 1)

@@ -220,6 +220,10 @@ class Evaluation:
     sweep_bleu: SweepBleu | None = None
     validation: ValidationSweep | None = None
 
+    def records(self) -> tuple[StageRecord, ...]:
+        """The stages done, in the order of the study."""
+        return tuple(r for r in (getattr(self, name) for name in _FIELDS) if r is not None)
+
     @classmethod
     def from_store(cls, store: StageStore) -> Evaluation:
         return cls(**{name: store.get(record_type) for name, record_type in _FIELDS.items()})

@@ -59,6 +59,7 @@ TINY_TRAINING = [
     "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt",
     "--warmup-updates", "10", "--max-tokens", "1000", "--dropout", "0.0", "--seed", "1", "--cpu",
     "--no-epoch-checkpoints", "--num-workers", "0", "--log-format", "json", "--log-interval", "10", "--no-progress-bar",
+    "--ignore-unused-valid-subsets",  # the data has valid1 (the study's calibration along training) beside valid
 ]  # fmt: skip
 
 
@@ -86,7 +87,7 @@ def plugin():
 
 @pytest.fixture(scope="session")
 def data_bin(tmp_path_factory, plugin) -> DataBin:
-    """400 training, 64 validation and 64 test pairs of Multi30k, tokenized and binarised by the study's code."""
+    """400 training, 64 validation (the first 32 also as valid1) and 64 test pairs of Multi30k, tokenized and binarised by the study's code."""
     from ls_seq.ls_seq_fairseq.data import binarize, write_token_files
     from ls_seq.translation.data import ParallelCorpus, load_corpora
     from ls_seq.translation.evaluation import _derangement
@@ -103,6 +104,7 @@ def data_bin(tmp_path_factory, plugin) -> DataBin:
     splits = {
         "train": corpora["train"],
         "valid": corpora["validation"],
+        "valid1": corpora["validation"].head(32),
         "test": test,
         "test1": ParallelCorpus([test.source[j] for j in perm], list(test.target)),
         "test2": test.head(24),

@@ -38,12 +38,15 @@ def _teacher_forced_reference(checkpoint, data_dir):
 
 
 def test_validation_ece_equals_token_calibration_on_the_checkpoint(trained, data_bin):
-    """The last validation's ``ece``/``mce``/``ece_T<t>`` and ``nll_T<t>`` (base 2) are TokenCalibration's on the
+    """The last validation's ``ece``/``mce``/``token_accuracy``/``mean_confidence``/``ece_T<t>`` and ``nll_T<t>``
+    (base 2) are TokenCalibration's on the
     same checkpoint; tolerance: the log's 6 significant digits (5e-6 relative)."""
     ref = _teacher_forced_reference(trained["checkpoint"], data_bin.path)
     got = trained["valid"]
     assert float(got["valid_ece"]) == pytest.approx(float(ref["ece"][1]), rel=5e-6)
     assert float(got["valid_mce"]) == pytest.approx(float(ref["mce"][1]), rel=5e-6)
+    assert float(got["valid_token_accuracy"]) == pytest.approx(float(ref["accuracy"][1]), rel=5e-6)
+    assert float(got["valid_mean_confidence"]) == pytest.approx(float(ref["mean_confidence"][1]), rel=5e-6)
     for i, t in enumerate(TEMPERATURES):
         assert float(got[f"valid_ece_T{t:g}"]) == pytest.approx(float(ref["ece"][i]), rel=5e-6)
         assert float(got[f"valid_nll_T{t:g}"]) == pytest.approx(float(ref["nll"][i]) / math.log(2), rel=5e-6)
@@ -75,6 +78,7 @@ def test_training_updates_log_no_calibration(trained, data_bin, tmp_path, fairse
     valid = [stats for tag, stats in lines if tag == "valid"]
     assert valid and all("valid_ece" in v and "valid_mce" in v for v in valid)
     assert not any(k.startswith("valid_ece_T") for v in valid for k in v)  # no grid: T = 1 only
+    assert all(set(k for k in v if k.startswith("valid_nll_T")) == {"valid_nll_T1"} for v in valid)
     assert trained["n_valid_logs"] >= 2
 
 
@@ -125,7 +129,8 @@ def test_two_cpu_workers_equal_one_worker_with_update_freq_2(plugin, data_bin, t
     assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:]
     got, expected = _valid_lines(outputs[0]), _valid_lines(one.stdout)
     assert len(got) == len(expected) >= 1
-    keys = ["valid_loss", "valid_nll_loss", "valid_ece", "valid_mce", "valid_ece_T0.8", "valid_nll_T1.5", "valid_best_ece_T"]
+    keys = ["valid_loss", "valid_nll_loss", "valid_ece", "valid_mce", "valid_ece_T0.8", "valid_nll_T1.5", "valid_best_ece_T",
+            "valid_token_accuracy", "valid_mean_confidence"]  # fmt: skip
     for g, e in zip(got, expected):
         assert {k: g[k] for k in keys} == {k: e[k] for k in keys}
     a, b = load_state(tmp_path / "one" / "checkpoint_last.pt"), load_state(tmp_path / "two" / "checkpoint_last.pt")

@@ -52,7 +52,7 @@ def test_temperature_1_is_plain_fairseq_generate(trained, data_bin, tmp_path):
     ev = evaluation_from_fairseq({}, test, None, {1.0: _detokenize(data_bin.tokenizer, at_1)}, [1.0], 24)
     from ls_seq.sweeps import corpus_bleu
 
-    assert ev["sweep_bleu"]["1.0"] == corpus_bleu(text, test.target[:24])
+    assert ev.sweep_bleu.bleu(1.0) == corpus_bleu(text, test.target[:24]) and ev.teacher_forced is None
 
 
 def test_other_temperatures_change_the_search(trained, data_bin, tmp_path):

@@ -26,6 +26,7 @@ RECIPE = ROOT / "recipes" / "fairseq_en_de.py"
 HF_RECIPE = ROOT / "recipes" / "wmt_en_de.py"
 MULTI30K_DIR = ROOT.parent / "shared" / "data" / "multi30k"  # as tests/conftest.py
 TEMPS = ["0.8", "1.0", "1.5"]
+CAL_TEMPS = ["0.9", "1.0", "1.1", "1.3"]
 
 
 def _load(path: Path, name: str):
@@ -36,13 +37,16 @@ def _load(path: Path, name: str):
 
 
 def slice_args(data_dir, out, *extra):
-    """Tens of seconds: 400 pairs, 30 updates of a 1+1-layer width-32 model, three temperatures, 48 test pairs."""
+    """Tens of seconds: 400 pairs, 30 updates of a 1+1-layer width-32 model, three temperatures, 48 test pairs,
+    the calibration along training every 10 updates on 16 validation pairs (every interval checkpoint kept)."""
     return [
         "--preset", "tiny", "--data_dir", str(data_dir), "--output_dir", str(out),
         "--max_train_samples", "400", "--max_eval_samples", "48", "--max_bleu_samples", "24",
         "--max_steps", "30", "--save_steps", "10", "--warmup_steps", "5", "--logging_steps", "10", "--batch_size", "32",
         "--vocab_size", "1000", "--d_model", "32", "--ffn_dim", "64", "--attention_heads", "2",
-        "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1", *extra,
+        "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1",
+        "--calibration_every", "10", "--calibration_samples", "16", "--calibration_temperatures", *CAL_TEMPS,
+        "--fairseq_train_args", "--keep-interval-updates -1", *extra,
     ]  # fmt: skip
 
 
@@ -67,6 +71,7 @@ def hf_results(tmp_path_factory):
         "--save_steps", "2", "--warmup_steps", "1", "--logging_steps", "1", "--batch_size", "8", "--eval_batch_size", "8",
         "--vocab_size", "300", "--d_model", "16", "--ffn_dim", "32", "--attention_heads", "2", "--encoder_layers", "1",
         "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1",
+        "--calibration_every", "1", "--calibration_samples", "8", "--calibration_temperatures", *CAL_TEMPS,
     ]  # fmt: skip
     _load(HF_RECIPE, "wmt_en_de").main(argv)
     return read_json(out / "results.json")
@@ -98,10 +103,18 @@ def test_results_json_has_the_hf_studys_schema(fairseq_run, hf_results):
     assert set(got) == set(hf_results) == {"config", "versions", "models", "table3"}
     # The HF study's bootstrap intervals and replicates need per-token state; fairseq's validation logs carry
     # only the per-bin sums, so its entries have every other key.
+    # The same holds for the points of the calibration along training (ece_low / ece_high: None here).
     def without_bootstrap(m):
         test = {k: v for k, v in m["test"].items() if not k.endswith("_interval") and k != "replicates"}
-        return {**{k: v for k, v in m.items() if k != "best_ece_replicates"}, "test": test}
+        along = m["calibration_along_training"]
+        points = [{k: v for k, v in p.items() if k not in ("ece_low", "ece_high")} for p in along["points"]]
+        # a step, or None when the model is not over-confident at its last point: either kind is the schema
+        along = {"points": points, "overconfident_from_step": "step or None"}
+        return {**{k: v for k, v in m.items() if k != "best_ece_replicates"}, "test": test,
+                "calibration_along_training": along}  # fmt: skip
 
+    assert all(p["ece_low"] is None for m in got["models"] for p in m["calibration_along_training"]["points"])
+    got = {**got, "models": [without_bootstrap(m) for m in got["models"]]}
     hf_models = [without_bootstrap(m) for m in hf_results["models"]]
     assert all({"ece_interval", "accuracy_interval", "replicates"} <= set(m["test"]) for m in hf_results["models"])
     assert all("best_ece_replicates" in m for m in hf_results["models"])
@@ -163,6 +176,67 @@ def test_recipe_end_to_end_writes_consistent_results(fairseq_run):
     assert (
         on_disk["config"]["trainer"] == "fairseq" and "--criterion ls_seq_label_smoothed_cross_entropy" not in on_disk["config"]
     )
+
+
+def _valid1_calibration(checkpoint: Path, data_dir: Path):
+    """TokenCalibration of a fairseq checkpoint on ``valid1`` over CAL_TEMPS, from the model's own forward pass
+    (fairseq's model and batches; the criterion and its sums are not used)."""
+    import torch
+    from fairseq import checkpoint_utils
+
+    from ls_seq.ls_seq_fairseq.evaluate import trusted_checkpoints
+    from ls_seq.metrics import TokenCalibration
+
+    with trusted_checkpoints():
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data_dir)})
+    model = models[0].eval()
+    task.load_dataset("valid1", combine=False, epoch=1, task_cfg=cfg.task)
+    batches = task.get_batch_iterator(dataset=task.dataset("valid1"), max_tokens=512).next_epoch_itr(shuffle=False)
+    metric = TokenCalibration(n_bins=15, temperatures=[float(t) for t in CAL_TEMPS])
+    with torch.no_grad():
+        for sample in batches:
+            logits = model(**sample["net_input"])[0]
+            target = sample["target"].masked_fill(sample["target"] == task.target_dictionary.pad(), -100)
+            metric.update(logits, target)
+    return metric.compute()
+
+
+@pytest.mark.slow
+def test_calibration_along_training_equals_token_calibration_of_the_saved_checkpoints(fairseq_run):
+    """Every point fairseq-train's validation logged (the criterion's sums, reduced by fairseq) equals a fresh
+    TokenCalibration of the checkpoint saved at that update to 1e-5 (fairseq prints 6 significant digits);
+    results.json, timings.json and the report show it as the HF study does."""
+    from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from
+
+    out = fairseq_run["out"]
+    grid = [float(t) for t in CAL_TEMPS]
+    i1 = grid.index(1.0)
+    timings = read_json(out / "timings.json")
+    for model in fairseq_run["results"]["models"]:
+        along = model["calibration_along_training"]
+        points = along["points"]
+        assert [p["step"] for p in points] == [10, 20, 30]
+        checkpoints = out / f"alpha_{model['alpha']}" / "checkpoints"
+        for p in points:
+            (ckpt,) = checkpoints.glob(f"checkpoint_*_{p['step']}.pt")
+            ref = _valid1_calibration(ckpt, out / "data-bin")
+            assert int(ref["n_tokens"][i1]) > 0
+            assert p["ece"] == pytest.approx(float(ref["ece"][i1]), rel=1e-5, abs=1e-7)
+            assert p["nll"] == pytest.approx(float(ref["nll"][i1]), rel=1e-5)
+            assert p["accuracy"] == pytest.approx(float(ref["accuracy"][i1]), rel=1e-5, abs=1e-7)
+            assert p["mean_confidence"] == pytest.approx(float(ref["mean_confidence"][i1]), rel=1e-5)
+            assert p["best_ece_temperature"] == grid[int(ref["ece"].argmin())]
+            assert p["best_nll_temperature"] == grid[int(ref["nll"].argmin())]
+            assert p["epoch"] == pytest.approx(p["step"] / 13, abs=1e-3)  # 400 pairs in batches of 32: 13 updates
+        assert along["overconfident_from_step"] == overconfident_from([TrajectoryPoint(**p) for p in points])
+        entry = timings[f"alpha_{model['alpha']}"]
+        assert 0 < entry["calibration_along_training_seconds"] < entry["train_seconds"]
+        assert entry["calibration_share_of_training"] == pytest.approx(
+            entry["calibration_along_training_seconds"] / entry["train_seconds"], abs=1e-4
+        )
+    report = (out / "report.md").read_text()
+    assert "## Calibration along training (validation)" in report and "on 16 validation sentences" in report
+    assert (out / "calibration_along_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
