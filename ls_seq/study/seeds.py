@@ -69,13 +69,15 @@ def summary_table(rows: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]], n
     return lines
 
 
-def trajectory_png(along: Mapping[str, Mapping[int, Sequence[Any]]], n_seeds: int) -> bytes:
+def trajectory_png(along: Mapping[str, Mapping[int, Sequence[Any]]], n_seeds: int, *, x_label: str) -> bytes:
     """The calibration-along-training figure over seeds (mean and range), as PNG bytes:
-    ``along[label][seed]`` is that run's :class:`~ls_seq.study.trajectory.TrajectoryPoint` list."""
+    ``along[label][seed]`` is that run's :class:`~ls_seq.study.trajectory.TrajectoryPoint` list, and ``x_label``
+    names what their ``step`` counts (EN-DE: optimizer steps; vision: epochs)."""
     from ls_seq.io import figure_bytes
     from ls_seq.study.trajectory import plot_trajectory, trajectory_curves
 
-    return figure_bytes(plot_trajectory(trajectory_curves(along), title=f"Validation calibration along training, {n_seeds} seeds"))
+    title = f"Validation calibration along training, {n_seeds} seeds"
+    return figure_bytes(plot_trajectory(trajectory_curves(along), x_label=x_label, title=title))
 
 
 def report_header(title: str, config: Mapping[str, Any], setting: str) -> list[str]:

@@ -225,6 +225,6 @@ def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[i
             if points:
                 along.setdefault(f"alpha {m['alpha']}", {})[seed] = [TrajectoryPoint(**p) for p in points]
     if along:
-        figures[output_dir / TRAJECTORY_FIGURE] = trajectory_png(along, len(seeds))
+        figures[output_dir / TRAJECTORY_FIGURE] = trajectory_png(along, len(seeds), x_label="optimizer step")
         lines += [f"![Calibration along training]({TRAJECTORY_FIGURE})", ""]
     atomic_write_files({**figures, output_dir / "report.md": "\n".join(lines), output_dir / "results.json": json_bytes(summary)})

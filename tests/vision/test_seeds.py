@@ -170,3 +170,25 @@ def test_projection_claims_are_decided_over_seeds_from_each_seeds_tightness(tmp_
     report = (out / "report.md").read_text()
     assert "## The projection, distillation and mutual-information claims" in report
     assert sum(report.count(f"**{v}**") for v in ("agrees", "disagrees", "inconclusive")) == len(decided)
+
+
+def test_the_trajectory_figure_over_seeds_counts_epochs(two_seeds, tmp_path, monkeypatch):
+    """The vision loop measures every ``calibration_every`` epochs, so the figure over seeds says "epoch" on its
+    x axes (the EN-DE study's says "optimizer step"), as the single-seed figure does."""
+    import ls_seq.study.trajectory as trajectory
+    from vision.seeds import write_seed_report
+
+    out, summary = two_seeds
+    figures = []
+    real = trajectory.plot_trajectory
+
+    def recording(curves, **kw):
+        figures.append(real(curves, **kw))
+        return figures[-1]
+
+    monkeypatch.setattr(trajectory, "plot_trajectory", recording)
+    results = {s: read_json(out / f"seed_{s}" / "results.json") for s in (0, 1)}
+    write_seed_report(tmp_path, summary, results)
+    (fig,) = figures
+    assert [ax.get_xlabel() for ax in fig.axes] == ["epoch", "epoch"]
+    assert (tmp_path / "calibration_along_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
