@@ -239,6 +239,28 @@ def test_calibration_along_training_equals_token_calibration_of_the_saved_checkp
     assert (out / "calibration_along_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_data_directory_without_valid1_is_binarised_again_with_the_same_ids(data_bin, tmp_path):
+    """A study directory binarised before ``valid1`` existed is rebuilt whole (the calibration along training
+    validates on valid1); the dictionary comes from ``train`` alone, so every other subset's files are the
+    same bytes as before."""
+    from ls_seq.ls_seq_fairseq.data import SUBSETS, binarize, is_binarized
+
+    old = tmp_path / "bin"
+    shutil.copytree(data_bin.path, old)
+    for path in old.glob("valid1.*"):
+        path.unlink()
+    assert not is_binarized(old) and is_binarized(data_bin.path)
+    def files(directory):  # preprocess.log is fairseq's log of the run, not data
+        return {p.name: p.read_bytes() for p in directory.iterdir() if p.name != "preprocess.log"}
+
+    before = files(old)
+    assert binarize(data_bin.path.parent / "text", old) == old and is_binarized(old)
+    after = files(old)
+    assert {name: after[name] for name in before} == before  # the dictionary and every other subset unchanged
+    assert after == files(data_bin.path)  # valid1 too: what binarising from scratch gives
+    assert set(SUBSETS) == {"train", "valid", "valid1", "test", "test1", "test2"}
+
+
 @pytest.mark.slow
 def test_resume_redoes_only_missing_stages(fairseq_run, tmp_path):
     """A run that lost one sweep point and its record resumes it alone and ends with the same results."""
