@@ -7,6 +7,7 @@ without reading the source. Checks run once, at the boundary; inner helpers trus
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,7 +31,8 @@ def _is_real_number(x: Any) -> bool:
         return False
     if isinstance(x, torch.Tensor):
         return x.numel() == 1 and (x.is_floating_point() or not x.is_complex())
-    return isinstance(x, (int, float))
+    # numbers.Real covers numpy's scalars (np.float32 is no float subclass) but not numpy's bool
+    return isinstance(x, numbers.Real) and type(x).__name__ != "bool_"
 
 
 def check_alpha(alpha: Any, name: str = "alpha", allow_one: bool = True) -> float:

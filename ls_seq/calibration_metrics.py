@@ -28,11 +28,20 @@ from ls_seq._validation import check_logits_labels
 from ls_seq.functional.measures import CalibrationResult, CalibrationSchema, make_config
 from ls_seq.model_io import model_io, scored_labels
 
-__all__ = ["PER_SAMPLE_MEASURES", "CalibrationMetrics", "calibration_log_values"]
+__all__ = ["PER_SAMPLE_MEASURES", "CalibrationMetrics", "calibration_log_values", "require_tokens"]
 
 # Per-sample state travels through HF's gathers: the measures whose state is small (a few hundred floats
 # per sample at 5 temperatures). `mass` (a fine histogram) and `bootstrap` (replicates) are too large for that.
 PER_SAMPLE_MEASURES = ("width", "brier", "top_k", "sequence")
+
+
+def require_tokens(n_tokens: int, prefix: str = "eval") -> None:
+    """Refuse to report calibration of nothing: an empty or all-masked ``eval_dataset`` (every route)."""
+    if not n_tokens:
+        raise ValueError(
+            f"`eval_dataset` has no scored tokens ({prefix}): it is empty or every label is ignore_index, so there is "
+            "no calibration to measure"
+        )
 
 
 def calibration_log_values(result: CalibrationResult) -> dict[str, float]:
@@ -124,6 +133,7 @@ class CalibrationMetrics:
             return {}
         total, self._sum = self._sum, None
         state = self.schema.unflatten(total)
+        require_tokens(int(state["tokens_n"]))
         self.last_result = self.schema.compute(state)
         self.last_reliability = self.schema.reliability(state, "width")
         return calibration_log_values(self.last_result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,12 +11,13 @@ import torch
 from transformers import TrainerCallback
 
 from ls_seq._validation import check_positive_int, check_temperatures
-from ls_seq.calibration_metrics import calibration_log_values
+from ls_seq.calibration_metrics import calibration_log_values, require_tokens
 from ls_seq.distributed import real_rows
 from ls_seq.metrics import TokenCalibration
 from ls_seq.model_io import teacher_forced_logits
 
 __all__ = ["CalibrationCallback", "label_key"]
+
 
 
 def _metric_prefix(metrics: Mapping[str, Any] | None) -> str:
@@ -67,6 +69,9 @@ class CalibrationCallback(TrainerCallback):
             and log it as an image to TensorBoard when that integration is active (trainer known).
         trainer: the trainer to log through; same as calling :meth:`attach`.
         ignore_index: label value of padding.
+        shift_labels: how logits align with labels, for a model ls-seq cannot place from its class (True: logits
+            at t score the label at t + 1); by default from the model, else from its output's class
+            (``CausalLMOutput...`` / ``Seq2Seq...Output``), as for :func:`ls_seq.label_smoothing_loss_func`.
         measures, **options: which measures, and their options (see :class:`ls_seq.metrics.TokenCalibration`).
 
     Example:
@@ -83,6 +88,7 @@ class CalibrationCallback(TrainerCallback):
         *,
         trainer: Any = None,
         ignore_index: int = -100,
+        shift_labels: bool | None = None,
         measures: list[str] | None = None,
         **options: Any,
     ) -> None:
@@ -92,8 +98,11 @@ class CalibrationCallback(TrainerCallback):
             raise TypeError(f"`plot` must be a bool, got {type(plot).__name__}")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
+        if shift_labels is not None and not isinstance(shift_labels, bool):
+            raise TypeError(f"`shift_labels` must be True, False or None, got {type(shift_labels).__name__}")
         self.plot = plot
         self.ignore_index = ignore_index
+        self.shift_labels = shift_labels
         self.measures = measures
         self.options = options
         self.new_metric("cpu")  # the measure configuration is checked now, not at the first evaluation
@@ -131,7 +140,7 @@ class CalibrationCallback(TrainerCallback):
             with torch.no_grad():
                 for batch in dataloader:
                     batch = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                    logits, scored = teacher_forced_logits(model, batch, key, self.ignore_index)
+                    logits, scored = teacher_forced_logits(model, batch, key, self.ignore_index, self.shift_labels)
                     keep = real_rows(scored.shape[0], scored.device)  # read while the dataloader is at this batch
                     if keep is not None:
                         scored = scored.masked_fill(~keep.view(-1, *([1] * (scored.dim() - 1))), self.ignore_index)
@@ -142,7 +151,12 @@ class CalibrationCallback(TrainerCallback):
 
     def _summarize(self, metric: TokenCalibration, prefix: str) -> tuple[dict[str, float], dict[str, torch.Tensor], int, int]:
         """The logged values of a filled metric (a collective: every process calls it) and its reliability."""
-        result = metric.compute()
+        try:
+            result = metric.compute()  # synced over processes: every process sees the same count
+        except RuntimeError as err:
+            if "before any non-ignored token" not in str(err):
+                raise
+            require_tokens(0, prefix)
         reliability = {k: v.reshape(-1, self.n_bins) for k, v in metric.reliability("width").items()}  # (T, B)
         logs = calibration_log_values(result)
         temps = [1.0] if self.temperatures is None else self.temperatures
@@ -191,6 +205,23 @@ class CalibrationCallback(TrainerCallback):
                 self.trainer.log(dict(logs))
             else:
                 state.log_history.append({**logs, "step": state.global_step})
+        return control
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        """``predict()``: ls-seq's trainers measured the test set in their loop (``test_ece``, ...); a plain
+        Trainer's ``predict`` hands callbacks no test data, so there the route is :class:`CalibrationMetrics`."""
+        done, self._in_loop = self._in_loop, None
+        if done is None:
+            warnings.warn(
+                "CalibrationCallback cannot measure a plain Trainer's predict(): the Trainer gives callbacks no test "
+                "data. Use ls_seq.LabelSmoothingTrainer, or ls_seq.calibration_metrics.CalibrationMetrics",
+                stacklevel=2,
+            )
+            return control
+        logs, (reliability, i1, best) = done["logs"], done["reliability"]
+        self.last_metrics = dict(logs)
+        if self.plot and state.is_world_process_zero:
+            self._plot(args, state, done["prefix"], reliability, i1, best)
         return control
 
     def _plot(self, args, state, prefix, reliability, i1, best) -> None:

@@ -7,6 +7,7 @@ ls-seq's label-smoothed cross-entropy. The trainers (:mod:`ls_seq.trainer`) use 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from ls_seq._validation import check_alpha, check_choice, check_logits_labels, check_nonnegative, check_prior
 from ls_seq.functional.losses import CONVENTIONS, entropy_sum, smoothed_sums, smoothing_weights
-from ls_seq.model_io import ModelIO, logits_of, model_io, scored_labels, shift_from_output
+from ls_seq.model_io import LogitTransform, ModelIO, logits_of, model_io, scored_labels, shift_from_output
 
 __all__ = ["LabelSmoothingLossFunc", "label_smoothing_loss_func"]
 
@@ -46,6 +47,7 @@ class LabelSmoothingLossFunc:
         convention: str = "uniform",
         prior: torch.Tensor | None = None,
         confidence_penalty: float = 0.0,
+        z_loss: float = 0.0,
         ignore_index: int = -100,
         shift_labels: bool | None = None,
         model: nn.Module | None = None,
@@ -67,6 +69,7 @@ class LabelSmoothingLossFunc:
             prior = check_prior(prior, size)
         self.prior = prior
         self.confidence_penalty = check_nonnegative(confidence_penalty, "confidence_penalty")
+        self.z_loss = check_nonnegative(z_loss, "z_loss")
         self.ignore_index = ignore_index
         self.shift_labels = shift_labels if self.io is None else self.io.shifts_labels
         self._prior_on: dict[torch.device, torch.Tensor] = {}
@@ -97,7 +100,8 @@ class LabelSmoothingLossFunc:
         vocab = logits.shape[-1]
         w_hot, w_q = self.weights(vocab)
         _assert_labels_in_range(labels, vocab, self.ignore_index)
-        loss_sum, nll_sum = smoothed_sums(logits, labels, w_hot, w_q, self.prior_on(logits.device), self.ignore_index)
+        extra = {"z_loss": self.z_loss} if self.z_loss else {}  # TEMP until the kernel branch lands
+        loss_sum, nll_sum = smoothed_sums(logits, labels, w_hot, w_q, self.prior_on(logits.device), self.ignore_index, **extra)
         if self.confidence_penalty:
             loss_sum = loss_sum - self.confidence_penalty * entropy_sum(logits, labels, self.ignore_index)
         return loss_sum, nll_sum.detach(), labels.ne(self.ignore_index).sum()
@@ -109,8 +113,10 @@ class LabelSmoothingLossFunc:
         bias: torch.Tensor | None,
         labels: torch.Tensor,
         chunk_size: int | None = None,
+        transform: LogitTransform | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Like :meth:`sums` for ``logits = hidden @ weight.T + bias``, without ever holding those logits."""
+        """Like :meth:`sums` for ``logits = softcap(scale * (hidden @ weight.T + bias))`` (``transform``), without
+        ever holding those logits."""
         from ls_seq.functional.fused import fused_smoothed_sums
 
         if self.confidence_penalty:
@@ -118,9 +124,12 @@ class LabelSmoothingLossFunc:
         vocab = weight.shape[0]
         w_hot, w_q = self.weights(vocab)
         _assert_labels_in_range(labels, vocab, self.ignore_index)
+        extra: dict[str, Any] = {"z_loss": self.z_loss} if self.z_loss else {}  # TEMP until the kernel branch lands
+        if transform is not None and not transform.is_identity:
+            extra |= {"logit_scale": transform.scale, "softcap": transform.softcap}
         loss_sum, nll_sum = fused_smoothed_sums(
             hidden, weight, labels, w_hot, w_q, self.prior_on(hidden.device),
-            bias=bias, ignore_index=self.ignore_index, chunk_size=chunk_size,
+            bias=bias, ignore_index=self.ignore_index, chunk_size=chunk_size, **extra,
         )  # fmt: skip
         return loss_sum, nll_sum.detach(), labels.ne(self.ignore_index).sum()
 
@@ -173,20 +182,78 @@ class LabelSmoothingLossFunc:
         self,
         outputs: Any,
         labels: torch.Tensor,
+        *args: Any,
         num_items_in_batch: int | torch.Tensor | None = None,
-        shift_labels: bool | None = None,
+        shift_labels: bool | torch.Tensor | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
+        """``compute_loss_func(outputs, labels, num_items_in_batch=None)``, or, given a logits tensor first, a
+        model's ``loss_function(logits, labels, vocab_size, num_items_in_batch=None, shift_labels=None, ...)``."""
         if labels is None:
             raise ValueError("the ls-seq loss needs `labels`; the batch has none (does the collator return them?)")
+        if isinstance(outputs, torch.Tensor):
+            if args and num_items_in_batch is None and len(args) > 1:
+                num_items_in_batch = args[1]  # loss_function(logits, labels, vocab_size, num_items_in_batch, ...)
+            given = shift_labels if isinstance(shift_labels, torch.Tensor) else None
+            return self._as_loss_function(outputs, labels, num_items_in_batch, given)
+        if args and num_items_in_batch is None:
+            num_items_in_batch = args[0]
         logits = logits_of(outputs)
-        shift = self._shift_for(outputs, shift_labels)
+        shift = self._shift_for(outputs, shift_labels if isinstance(shift_labels, bool) else None)
         if shift:
             if num_items_in_batch is not None:
                 self._check_count(labels)
             labels = scored_labels(labels, True, ignore_index=self.ignore_index)
         loss_sum, _, n_tokens = self.sums(logits, labels)
         denom = n_tokens if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, device=loss_sum.device)
+        loss = loss_sum / denom.clamp_min(1).to(loss_sum.dtype)
+        return loss + self._router_terms(outputs, loss)
+
+    def _as_loss_function(
+        self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any, shift_labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """As ``model.loss_function``: the model computes its loss with this token term and adds its own terms."""
+        if self.shift_labels is None:
+            raise ValueError(
+                "label_smoothing_loss_func as a model's loss_function needs to know how the logits align with the "
+                "labels: build it with model=model (or shift_labels=True / False)"
+            )
+        labels = labels.to(logits.device)
+        if self.shift_labels and shift_labels is None and num_items_in_batch is not None:
+            self._check_count(labels)
+        scored = scored_labels(labels, self.shift_labels, shift_labels, self.ignore_index)
+        loss_sum, _, n_tokens = self.sums(logits, scored)
+        denom = n_tokens if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, device=loss_sum.device)
         return loss_sum / denom.clamp_min(1).to(loss_sum.dtype)
+
+    def _router_terms(self, outputs: Any, loss: torch.Tensor) -> torch.Tensor | float:
+        """The router loss an MoE model would add to its loss, which it cannot when the Trainer withholds the labels.
+
+        transformers' MoE causal LMs (Mixtral, Qwen-MoE, OLMoE, ...) return ``aux_loss`` and add
+        ``router_aux_loss_coef * aux_loss`` to their loss only when they compute it; with ``compute_loss_func``
+        they do not, so it is added here. Other loss terms in the output are refused: they need the model to
+        compute its loss (``model.loss_function = label_smoothing_loss_func(...)``, or ls-seq's trainers).
+        """
+        if not isinstance(outputs, Mapping):
+            return 0.0
+        terms = {k: v for k, v in outputs.items() if k != "loss" and k.endswith("_loss") and v is not None}
+        if not terms:
+            return 0.0
+        if set(terms) != {"aux_loss"}:
+            raise ValueError(
+                f"the model's output carries loss terms {sorted(terms)} that compute_loss_func cannot combine the way the "
+                "model does; let the model compute its loss with ls-seq's token term instead: "
+                "model.loss_function = label_smoothing_loss_func(..., model=model) and no compute_loss_func, or "
+                "ls_seq.LabelSmoothingTrainer"
+            )
+        coef = None if self.io is None else _router_aux_loss_coef(self.io.model)
+        if coef is None:
+            raise ValueError(
+                "the model's output carries a router `aux_loss` (a mixture-of-experts model with output_router_logits): "
+                "build the loss with label_smoothing_loss_func(..., model=model) so that ls-seq adds "
+                "router_aux_loss_coef * aux_loss as the model does"
+            )
+        return coef * terms["aux_loss"].to(loss.device)
 
     def __repr__(self) -> str:
         prior = None if self.prior is None else f"tensor(V={self.prior.numel()})"
@@ -195,6 +262,15 @@ class LabelSmoothingLossFunc:
             f"confidence_penalty={self.confidence_penalty}, ignore_index={self.ignore_index}, "
             f"shift_labels={self.shift_labels})"
         )
+
+
+def _router_aux_loss_coef(model: nn.Module) -> float | None:
+    """``router_aux_loss_coef`` as the model reads it (itself, its config, or its text config)."""
+    for owner in (model, getattr(model, "config", None), getattr(getattr(model, "config", None), "text_config", None)):
+        value = getattr(owner, "router_aux_loss_coef", None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def label_smoothing_loss_func(alpha: float = 0.1, **options: Any) -> LabelSmoothingLossFunc:

@@ -33,7 +33,18 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ModelIO", "logits_of", "model_io", "scored_labels", "shift_from_output", "teacher_forced_logits", "unwrap_model"]
+__all__ = [
+    "LogitTransform",
+    "ModelIO",
+    "logit_transform",
+    "logits_of", "model_io",
+    "reports_router_losses",
+    "routes_loss_function",
+    "scored_labels",
+    "shift_from_output",
+    "teacher_forced_logits",
+    "unwrap_model",
+]
 
 # Output classes of transformers, by name: a causal LM's output scores the next token, a seq2seq one the same.
 _CAUSAL_OUTPUT_MARKERS = ("CausalLM",)
@@ -93,8 +104,10 @@ def _shifts(model: nn.Module) -> bool:
     if getattr(config, "is_encoder_decoder", False):
         return False
     name = type(model).__name__
-    if name in _causal_lm_class_names() or name.endswith(("ForCausalLM", "LMHeadModel")):
-        return True
+    # A user's subclass of a transformers causal LM (a custom forward over LlamaForCausalLM) is one too.
+    for cls in type(model).__mro__:
+        if cls.__name__ in _causal_lm_class_names() or cls.__name__.endswith(("ForCausalLM", "LMHeadModel")):
+            return True
     if getattr(model, "loss_type", None) in _ALIGNED_LOSS_TYPES:
         return False
     raise ValueError(
@@ -147,6 +160,16 @@ class ModelIO:
     @property
     def name(self) -> str:
         return type(self.model).__name__
+
+    @property
+    def routes_loss_function(self) -> bool:
+        """The model computes its token loss through ``self.loss_function`` (see :func:`routes_loss_function`)."""
+        return routes_loss_function(self.model)
+
+    @property
+    def reports_router_losses(self) -> bool:
+        """The model adds router losses to its loss (see :func:`reports_router_losses`)."""
+        return reports_router_losses(self.model)
 
     @property
     def trainer_counts_scored_labels(self) -> bool:
@@ -230,20 +253,6 @@ class ModelIO:
             return int(weight.shape[0])
         return int(self.model.config.vocab_size)
 
-    def fused_refusal(self) -> str | None:
-        """Why the fused loss would not equal the model's loss, when the configuration says so; else None.
-
-        Logit soft-capping (Gemma 2/3) and logit scaling (Cohere) act on the logits after the output layer.
-        A one-batch numerical check (in the trainer) catches what the configuration does not name.
-        """
-        config = getattr(self.model, "config", None)
-        for attr in ("final_logit_softcapping", "logit_softcapping"):
-            if getattr(config, attr, None):
-                return f"{self.name} soft-caps its logits ({attr}={getattr(config, attr)}), after the output layer"
-        if getattr(config, "logit_scale", None) not in (None, 1, 1.0):
-            return f"{self.name} multiplies its logits by logit_scale={config.logit_scale} after the output layer"
-        return None
-
 
 def scored_labels(
     labels: torch.Tensor, shifts: bool, shift_labels: torch.Tensor | None = None, ignore_index: int = -100
@@ -277,12 +286,19 @@ def model_io(model: nn.Module, *, shift_labels: bool | None = None) -> ModelIO:
 
 
 def teacher_forced_logits(
-    model: torch.nn.Module, batch: Mapping[str, Any], labels_key: str = "labels", ignore_index: int = -100
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    labels_key: str = "labels",
+    ignore_index: int = -100,
+    shift_labels: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One teacher-forced forward pass: ``(logits (..., V), scored labels (...))``, aligned position by position.
 
     The labels are taken out of the batch, so the model does not compute a loss nobody reads; the alignment
     (a causal LM's shift, a batch's ``shift_labels``) is :mod:`ls_seq.model_io`'s. ``model`` may be wrapped.
+    ``shift_labels`` overrides the alignment (True: logits at t score the label at t + 1); by default it comes
+    from the model and, for a model ls-seq cannot place (a custom wrapper), from its output's class
+    (``CausalLMOutput...`` shifts, ``Seq2Seq...Output`` does not), as for :func:`ls_seq.label_smoothing_loss_func`.
     """
     batch = dict(batch)
     labels = batch.pop(labels_key, None)
@@ -291,7 +307,147 @@ def teacher_forced_logits(
             f"a teacher-forced pass needs `{labels_key}` (TrainingArguments.label_names) in every batch; "
             f"this batch has {sorted(batch)}"
         )
-    io = model_io(model)
+    inner = unwrap_model(model)
+    is_encoder_decoder = bool(getattr(getattr(inner, "config", None), "is_encoder_decoder", False))
+    refusal = None
+    try:
+        shifts = _shifts(inner) if shift_labels is None else bool(shift_labels)
+    except ValueError as err:
+        shifts, refusal = None, err
+    io = ModelIO(inner, is_encoder_decoder, bool(shifts))
+    outputs = model(**io.teacher_forcing_inputs(batch, labels))
+    if shifts is None:
+        shifts = shift_from_output(outputs)
+        if shifts is None:
+            raise refusal  # type: ignore[misc]
+        io = ModelIO(inner, is_encoder_decoder, shifts)
     scored = io.scored_labels(labels, batch.get("shift_labels"), ignore_index)
-    logits = logits_of(model(**io.teacher_forcing_inputs(batch, labels)), where=f"{io.name}'s output")
-    return logits, scored
+    return logits_of(outputs, where=f"{io.name}'s output"), scored
+
+
+# ---- how the model computes its loss and its logits --------------------------------------------------------
+
+
+@functools.cache
+def _forward_names(cls: type) -> frozenset[str]:
+    import inspect
+
+    forward = inspect.unwrap(cls.forward)
+    code = getattr(forward, "__code__", None)
+    return frozenset() if code is None else frozenset(_names_read(code))
+
+
+def routes_loss_function(model: nn.Module) -> bool:
+    """Whether ``model``'s forward computes its token loss through ``self.loss_function`` (read from its code).
+
+    transformers 5 models (Llama, Qwen, Mixtral, GPT-2, Gemma, T5Gemma, Voxtral, ...) call
+    ``self.loss_function(logits, labels, vocab_size, **kwargs)`` and then add their own terms (router losses);
+    ``loss_function`` has a setter, so ls-seq's token loss can take its place and everything else the model
+    computes is kept by construction. BART, Marian, T5, Whisper and a few others build a ``CrossEntropyLoss``
+    themselves: they take ls-seq's explicit path (:class:`ls_seq.model_loss.ModelLoss`).
+    """
+    if not isinstance(getattr(type(model), "loss_function", None), property):
+        return False  # not a transformers model: nothing to hook
+    # A subclass that overrides forward and calls super().forward() still computes through the parent's code.
+    return any("forward" in vars(cls) and "loss_function" in _forward_names(cls) for cls in type(model).__mro__)
+
+
+def reports_router_losses(model: nn.Module) -> bool:
+    """Whether a mixture-of-experts model adds router losses to its loss (``config.output_router_logits``)."""
+    config = getattr(model, "config", None)
+    configs = [config] + [getattr(config, name, None) for name in ("text_config", "decoder")]
+    return any(bool(getattr(c, "output_router_logits", False)) for c in configs if c is not None)
+
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """``z -> softcap(scale * z)`` with ``softcap(x) = cap * tanh(x / cap)`` (None: no cap): what a model does to
+    its output layer's result before the loss, read from the autograd graph (:func:`logit_transform`)."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and self.softcap is None
+
+
+# Nodes that move or retype values without changing them (a cast to float32 keeps bf16 values exactly).
+_VALUE_PRESERVING = frozenset(
+    {"ToCopyBackward0", "CloneBackward0", "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AliasBackward0"}
+)
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        return float(value) if value.numel() == 1 and value.dim() == 0 else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def logit_transform(logits: torch.Tensor, head_output: torch.Tensor, io: ModelIO) -> LogitTransform | str:
+    """How ``logits`` were computed from ``head_output`` (the output layer's result), from the autograd graph.
+
+    Walks ``logits.grad_fn`` back to ``head_output.grad_fn`` and accepts only nodes whose effect is known
+    exactly: multiplication or division by a number, ``tanh`` (at most once), casts and views, and the
+    addition of the model's ``final_logits_bias`` right after the layer (already part of
+    :meth:`ModelIO.output_layer`'s bias). Anything else (a clamp, a mask, a learned scale, a slice) returns a
+    one-line reason instead: the fused loss then refuses rather than guess. This reads how the model
+    computes, not what values it produced, so logits that grow during training cannot change the verdict.
+    Needs a graph: call it on tensors built with grad enabled.
+    """
+    if logits is head_output:
+        return LogitTransform()
+    target = head_output.grad_fn
+    node = logits.grad_fn
+    if node is None or target is None:
+        return "its logits carry no autograd graph here (the fused loss runs in training with gradients enabled)"
+    # The walk goes from the loss's end towards the layer: factors met before tanh act after it (post).
+    pre, post, tanh, biased = 1.0, 1.0, False, False
+    ops: list[str] = []
+    while node is not target:
+        name = type(node).__name__
+        inputs = [fn for fn, _ in node.next_functions if fn is not None]
+        if not inputs:
+            return f"its logits do not come from its output layer (the graph ends at {name})"
+        if name in _VALUE_PRESERVING:
+            node = inputs[0]
+            continue
+        if biased:
+            return f"it transforms its output layer's result before adding final_logits_bias ({name})"
+        if len(inputs) != 1 and name != "AddBackward0":
+            return f"its logits depend on another tensor after the output layer ({name})"
+        if name.startswith(("MulBackward", "DivBackward")):
+            saved_self, saved_other = getattr(node, "_saved_self", None), getattr(node, "_saved_other", None)
+            factor = _scalar(saved_other)
+            if factor is None and name.startswith("Mul"):
+                factor = _scalar(saved_self)  # number * logits
+            if factor is None or factor == 0.0 or (name.startswith("Div") and _scalar(saved_self) is not None):
+                return f"it multiplies its logits by a tensor after the output layer ({name})"
+            factor = 1.0 / factor if name.startswith("Div") else factor
+            if tanh:
+                pre *= factor
+            else:
+                post *= factor
+            ops.append(f"x{factor:g}")
+        elif name == "TanhBackward0":
+            if tanh:
+                return "it applies tanh to its logits twice"
+            tanh = True
+            ops.append("tanh")
+        elif name == "AddBackward0":
+            final = getattr(io.model, "final_logits_bias", None)
+            own = all(type(fn).__name__ == "AccumulateGrad" and fn.variable is final for fn in inputs[1:])
+            if not isinstance(final, torch.Tensor) or not own:
+                return "it adds a tensor to its logits after the output layer (AddBackward0)"
+            biased = True
+        else:
+            return f"it transforms its logits with {name.removesuffix('Backward0')} after the output layer"
+        node = inputs[0]
+    if not tanh:
+        return LogitTransform(scale=pre * post)
+    if post <= 0 or pre <= 0:
+        return f"it soft-caps its logits with a non-positive scale ({' '.join(reversed(ops))})"
+    # post * tanh(pre * z) = cap * tanh(scale * z / cap) with cap = post, scale = pre * post
+    return LogitTransform(scale=pre * post, softcap=post)

@@ -28,22 +28,25 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from accelerate.utils import DistributedType
 from torch import nn
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
 from ls_seq._validation import check_alpha, check_choice, check_nonnegative, check_positive_int, check_prior
+from ls_seq.calibration_metrics import require_tokens
 from ls_seq.callbacks import CalibrationCallback
 from ls_seq.distributed import real_rows
 from ls_seq.errors import NonFiniteLossError
 from ls_seq.functional.losses import CONVENTIONS
-from ls_seq.fused_head import check_fused_matches_model, fused_output_layer
 from ls_seq.loss_func import LabelSmoothingLossFunc
 from ls_seq.model_io import ModelIO, logits_of, model_io
+from ls_seq.model_loss import ModelLoss
 from ls_seq.prior import estimate_unigram_prior, load_prior_file
 
 __all__ = [
@@ -95,6 +98,10 @@ class LabelSmoothingArgumentsMixin:
         default=0.0,
         metadata={"help": "beta of the confidence penalty -beta * H(p) (Pereyra et al. 2017) added to the loss."},
     )
+    z_loss: float = field(
+        default=0.0,
+        metadata={"help": "z-loss coefficient: adds z_loss * logsumexp(logits)**2 per token (PaLM, OLMo), fused or not."},
+    )
     fused_linear_loss: bool = field(
         default=False,
         metadata={
@@ -125,6 +132,7 @@ class LabelSmoothingArgumentsMixin:
             )
         check_nonnegative(self.unigram_prior_smoothing, "unigram_prior_smoothing")
         check_nonnegative(self.confidence_penalty, "confidence_penalty")
+        check_nonnegative(self.z_loss, "z_loss")
         if self.fused_linear_loss and self.confidence_penalty:
             raise ValueError("`confidence_penalty` needs the full logits; it cannot be combined with fused_linear_loss=True")
         if self.fused_chunk_size is not None:
@@ -163,7 +171,8 @@ def _option(args: Any, name: str) -> Any:
 
 class _GenerateEvalLoss:
     """What ``Seq2SeqTrainer.prediction_step`` calls as ``label_smoother(outputs, labels)`` when it generates:
-    ls-seq's loss on the teacher-forced logits, which also feed the in-loop calibration."""
+    ls-seq's loss on the teacher-forced logits (which also feed the in-loop calibration and the evaluation
+    loss). The model was given the labels there, so a model that adds router losses has them in its loss."""
 
     def __init__(self, trainer: LabelSmoothingTrainerMixin) -> None:
         self._trainer = trainer
@@ -172,9 +181,19 @@ class _GenerateEvalLoss:
         trainer = self._trainer
         logits = logits_of(outputs)
         scored = trainer.io.scored_labels(labels, None, trainer.loss_fn.ignore_index)
+        keep = real_rows(scored.shape[0], scored.device)
+        if keep is not None:
+            scored = scored.masked_fill(~keep.view(-1, *([1] * (scored.dim() - 1))), trainer.loss_fn.ignore_index)
         loss_sum, _, n_tokens = trainer.loss_fn.sums(logits, scored)
+        loss = loss_sum / n_tokens.clamp_min(1).to(loss_sum.dtype)
+        own = outputs.get("loss") if isinstance(outputs, Mapping) else None
+        extras = torch.zeros((), device=loss.device)
+        if own is not None and trainer.io.reports_router_losses:  # the model's loss minus its own cross-entropy
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), scored.reshape(-1), ignore_index=trainer.loss_fn.ignore_index)
+            extras = (own - ce).detach().to(loss.device)
         trainer._feed_calibration(logits, scored)
-        return loss_sum / n_tokens.clamp_min(1).to(loss_sum.dtype)
+        trainer._add_eval_sums(loss_sum, extras, n_tokens)
+        return loss + extras
 
 
 class LabelSmoothingTrainerMixin:
@@ -215,15 +234,15 @@ class LabelSmoothingTrainerMixin:
             convention=_option(a, "label_smoothing_convention"),
             prior=self._resolve_prior(prior),
             confidence_penalty=_option(a, "confidence_penalty"),
+            z_loss=_option(a, "z_loss"),
             model=self.model,
         )
         self.fused_linear_loss = bool(_option(a, "fused_linear_loss"))
         if self.fused_linear_loss:
             self.io.output_layer()  # a model without a fusable head is refused here, not at the first step
-            refusal = self.io.fused_refusal()
-            if refusal:
-                raise ValueError(f"fused_linear_loss=True: {refusal}, so the fused loss would differ from the model's")
-        self._fused_checked = False
+        self.model_loss = ModelLoss(self.io, self.loss_fn, fused=self.fused_linear_loss)
+        # The evaluation loss as sums over the whole evaluation set (see evaluation_loop): (loss, tokens).
+        self._eval_sums: list[torch.Tensor] | None = None
         # Replaces HF's LabelSmoother, which Seq2SeqTrainer.prediction_step calls when it generates.
         self.label_smoother = _GenerateEvalLoss(self)
         # Sum over the micro-batches since the last training log of nll_sum / (the loss's own divisor): the NLL
@@ -297,42 +316,40 @@ class LabelSmoothingTrainerMixin:
                 f"{type(self).__name__} needs `{self.label_key}` (TrainingArguments.label_names) in every batch; "
                 f"this batch has {sorted(inputs)}"
             )
-        ignore = self.loss_fn.ignore_index
-        scored = self.io.scored_labels(labels, inputs.get("shift_labels"), ignore)
-        forward_inputs = self.io.teacher_forcing_inputs(inputs, labels)
-        if model.training:
+        training = model.training
+        if training:
             self._check_ddp_wrapped(model)
-        if self.fused_linear_loss and model.training:
-            if not self._fused_checked:
-                check_fused_matches_model(self.io, forward_inputs, labels.shape[0])
-                self._fused_checked = True
-            with fused_output_layer(self.io, scored, self.loss_fn, _option(self.args, "fused_chunk_size")) as fused:
-                outputs = model(**forward_inputs)
-            loss_sum, nll_sum, n_tokens = fused["loss_sum"], fused["nll_sum"], fused["n_tokens"]
-        else:
-            outputs = model(**forward_inputs)
-            logits = logits_of(outputs, where=f"{self.io.name}'s output")
-            loss_sum, nll_sum, n_tokens = self.loss_fn.sums(logits, scored)
-            if not model.training:
-                self._feed_calibration(logits, scored)
-        denom = torch.as_tensor(n_tokens if num_items_in_batch is None else num_items_in_batch, device=loss_sum.device)
-        denom = denom.clamp_min(1).to(loss_sum.dtype)
-        loss = loss_sum / denom
-        global_count = self.args.average_tokens_across_devices and num_items_in_batch is not None
-        if model.training:
-            share = nll_sum.float() / denom
+        shift_labels = inputs.get("shift_labels")
+        forward_inputs = self.io.teacher_forcing_inputs(inputs, labels)
+        # In the evaluation loop each batch is scored by its own tokens: HF's prediction_step passes a count of its
+        # own (the unshifted labels for GPT-2), and evaluation_loop sums the whole set (the exact token mean).
+        in_eval_loop = self._eval_sums is not None
+        denominator = None if in_eval_loop else num_items_in_batch
+        keep = real_rows(labels.shape[0], labels.device) if in_eval_loop else None
+        fused = self.fused_linear_loss and training and torch.is_grad_enabled()
+        chunk_size = _option(self.args, "fused_chunk_size")
+        with self.model_loss.forward(labels, shift_labels=shift_labels, denominator=denominator, keep_rows=keep,
+                                     fused=fused, chunk_size=chunk_size) as record:  # fmt: skip
+            outputs = model(**self.model_loss.model_inputs(forward_inputs, record))
+        loss = self.model_loss.total(outputs, record)
+        if training:
+            denom = torch.as_tensor(record.n_tokens if denominator is None else denominator, device=loss.device)
+            share = record.nll_sum.float() / denom.clamp_min(1).float()
             if self._nll_share is None:  # first micro-batch since the last log: remember where the interval starts
                 self._nll_share, self._nll_first_step = share, self.state.global_step
             else:
                 self._nll_share = self._nll_share + share
-            self._nll_share_is_global = global_count
-        if global_count:
+            self._nll_share_is_global = self.args.average_tokens_across_devices and num_items_in_batch is not None
+        if in_eval_loop:
+            self._feed_calibration(record.logits, record.scored)
+            self._add_eval_sums(record.loss_sum, record.extras, record.n_tokens)
+        elif self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counted the tokens of every rank while DDP averages gradients over ranks;
-            # the same correction as Trainer.compute_loss.
+            # the same correction as Trainer.compute_loss (which applies it to the model's whole loss, too).
             scale = self.accelerator.num_processes // self.get_tp_size()
             loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
         # Normalised by the whole accumulated batch: training_step must not divide by the accumulation steps again.
-        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        self.loss_is_scaled_for_ga = denominator is not None
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
@@ -384,16 +401,47 @@ class LabelSmoothingTrainerMixin:
         finally:
             self._evaluating = False
 
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        self._evaluating = True
+        try:
+            return super().predict(*args, **kwargs)
+        finally:
+            self._evaluating = False
+
+    def _add_eval_sums(self, loss_sum: torch.Tensor, extras: torch.Tensor | None, n_tokens: torch.Tensor) -> None:
+        """Add one evaluation batch to the loop's sums: its token losses, plus the model's other terms weighted
+        by the batch's tokens (so the loss is the token-weighted mean of the per-batch losses, and exactly the
+        token mean of the smoothed loss for a model with no other terms)."""
+        if self._eval_sums is None:
+            return
+        loss_sum = loss_sum.detach().double()
+        if extras is not None:
+            loss_sum = loss_sum + extras.double() * n_tokens
+        batch = torch.stack([loss_sum, n_tokens.double(), torch.ones_like(loss_sum)])
+        self._eval_sums = batch if not isinstance(self._eval_sums, torch.Tensor) else self._eval_sums + batch.to(self._eval_sums.device)
+
     def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
                         ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:  # fmt: skip
-        """HF's loop; with calibration callbacks (during ``evaluate()``) its logits also feed their metrics, and
-        their results join the loop's metrics, so the Trainer logs them with the rest."""
+        """HF's loop, with ``<prefix>_loss`` the exact token mean over the whole set (HF averages per-batch means,
+        which moves with the batch size), summed over processes without accelerate's repeated rows. With
+        calibration callbacks (``evaluate()``, ``predict()``) its logits also feed their metrics, and their
+        results join the loop's metrics, so the Trainer logs them with the rest."""
         callbacks = self._calibration_callbacks() if self._evaluating else []
         self._calibration_meters = [cb.begin_in_loop(self) for cb in callbacks]
+        self._eval_sums = []  # filled by compute_loss / the generation loss: (loss sum, tokens, batches)
         try:
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         finally:
             meters, self._calibration_meters = self._calibration_meters, []
+            sums, self._eval_sums = self._eval_sums, None
+        sums = sums if isinstance(sums, torch.Tensor) else torch.zeros(3, dtype=torch.float64, device=self.args.device)
+        if self.args.world_size > 1:  # every process runs the loop: a collective
+            sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum")
+        loss_sum, n_tokens, batches = (float(v) for v in sums.cpu())
+        if not output.num_samples or (batches and not n_tokens):
+            require_tokens(0, metric_key_prefix)
+        if batches:
+            output.metrics[f"{metric_key_prefix}_loss"] = loss_sum / n_tokens
         for cb, meter in zip(callbacks, meters):
             output.metrics.update(cb.end_in_loop(meter, metric_key_prefix, self.state))  # every process: a collective
         return output

@@ -156,3 +156,45 @@ def calibration_routes(out_dir, plot: bool = True) -> dict[str, dict[str, float]
         eval_dataset=family_dataset("gpt2", 13, seed=11), data_collator=causal_collate, **pair.trainer_kwargs(),
     ).evaluate()
     return out
+
+
+# ---- models whose loss is more than the token cross-entropy, or whose logits are transformed ----------------
+MOE = ("mixtral", "qwen2_moe", "olmoe")
+
+
+def tiny_moe(kind: str = "mixtral", seed: int = 0, coef: float = 0.5):
+    """A 2-layer mixture-of-experts causal LM (4 experts, top 2) that adds ``coef * aux_loss`` to its loss."""
+    import transformers
+
+    config_cls, model_cls = {
+        "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+        "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
+        "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
+    }[kind]
+    sizes = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, max_position_embeddings=64, num_experts_per_tok=2, output_router_logits=True,
+                 router_aux_loss_coef=coef, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS)  # fmt: skip
+    if kind == "mixtral":
+        sizes["num_local_experts"] = 4
+    else:
+        sizes |= {"num_experts": 4, "moe_intermediate_size": 16}
+    if kind == "qwen2_moe":
+        sizes |= {"shared_expert_intermediate_size": 16}
+    torch.manual_seed(seed)
+    return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**sizes))
+
+
+def tiny_gemma2(seed: int = 0, softcap: float = 30.0, head_scale: float = 1.0):
+    """A 1-layer Gemma 2, which soft-caps its logits (``softcap * tanh(z / softcap)``) after lm_head;
+    ``head_scale`` grows the output layer so that the cap matters (logits far above it)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                           final_logit_softcapping=softcap, pad_token_id=PAD, eos_token_id=EOS,
+                                           bos_token_id=EOS, tie_word_embeddings=False))  # fmt: skip
+    if head_scale != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(head_scale)
+    return model
