@@ -5,7 +5,9 @@ Usage: ``torchrun --standalone --nproc_per_node 2 ddp_checks.py OUT_DIR``. The c
 
 1. ``TokenCalibration`` with every measure and an uneven split: the ranks hold 5 and 7 sequences.
 2. One optimizer step of ``LabelSmoothingSeq2SeqTrainer`` with 2 ranks x batch 4 x 2 accumulation steps, and
-   the same with the fused loss for Marian, GPT-2 and Llama (``LabelSmoothingTrainer`` for the causal LMs).
+   the same with the fused loss for Marian, GPT-2, Llama and a soft-capped Gemma 2 (``LabelSmoothingTrainer`` for
+   the causal LMs); two steps of a Mixtral with its router loss, fused and not, against 1 process over the same
+   micro-batches; the evaluation loss on 13 examples (uneven over 2 ranks x batch 4).
 3. Calibration on an evaluation set of 13 examples (not a multiple of 2 ranks x batch 4) through each route:
    ``CalibrationCallback`` given the HF way (``callbacks=[...]``, no attach) to ls-seq's trainer (in-loop) and
    to a plain Seq2SeqTrainer (its own pass), and ``CalibrationMetrics`` in a plain Trainer's loop.
@@ -28,7 +30,7 @@ import torch
 import torch.distributed as dist
 from accelerate import PartialState
 
-from distributed.families import CAUSAL, calibration_routes, family_collate, family_dataset, family_model
+from distributed.families import calibration_routes, family_collate, family_dataset, family_model, is_causal
 from distributed.tiny import CALIB_CLASSES, CALIB_SPLIT, TEMPERATURES, calibration_rows, tiny_dataset, training_args
 from ls_seq.io import atomic_write_bytes, atomic_write_json
 from ls_seq.metrics import TokenCalibration
@@ -39,7 +41,10 @@ from ls_seq.trainer import (
     LabelSmoothingTrainingArguments,
 )
 
-FUSED_FAMILIES = ("marian", "gpt2", "llama")
+FUSED_FAMILIES = ("marian", "gpt2", "llama", "gemma2")
+# Mixture of experts: its router loss is not a token mean, so 2 ranks are compared with 1 process over the
+# same micro-batches (sequential sampling), fused and not.
+MOE_RUNS = {"moe": {}, "moe_fused": {"fused_linear_loss": True, "fused_chunk_size": 7}}
 
 
 def check_token_calibration(rank: int) -> dict:
@@ -56,14 +61,28 @@ def check_token_calibration(rank: int) -> dict:
     return out
 
 
-def ls_trainer(out_dir: Path, name: str, family: str = "marian", **overrides):
+class SequentialTrainer(LabelSmoothingTrainer):
+    """Examples in order: 2 ranks x batch 4 then take the micro-batches 1 process x 4 x 2 accumulation steps takes."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+
+def ls_trainer(out_dir: Path, name: str, family: str = "marian", cls=None, **overrides):
     """The trainer under test on a tiny model of ``family`` (seed 2) and 16 training examples (seed 5)."""
-    causal = family in CAUSAL
+    causal = is_causal(family)
     args = training_args(str(out_dir / name), cls=LabelSmoothingTrainingArguments if causal else LabelSmoothingSeq2SeqTrainingArguments,
                          label_smoothing_factor=0.1, **overrides)  # fmt: skip
-    cls = LabelSmoothingTrainer if causal else LabelSmoothingSeq2SeqTrainer
+    cls = cls or (LabelSmoothingTrainer if causal else LabelSmoothingSeq2SeqTrainer)
     return cls(model=family_model(family, seed=2), args=args, train_dataset=family_dataset(family, 16, seed=5),
                data_collator=family_collate(family))
+
+
+def check_moe_step(out_dir: Path, name: str, world: int, **overrides) -> dict:
+    """Two SGD steps of a Mixtral with its router loss: 2 ranks x batch 4, or 1 process x 4 x 2 accumulation."""
+    trainer = ls_trainer(out_dir, name, "mixtral", cls=SequentialTrainer, max_steps=2, per_device_train_batch_size=4,
+                         gradient_accumulation_steps=2 // world, **overrides)  # fmt: skip
+    return train_and_save(trainer, out_dir / f"params_{name}.pt")
 
 
 def error_of(fn, kind: type[Exception]) -> str:
@@ -102,9 +121,9 @@ def check_fsdp2_fused_step(out_dir: Path, family: str, wrap: str, rank: int, wor
     from torch.distributed.fsdp import fully_shard
 
     from distributed.families import family_examples
-    from ls_seq.fused_head import fused_output_layer
     from ls_seq.loss_func import LabelSmoothingLossFunc
     from ls_seq.model_io import model_io
+    from ls_seq.model_loss import ModelLoss
 
     model = family_model(family, seed=2).train()
     mio = model_io(model)
@@ -120,11 +139,12 @@ def check_fsdp2_fused_step(out_dir: Path, family: str, wrap: str, rank: int, wor
     n_tokens = torch.tensor(float(sum(int((s != loss_fn.ignore_index).sum()) for s in scored)))
     dist.all_reduce(n_tokens)  # the token count of the whole accumulated batch, every rank
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    for batch, labels in zip(batches, scored):
+    model_loss = ModelLoss(mio, loss_fn, fused=True)
+    for batch in batches:
         inputs = mio.teacher_forcing_inputs({k: v for k, v in batch.items() if k != "labels"}, batch["labels"])
-        with fused_output_layer(mio, labels, loss_fn, 7):
-            loss = model(**inputs).loss  # the summed loss, attached inside the sharded module's forward
-        (loss / n_tokens * world).backward()  # FSDP averages the gradients over ranks
+        with model_loss.forward(batch["labels"], denominator=n_tokens, fused=True, chunk_size=7) as record:
+            outputs = model(**model_loss.model_inputs(inputs, record))  # the loss is computed inside the sharded forward
+        (model_loss.total(outputs, record) * world).backward()  # FSDP averages the gradients over ranks
     optimizer.step()
     params = {n: p.full_tensor() for n, p in model.named_parameters()}  # every parameter still sharded
     if rank == 0:
@@ -139,12 +159,12 @@ def io_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 
 
 def check_eval_loss(out_dir: Path) -> float:
-    """16 examples = 2 global batches of 2 ranks x 4, the same batches as 1 process x 8.
+    """13 examples: the last global batch of 2 ranks x 4 holds 3 samples accelerate repeats.
 
     A trainer of its own: in transformers 5.24, evaluate() before train() under DDP leaves the model
     unwrapped for training (no gradient all-reduce), so it must not share the trainer of the step check.
     """
-    return ls_trainer(out_dir, "eval").evaluate(eval_dataset=tiny_dataset(16, seed=9))["eval_loss"]
+    return ls_trainer(out_dir, "eval").evaluate(eval_dataset=tiny_dataset(13, seed=9))["eval_loss"]
 
 
 def check_evaluate_then_train_is_refused(out_dir: Path) -> str:
@@ -164,6 +184,7 @@ def main() -> None:
         "trainer_log": check_trainer_step(out_dir),
         "fused_logs": {family: check_fused_step(out_dir, family) for family in FUSED_FAMILIES},
         "eval_loss": check_eval_loss(out_dir),
+        "moe_logs": {name: check_moe_step(out_dir, name, state.num_processes, **kw) for name, kw in MOE_RUNS.items()},
         "calibration": calibration_routes(out_dir),
         "evaluate_then_train_error": check_evaluate_then_train_is_refused(out_dir),
     }

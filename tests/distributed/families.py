@@ -31,6 +31,12 @@ from distributed.tiny import (
 CAUSAL = ("gpt2", "llama")
 SEQ2SEQ = ("bart", "marian", "t5")
 FAMILIES = CAUSAL + SEQ2SEQ
+# Causal LMs of the distributed checks only: a mixture of experts (router loss) and a soft-capped head.
+CAUSAL_EXTRA = ("mixtral", "gemma2")
+
+
+def is_causal(family: str) -> bool:
+    return family in CAUSAL or family in CAUSAL_EXTRA
 
 
 def tiny_llama(seed: int = 0, vocab: int = VOCAB, tie: bool = False):
@@ -62,6 +68,10 @@ def family_model(family: str, seed: int = 0):
         return tiny_llama(seed)
     if family == "t5":
         return tiny_t5(seed)
+    if family == "mixtral":
+        return tiny_moe("mixtral", seed)
+    if family == "gemma2":
+        return tiny_gemma2(seed, softcap=5.0, head_scale=50.0)
     return tiny_model(family, seed=seed)
 
 
@@ -88,11 +98,11 @@ def causal_collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 def family_examples(family: str, n: int, seed: int = 0) -> list[dict[str, list[int]]]:
-    return causal_examples(n, seed) if family in CAUSAL else tiny_examples(n, seed)
+    return causal_examples(n, seed) if is_causal(family) else tiny_examples(n, seed)
 
 
 def family_collate(family: str):
-    return causal_collate if family in CAUSAL else collate
+    return causal_collate if is_causal(family) else collate
 
 
 def family_dataset(family: str, n: int, seed: int = 0):
@@ -104,7 +114,7 @@ def family_dataset(family: str, n: int, seed: int = 0):
 
 def scored_logits_labels(family: str, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference alignment, written out here independently of ls-seq: ``(logits (N, V), labels (N,))``."""
-    if family in CAUSAL:
+    if is_causal(family):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1)
     logits = model_logits(model, batch)

@@ -79,24 +79,39 @@ def test_trainer_step_on_two_ranks_equals_one_big_batch(ddp_run):
     nll = F.cross_entropy(logits.reshape(-1, VOCAB), full["labels"].reshape(-1))
     assert log["loss"] == pytest.approx(loss.item(), rel=1e-5)
     assert log["nll_loss"] == pytest.approx(nll.item(), rel=1e-5)
-    assert ddp_run["stdout"].count("'nll_loss'") == 1 + 3, "only the main process prints the training logs (4 trainers)"
+    trainers = 1 + 4 + 2 * 2  # the step, the fused families, two logged steps of each MoE run
+    assert ddp_run["stdout"].count("'nll_loss'") == trainers, "only the main process prints the training logs"
 
 
-def test_trainer_eval_loss_on_two_ranks_is_the_one_process_loss(ddp_run):
-    """HF's eval_loss is the sample-weighted mean of per-batch losses; a global batch is 2 ranks x 4 examples."""
+def test_trainer_eval_loss_on_two_ranks_is_the_token_mean(ddp_run):
+    """13 examples over 2 ranks x batch 4 (accelerate repeats 3 samples to fill the last global batch): the
+    evaluation loss is the exact token mean of the whole set, as in one process (it was HF's mean of per-batch
+    means, which moves with the batch size and the number of processes)."""
     model = tiny_model("marian", seed=2).eval()
-    examples = tiny_examples(16, seed=9)
+    batch = collate(tiny_examples(13, seed=9))
     with torch.no_grad():
-        per_batch = []
-        for i in (0, 8):
-            batch = collate(examples[i : i + 8])
-            logits = model_logits(model, batch)
-            per_batch.append(F.cross_entropy(logits.reshape(-1, VOCAB), batch["labels"].reshape(-1), label_smoothing=0.1))
-    expected = float(torch.stack(per_batch).mean())
-    assert ddp_run["results"]["eval_loss"] == pytest.approx(expected, rel=1e-5)
+        logits = model_logits(model, batch)
+    expected = F.cross_entropy(logits.reshape(-1, VOCAB), batch["labels"].reshape(-1), label_smoothing=0.1)
+    assert ddp_run["results"]["eval_loss"] == pytest.approx(float(expected), rel=1e-5)
 
 
-@pytest.mark.parametrize("family", ["marian", "gpt2", "llama"])
+@pytest.mark.parametrize("name", ["moe", "moe_fused"])
+def test_moe_router_loss_on_two_ranks_equals_one_process(ddp_run, tmp_path, name):
+    """A Mixtral's router loss is not a token mean, so the reference is 1 process over the same micro-batches
+    (4 x 2 accumulation steps, in order), fused or not: same parameters after 2 steps, same logged loss."""
+    from distributed.ddp_checks import MOE_RUNS, check_moe_step
+
+    one = check_moe_step(tmp_path, name, 1, **MOE_RUNS[name])
+    two = ddp_run["results"]["moe_logs"][name]
+    ref = torch.load(tmp_path / f"params_{name}.pt", weights_only=True)
+    params = torch.load(ddp_run["out"] / f"params_{name}.pt", weights_only=True)
+    for key, expected in ref.items():
+        torch.testing.assert_close(params[key], expected, rtol=1e-5, atol=1e-6, msg=key)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert two["nll_loss"] == pytest.approx(one["nll_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["marian", "gpt2", "llama", "gemma2"])
 def test_fused_loss_on_two_ranks_equals_one_big_batch(ddp_run, family):
     """The fused loss runs inside the DDP-wrapped forward, so gradients are all-reduced: 2 ranks x 4 x 2 == 16."""
     ref, ref_loss, ref_nll = sgd_reference(family, family_model(family, seed=2), family_examples(family, 16, seed=5), 0.1, 0.5)
@@ -109,7 +124,7 @@ def test_fused_loss_on_two_ranks_equals_one_big_batch(ddp_run, family):
 
 
 @pytest.mark.parametrize("wrap", ["layers", "root"])
-@pytest.mark.parametrize("family", ["marian", "gpt2", "llama"])
+@pytest.mark.parametrize("family", ["marian", "gpt2", "llama", "gemma2"])
 def test_fused_loss_under_fsdp2_equals_one_big_batch(ddp_run, family, wrap):
     """The fused loss attached inside the sharded forward: FSDP's backward hooks fire, the gradients are
     reduce-scattered, and 2 ranks x 4 x 2 equal one step on all 16 examples, sharded per layer or as a whole.
