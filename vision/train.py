@@ -18,6 +18,9 @@ Every study (projection, calibration, distillation, mutual information) trains t
   (no host sync per step) and, with any non-finite weight, stops the run at the end of that epoch with
   :class:`ls_seq.errors.NonFiniteTrainingError` naming the epoch and the step, before its checkpoint is
   written: no checkpoint and no returned model holds a NaN.
+* Measurement never changes the experiment: the per-epoch evaluation and the callbacks run inside
+  :func:`ls_seq.rng.isolated_rng`, and every epoch reseeds its own streams, so a run with calibration or
+  information callbacks trains bit for bit the model a run without them trains.
 * Callbacks: objects with ``on_epoch_end(epoch, model) -> dict | None`` (and optionally
   ``on_train_begin(model) -> dict | None``, recorded as epoch 0); the numbers they return join the epoch's
   history entry, which is saved in the checkpoint, so a resumed run keeps them.
@@ -60,6 +63,7 @@ from ls_seq.checks import (
 from ls_seq.errors import CheckpointError, NonFiniteLossError
 from ls_seq.functional.mixing import cutmix_box, mix_targets
 from ls_seq.io import atomic_write_bytes
+from ls_seq.rng import isolated_rng
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -416,11 +420,12 @@ def train_classifier(
     unwrapped = accelerator.unwrap_model(model)
     if start_epoch == 0:
         entry: dict[str, float] = {"epoch": 0}
-        for cb in callbacks:
-            begin = getattr(cb, "on_train_begin", None)
-            entry.update((begin(unwrapped) if begin is not None else None) or {})
-        if eval_dataset is not None:
-            entry.update(_evaluate(unwrapped, eval_dataset, config.eval_batch_size))
+        with isolated_rng():  # measuring never changes the experiment (the epochs reseed too; this is the rule)
+            for cb in callbacks:
+                begin = getattr(cb, "on_train_begin", None)
+                entry.update((begin(unwrapped) if begin is not None else None) or {})
+            if eval_dataset is not None:
+                entry.update(_evaluate(unwrapped, eval_dataset, config.eval_batch_size))
         history.append(entry)
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -491,10 +496,11 @@ def train_classifier(
             "train_accuracy": float(totals[1] / n_total),
         }
         unwrapped = accelerator.unwrap_model(model)
-        if eval_dataset is not None:
-            entry.update(_evaluate(unwrapped, eval_dataset, config.eval_batch_size))
-        for cb in callbacks:
-            entry.update(cb.on_epoch_end(epoch, unwrapped) or {})
+        with isolated_rng():
+            if eval_dataset is not None:
+                entry.update(_evaluate(unwrapped, eval_dataset, config.eval_batch_size))
+            for cb in callbacks:
+                entry.update(cb.on_epoch_end(epoch, unwrapped) or {})
         history.append(entry)
         if checkpoint_dir is not None and accelerator.is_main_process:
             _save_checkpoint(

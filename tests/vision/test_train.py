@@ -270,3 +270,28 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_nothing_is_saved(t
     assert info.value.step == 5
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+class _DrawingCallback:
+    """A measurement that draws from the global generators, as a calibration pass through a DataLoader does."""
+
+    def on_train_begin(self, model):
+        return {"drawn": float(torch.rand(()))}
+
+    def on_epoch_end(self, epoch, model):
+        next(iter(torch.utils.data.DataLoader(list(range(8)), batch_size=4, shuffle=True)))
+        return {"drawn": float(torch.rand(()))}
+
+
+def test_measuring_during_training_does_not_change_the_trained_weights():
+    """#25: the same seed with and without per-epoch evaluation and a callback that draws random numbers gives
+    bit-identical weights (reference: the unwatched run). Passes before #25's change too: every epoch already
+    reseeded its own streams; the evaluations now also run inside ls_seq.rng.isolated_rng."""
+    data, cfg = _toy(n=40), TrainConfig(epochs=3, batch_size=8, lr=0.1, seed=2, cpu=True)
+    aug = BatchAugment(padding=1, noise_std=0.1)
+    unwatched = train_classifier(_mlp(), data, cfg, augment=aug, progress=False)
+    watched = train_classifier(_mlp(), data, cfg, augment=aug, eval_dataset=_toy(n=16, seed=1),
+                               callbacks=[_DrawingCallback()], progress=False)  # fmt: skip
+    assert [h["epoch"] for h in watched.history] == [0, 1, 2, 3] and "eval_nll" in watched.history[-1]
+    for (name, a), (_, b) in zip(unwatched.model.state_dict().items(), watched.model.state_dict().items()):
+        assert torch.equal(a, b), name
