@@ -1,7 +1,8 @@
 """``ls-seq evaluate``: the calibration of a saved checkpoint, measured in one teacher-forced pass.
 
 For a local HF checkpoint (``save_pretrained`` output: a causal LM or an encoder-decoder, told apart by its
-config) and evaluation data (:mod:`ls_seq.eval_data`): every field of :class:`ls_seq.metrics.TokenCalibration`
+config; verified before its weights load by :func:`ls_seq.checkpoints.verify_checkpoint`, against its
+``ls_seq_checksums.json`` when ls-seq wrote one) and evaluation data (:mod:`ls_seq.eval_data`): every field of :class:`ls_seq.metrics.TokenCalibration`
 at every temperature of the grid, from one forward pass per batch; the NLL-optimal temperature
 (:func:`ls_seq.fit_temperature`) on the same tokens or on another split; with ``bleu`` on an encoder-decoder,
 beam-search BLEU at every temperature (:func:`ls_seq.sweeps.beam_search_sweep`). Under ``torchrun`` /
