@@ -1,7 +1,8 @@
 """``ls-seq evaluate``: the calibration of a saved checkpoint, measured in one teacher-forced pass.
 
 For a local HF checkpoint (``save_pretrained`` output: a causal LM or an encoder-decoder, told apart by its
-config) and evaluation data (:mod:`ls_seq.eval_data`): every field of :class:`ls_seq.metrics.TokenCalibration`
+config; verified before its weights load by :func:`ls_seq.checkpoints.verify_checkpoint`, against its
+``ls_seq_checksums.json`` when ls-seq wrote one) and evaluation data (:mod:`ls_seq.eval_data`): every field of :class:`ls_seq.metrics.TokenCalibration`
 at every temperature of the grid, from one forward pass per batch; the NLL-optimal temperature
 (:func:`ls_seq.fit_temperature`) on the same tokens or on another split; with ``bleu`` on an encoder-decoder,
 beam-search BLEU at every temperature (:func:`ls_seq.sweeps.beam_search_sweep`). Under ``torchrun`` /
@@ -177,6 +178,7 @@ def _teacher_forced_pass(model, tokenizer, data, cfg, device, rank, metric, keep
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     """Measure, write the outputs (main process), and return ``calibration.json``'s content."""
     from ls_seq.calibration_report import calibration_document, write_calibration_outputs
+    from ls_seq.checkpoints import verify_checkpoint
     from ls_seq.eval_data import read_records, tokenize_records
     from ls_seq.functional.calibration import fit_temperature
     from ls_seq.metrics import TokenCalibration
@@ -202,7 +204,10 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
             f"fitting the temperature keeps the logits of {fit_tokens} tokens x V = {vocab} ({need_gib:.1f} GiB per "
             f"process), more than --fit_max_gib {cfg.fit_max_gib}: raise it, or fit on a smaller --fit_split, or --max_samples"
         )
-    model = load_checkpoint(cfg.model, config, cfg.dtype, device)  # only now: bad input is refused before this
+    # Only now (bad input is refused before this): every file checked against the manifest ls-seq wrote beside
+    # it (a CheckpointError naming the file, exit 1), or structurally with a warning when it has none.
+    verify_checkpoint(cfg.model, require=())
+    model = load_checkpoint(cfg.model, config, cfg.dtype, device)
 
     grid = sorted(set(cfg.temperatures or [1.0]) | {1.0})
     metric = TokenCalibration(n_bins=cfg.n_bins, temperatures=grid, measures=cfg.measures).to(device)

@@ -7,8 +7,19 @@ A checkpoint directory (HF Trainer's ``checkpoint-N``, a saved model) or a singl
 * every ``*.safetensors`` has a whole header (8-byte length, JSON), tensors whose byte ranges match their
   shape and dtype and cover the file exactly, and only finite floating-point values;
 * every ``torch.save`` archive (``*.pt``, ``*.pth``, ``*.bin``) passes its zip CRC-32 check;
-* when :func:`write_checksums` recorded a SHA-256 for each file at save time (``ls_seq_checksums.json``),
-  every file still has it: this catches a garbled byte that leaves the structure valid.
+* when :func:`write_checksums` recorded each file's size and SHA-256 at save time (the manifest
+  ``ls_seq_checksums.json``, written last and atomically), every file still has them: this catches a changed
+  byte that leaves the structure valid (1 MiB of weights zeroed with the header intact). A mismatch names the
+  file, the recorded value and the one found. A checkpoint without a manifest (an older ls-seq, another tool)
+  is verified structurally only, and one :class:`~ls_seq.errors.LsSeqWarning` says it could not be
+  checksummed.
+
+A single file (the vision loop's ``checkpoint.pt``) gets the same record in a sidecar,
+``<name>.ls_seq_checksum.json`` (:func:`write_file_checksum`, :func:`verify_file_checksum`).
+
+Cost: one streaming pass over each file (1 MiB blocks, never the whole file in memory), the files of a
+checkpoint (the shards of a large model) hashed in parallel threads: hashlib releases the GIL
+(``benchmarks/bench_checksums.py``, numbers in docs/reliability.md).
 
 :func:`latest_good_checkpoint` walks ``checkpoint-N`` from the newest, renames each damaged one to
 ``damaged-checkpoint-N`` (kept for inspection, never deleted; HF's rotation ignores the name) with a
@@ -24,7 +35,8 @@ import re
 import struct
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,18 +48,25 @@ from ls_seq.io import atomic_write_json, sha256_file
 __all__ = [
     "CHECKSUMS_NAME",
     "check_finite_weights",
+    "SIDECAR_SUFFIX",
     "checkpoint_steps",
     "first_non_finite",
     "first_verified",
     "latest_good_checkpoint",
     "set_aside",
     "verify_checkpoint",
+    "verify_checksums",
+    "verify_file_checksum",
     "verify_safetensors",
     "verify_torch_archive",
+    "warn_not_checksummed",
     "write_checksums",
+    "write_file_checksum",
 ]
 
 CHECKSUMS_NAME = "ls_seq_checksums.json"
+SIDECAR_SUFFIX = ".ls_seq_checksum.json"
+_MANIFEST_FORMAT = 2  # 1 (no "format" key): {"sha256": {name: hex}}; 2: {"files": {name: {"size", "sha256"}}}
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # bytes per element of the safetensors dtypes (https://github.com/huggingface/safetensors, format spec)
 _DTYPE_SIZE = {
@@ -83,11 +102,103 @@ def check_finite_weights(model: torch.nn.Module, where: str, *, step: int | None
         )
 
 
+def _records(files: Sequence[Path]) -> list[dict[str, int | str]]:
+    """``{"size", "sha256"}`` of each file, hashed in up to 4 threads (hashlib releases the GIL on each block)."""
+
+    def record(path: Path) -> dict[str, int | str]:
+        return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+    if len(files) <= 1:
+        return [record(p) for p in files]
+    with ThreadPoolExecutor(max_workers=min(4, len(files), os.cpu_count() or 1)) as pool:
+        return list(pool.map(record, files))
+
+
 def write_checksums(directory: str | os.PathLike) -> Path:
-    """Record the SHA-256 of every file in ``directory`` in ``ls_seq_checksums.json`` (written last, atomically)."""
+    """Record the size and SHA-256 of every file in ``directory`` in its manifest ``ls_seq_checksums.json``.
+
+    Call it once every file is written: the manifest is written last (atomically), so a checkpoint killed
+    before has none and one killed after has a whole one. Hidden files (temporaries) are left out.
+    """
     directory = Path(directory)
-    sums = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS_NAME}
-    return atomic_write_json(directory / CHECKSUMS_NAME, {"sha256": sums})
+    files = [p for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS_NAME and not p.name.startswith(".")]
+    manifest = {"format": _MANIFEST_FORMAT, "files": dict(zip((p.name for p in files), _records(files), strict=True))}
+    return atomic_write_json(directory / CHECKSUMS_NAME, manifest)
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, int | str]]:
+    """``{name: {"sha256"[, "size"]}}`` from a manifest of either format; a damaged one is a CheckpointError."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+        if "files" in content:
+            files = {str(k): {"size": int(v["size"]), "sha256": str(v["sha256"])} for k, v in content["files"].items()}
+        else:  # format 1, written before sizes were recorded
+            files = {str(k): {"sha256": str(v)} for k, v in content["sha256"].items()}
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{str(path)!r} is damaged: not a checksum manifest ({exc!r})") from exc
+    return files
+
+
+def _check_records(files: dict[Path, dict[str, int | str]], manifest: Path) -> None:
+    """Every file against its record: presence and sizes first (cheap), then the SHA-256s (one read each)."""
+    for file, rec in files.items():
+        if not file.is_file():
+            raise CheckpointError(f"{str(file)!r} is missing (listed in {str(manifest)!r})")
+        size = file.stat().st_size
+        if "size" in rec and size != rec["size"]:
+            raise CheckpointError(
+                f"{str(file)!r} is damaged: {size} bytes, {rec['size']} when it was saved (recorded in {manifest.name})"
+            )
+    for file, found in zip(files, _records(list(files)), strict=True):
+        expected = files[file]["sha256"]
+        if found["sha256"] != expected:
+            raise CheckpointError(
+                f"{str(file)!r} is damaged: its SHA-256 is {found['sha256']}, not {expected} as recorded when it "
+                f"was saved ({manifest.name})"
+            )
+
+
+def verify_checksums(directory: str | os.PathLike) -> bool:
+    """Check every file listed in ``directory``'s manifest (size, then SHA-256); False when it has no manifest.
+
+    Raises :class:`CheckpointError` naming the file, the recorded value and the one found.
+    """
+    path = Path(directory) / CHECKSUMS_NAME
+    if not path.is_file():
+        return False
+    _check_records({path.parent / name: rec for name, rec in _read_manifest(path).items()}, path)
+    return True
+
+
+def write_file_checksum(path: str | os.PathLike, digest: str | None = None) -> Path:
+    """Record ``path``'s size and SHA-256 in its sidecar ``<name>.ls_seq_checksum.json`` (after the file is
+    whole); ``digest`` skips re-reading a file whose bytes were just hashed in memory."""
+    path = Path(path)
+    record = {"size": path.stat().st_size, "sha256": digest or sha256_file(path)}
+    return atomic_write_json(path.with_name(path.name + SIDECAR_SUFFIX), {"format": _MANIFEST_FORMAT, "files": {path.name: record}})
+
+
+def verify_file_checksum(path: str | os.PathLike) -> bool:
+    """Check ``path`` against its sidecar (see :func:`write_file_checksum`); False when it has none."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if not sidecar.is_file():
+        return False
+    records = list(_read_manifest(sidecar).values())
+    if len(records) != 1:  # the name inside is the one it was saved under: a rotated checkpoint keeps its record
+        raise CheckpointError(f"{str(sidecar)!r} is damaged: it records {len(records)} files, not one")
+    _check_records({path: records[0]}, sidecar)
+    return True
+
+
+def warn_not_checksummed(what: str | os.PathLike) -> None:
+    """The one warning for a checkpoint that passed its structural checks but has no checksums to compare."""
+    warnings.warn(
+        f"{os.fspath(what)!r} has no recorded checksums (saved by an older ls-seq or another tool): its structure "
+        "was verified, but a changed byte that keeps the structure valid cannot be detected",
+        LsSeqWarning,
+        stacklevel=3,
+    )
 
 
 def verify_safetensors(path: str | os.PathLike, *, finite: bool = True) -> None:
@@ -156,18 +267,21 @@ def checkpoint_steps(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def verify_checkpoint(directory: str | os.PathLike, *, require: tuple[str, ...] = ("trainer_state.json",)) -> None:
+def verify_checkpoint(
+    directory: str | os.PathLike, *, require: tuple[str, ...] = ("trainer_state.json",), warn_unchecked: bool = True
+) -> bool:
     """Raise :class:`CheckpointError` naming the first damaged file of ``directory`` (see the module docstring).
 
     ``require`` lists files that must be present: ``trainer_state.json`` for a Trainer checkpoint (HF
     writes it last, so a checkpoint killed while saving lacks it), ``model.safetensors`` for a model.
+    Returns whether the files were checksummed; without a manifest ``warn_unchecked`` warns that they were not.
     """
     directory = Path(directory)
     for name in require:
         if not (directory / name).is_file():
             raise CheckpointError(f"{str(directory)!r} is incomplete: no {name} (killed while saving?)")
     for file in sorted(directory.iterdir()):
-        if not file.is_file() or file.name == CHECKSUMS_NAME:
+        if not file.is_file() or file.name == CHECKSUMS_NAME or file.name.startswith("."):
             continue
         if file.suffix == ".json":
             try:
@@ -183,28 +297,24 @@ def verify_checkpoint(directory: str | os.PathLike, *, require: tuple[str, ...] 
             verify_safetensors(file)
         elif file.suffix in _TORCH_ARCHIVES:
             verify_torch_archive(file)
-    sums_path = directory / CHECKSUMS_NAME
-    if sums_path.is_file():
-        try:
-            sums = json.loads(sums_path.read_text(encoding="utf-8"))["sha256"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{str(sums_path)!r} is damaged ({exc})") from exc
-        for name, expected in sums.items():
-            file = directory / name
-            if not file.is_file():
-                raise CheckpointError(f"{str(file)!r} is missing (listed in {CHECKSUMS_NAME})")
-            if sha256_file(file) != expected:
-                raise CheckpointError(f"{str(file)!r} is damaged: its SHA-256 differs from the one recorded when it was saved")
+    checked = verify_checksums(directory)
+    if not checked and warn_unchecked:
+        warn_not_checksummed(directory)
+    return checked
 
 
 def set_aside(path: str | os.PathLike) -> Path:
-    """Rename ``path`` to ``damaged-<name>`` beside it (``damaged-<name>-2``, ... when taken); returns the new path."""
+    """Rename ``path`` (and its checksum sidecar) to ``damaged-<name>`` beside it (``damaged-<name>-2``, ... when
+    taken); returns the new path."""
     path = Path(path)
     target, k = path.with_name(f"damaged-{path.name}"), 1
     while target.exists():
         k += 1
         target = path.with_name(f"damaged-{path.name}-{k}")
     os.replace(path, target)
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if sidecar.is_file():  # it describes the damaged file: it goes with it, never stays beside a new one
+        os.replace(sidecar, target.with_name(target.name + SIDECAR_SUFFIX))
     return target
 
 

@@ -10,7 +10,7 @@
 * logs at every checkpoint step and at ``max_steps``, so that no logging window spans a checkpoint: a
   run resumed from checkpoint N averages the same steps into each logged loss as an uninterrupted run
   (HF restarts its running loss at the resumed step);
-* records a SHA-256 of every file of each checkpoint it saved (:func:`ls_seq.checkpoints.write_checksums`),
+* records the size and SHA-256 of every file of each checkpoint it saved (:func:`ls_seq.checkpoints.write_checksums`),
   which :func:`ls_seq.checkpoints.verify_checkpoint` checks before a resume, and gives the files the mode
   the umask gives ordinary files (transformers leaves ``model.safetensors`` at ``0o600``).
 

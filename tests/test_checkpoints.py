@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import struct
+import warnings
 
 import pytest
 import torch
@@ -64,7 +66,7 @@ DAMAGE = {
     "truncated safetensors": ("model.safetensors", truncate, r"model\.safetensors' is damaged"),
     "zeroed safetensors": ("model.safetensors", _zero, r"model\.safetensors' is damaged: header length 0"),
     "garbled tensor bytes": ("model.safetensors", lambda p: garble(p, offset=p.stat().st_size - 200),
-                             r"model\.safetensors' is damaged: its SHA-256 differs"),
+                             r"model\.safetensors' is damaged: its SHA-256 is [0-9a-f]{64}, not [0-9a-f]{64} as recorded"),
     "NaN weights": ("model.safetensors", _nan_weights, r"model\.safetensors' is damaged: tensor .* holds NaN"),
     "truncated optimizer": ("optimizer.pt", truncate, r"optimizer\.pt' is damaged"),
     "truncated trainer state": ("trainer_state.json", truncate, r"trainer_state\.json' is damaged"),
@@ -134,3 +136,95 @@ def test_first_non_finite_names_the_tensor_and_ignores_a_sum_that_overflows():
     assert first_non_finite([("a", overflowing), ("h", half), ("i", torch.arange(3))]) is None
     assert first_non_finite([("a", overflowing), ("b", torch.ones(3)), ("c", bad), ("d", bad)]) == "c"
     assert first_non_finite([("n", torch.tensor([1.0, float("nan")]))]) == "n"
+
+
+# ------------------------------------------------------------------------------------------------------
+# The manifest: sizes and SHA-256 recorded at save time catch what the structure cannot (issue #25).
+# Reference values are computed here with hashlib on the bytes, independently of ls_seq.io.sha256_file.
+
+
+def zero_inside_the_weights(path, n=4096):
+    """``n`` bytes of tensor data zeroed in the middle of the data area: header, size and finiteness unchanged."""
+    data = bytearray(path.read_bytes())
+    (header,) = struct.unpack("<Q", data[:8])
+    start = 8 + header + (len(data) - 8 - header - n) // 2
+    assert any(data[start : start + n]), "the zeroed bytes must have held something"
+    data[start : start + n] = bytes(n)
+    path.write_bytes(bytes(data))
+
+
+def test_the_manifest_records_every_file_with_its_size_and_sha256(run):
+    checkpoint = run / "checkpoint-4"
+    manifest = json.loads((checkpoint / CHECKSUMS_NAME).read_text())
+    files = sorted(p for p in checkpoint.iterdir() if p.name != CHECKSUMS_NAME)
+    assert manifest["format"] == 2 and sorted(manifest["files"]) == [p.name for p in files]
+    for p in files:
+        assert manifest["files"][p.name] == {"size": len(p.read_bytes()), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+
+
+def test_zeroed_weights_with_an_intact_header_are_named_with_the_recorded_and_found_sha256(run):
+    # Fails before #25's change: the message named neither value ("its SHA-256 differs from the one recorded").
+    checkpoint = run / "checkpoint-4"
+    path = checkpoint / "model.safetensors"
+    recorded = hashlib.sha256(path.read_bytes()).hexdigest()
+    zero_inside_the_weights(path)
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    verify_safetensors(path)  # structure intact and every value finite: only the checksum can see the change
+    with pytest.raises(CheckpointError) as caught:
+        verify_checkpoint(checkpoint)
+    assert str(caught.value) == (f"{str(path)!r} is damaged: its SHA-256 is {found}, not {recorded} as recorded when it "
+                                 f"was saved ({CHECKSUMS_NAME})")  # fmt: skip
+    with pytest.warns(LsSeqWarning, match=rf"checkpoint-4/model\.safetensors' is damaged: its SHA-256 is {found}.*set aside"):
+        assert latest_good_checkpoint(run) == run / "checkpoint-2"  # the previous good one, as for a truncated file
+    assert (run / "damaged-checkpoint-4").is_dir()
+
+
+def test_a_changed_size_is_named_before_any_file_is_hashed(run):
+    # Fails before #25's change: sizes were not recorded (the old message named no size).
+    path = run / "checkpoint-4" / "config.json"
+    size = path.stat().st_size
+    path.write_text(path.read_text() + "\n\n")  # still valid JSON: only the record sees it
+    with pytest.raises(CheckpointError, match=rf"config\.json' is damaged: {size + 2} bytes, {size} when it was saved"):
+        verify_checkpoint(run / "checkpoint-4")
+
+
+def test_a_checkpoint_without_a_manifest_is_verified_structurally_and_said_not_checksummed(run):
+    # Fails before #25's change: nothing told the user that the checkpoint could not be checksummed.
+    (run / "checkpoint-4" / CHECKSUMS_NAME).unlink()
+    zero_inside_the_weights(run / "checkpoint-4" / "model.safetensors")  # invisible without a manifest
+    with pytest.warns(LsSeqWarning, match=r"checkpoint-4' has no recorded checksums .*cannot be detected") as caught:
+        assert latest_good_checkpoint(run) == run / "checkpoint-4"
+    assert len(caught) == 1
+
+
+def test_a_manifest_of_the_first_format_is_still_checked(run):
+    checkpoint = run / "checkpoint-4"
+    files = [p for p in checkpoint.iterdir() if p.name != CHECKSUMS_NAME]
+    (checkpoint / CHECKSUMS_NAME).write_text(json.dumps({"sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # checksummed: no warning
+        assert verify_checkpoint(checkpoint) is True
+    zero_inside_the_weights(checkpoint / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors' is damaged: its SHA-256 is [0-9a-f]{64}, not"):
+        verify_checkpoint(checkpoint)
+
+
+def test_a_damaged_manifest_is_named(run):
+    (run / "checkpoint-4" / CHECKSUMS_NAME).write_text('{"format": 2, "files": {"model.safetensors": {"size": 1')
+    with pytest.raises(CheckpointError, match=rf"{CHECKSUMS_NAME}' is damaged: not a checksum manifest"):
+        verify_checkpoint(run / "checkpoint-4")
+
+
+def test_a_file_checksum_sidecar_names_the_file_and_goes_with_it_when_set_aside(tmp_path):
+    from ls_seq.checkpoints import SIDECAR_SUFFIX, set_aside, verify_file_checksum, write_file_checksum
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"x" * 5000)
+    assert verify_file_checksum(path) is False  # no sidecar yet
+    write_file_checksum(path)
+    assert verify_file_checksum(path) is True
+    path.write_bytes(b"x" * 2000 + b"\0" + b"x" * 2999)
+    with pytest.raises(CheckpointError, match=rf"checkpoint\.pt' is damaged: its SHA-256 is {hashlib.sha256(path.read_bytes()).hexdigest()}"):
+        verify_file_checksum(path)
+    set_aside(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged-checkpoint.pt", f"damaged-checkpoint.pt{SIDECAR_SUFFIX}"]

@@ -318,3 +318,36 @@ def test_evaluate_in_bfloat16_is_close_to_float32(tmp_path, capsys):
     a, b = docs["float32"]["at_temperature_1"], docs["bfloat16"]["at_temperature_1"]
     assert a["n_tokens"] == b["n_tokens"]
     assert b["nll"] == pytest.approx(a["nll"], rel=0.02) and abs(b["ece"] - a["ece"]) < 0.02
+
+
+def test_evaluate_refuses_weights_that_differ_from_their_manifest_naming_the_file(tmp_path, capsys):
+    """#25: a model whose weights were changed inside (header intact) exits 1 naming the file, the recorded and the
+    found SHA-256, and writes nothing; one without a manifest is measured with one warning saying so.
+    Fails before #25's change: ls-seq evaluate loaded the changed weights and exited 0."""
+    import hashlib
+
+    from test_checkpoints import zero_inside_the_weights
+
+    from ls_seq.checkpoints import write_checksums
+
+    model_dir = save_checkpoint(tmp_path, "marian")
+    data = write_jsonl(tmp_path / "data.jsonl", records("pair"))
+    capsys.readouterr()
+    assert main(evaluate_args(model_dir, data, tmp_path / "unchecked")) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ls-seq: warning:")]
+    assert warned == [f"ls-seq: warning: {str(model_dir)!r} has no recorded checksums (saved by an older ls-seq or another "
+                      "tool): its structure was verified, but a changed byte that keeps the structure valid cannot be detected"]
+
+    write_checksums(model_dir)
+    weights = model_dir / "model.safetensors"
+    recorded = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert main(evaluate_args(model_dir, data, tmp_path / "whole")) == 0
+    assert "warning" not in capsys.readouterr().err
+    zero_inside_the_weights(weights)
+    found = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert main(evaluate_args(model_dir, data, tmp_path / "out")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(
+        f"ls-seq: error: {str(weights)!r} is damaged: its SHA-256 is {found}, not {recorded} as recorded when it was saved"
+    ), err
+    assert not (tmp_path / "out").exists()

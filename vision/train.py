@@ -11,13 +11,16 @@ Every study (projection, calibration, distillation, mutual information) trains t
 * Determinism and resume: the shuffling order, the augmentation and dropout of epoch ``e`` are seeded by
   ``(seed, e)``, and a checkpoint (model, optimiser, scheduler, history) is written atomically after every
   epoch, so an interrupted run resumed from its checkpoint ends with the same weights as an uninterrupted one.
-  The previous epoch's checkpoint is kept (``checkpoint-prev.pt``): a checkpoint that fails its checks (zip
-  CRC, loadable, finite weights) is set aside as ``damaged-checkpoint.pt`` with a warning and the previous
+  The previous epoch's checkpoint is kept (``checkpoint-prev.pt``): a checkpoint that fails its checks (size
+  and SHA-256 recorded in its sidecar ``checkpoint.pt.ls_seq_checksum.json``, zip CRC, loadable, finite weights) is set aside as ``damaged-checkpoint.pt`` with a warning and the previous
   one is used.
 * Non-finite training: the first optimizer step whose loss is NaN or infinite is recorded on the device
   (no host sync per step) and, with any non-finite weight, stops the run at the end of that epoch with
   :class:`ls_seq.errors.NonFiniteTrainingError` naming the epoch and the step, before its checkpoint is
   written: no checkpoint and no returned model holds a NaN.
+* Measurement never changes the experiment: the per-epoch evaluation and the callbacks run inside
+  :func:`ls_seq.rng.isolated_rng`, and every epoch reseeds its own streams, so a run with calibration or
+  information callbacks trains bit for bit the model a run without them trains.
 * Callbacks: objects with ``on_epoch_end(epoch, model) -> dict | None`` (and optionally
   ``on_train_begin(model) -> dict | None``, recorded as epoch 0); the numbers they return join the epoch's
   history entry, which is saved in the checkpoint, so a resumed run keeps them.
@@ -25,6 +28,7 @@ Every study (projection, calibration, distillation, mutual information) trains t
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -41,10 +45,14 @@ from tqdm.auto import tqdm
 
 from ls_seq import distillation_loss, label_smoothed_cross_entropy
 from ls_seq.checkpoints import (
+    SIDECAR_SUFFIX,
     check_finite_weights,
     first_non_finite,
     first_verified,
+    verify_file_checksum,
     verify_torch_archive,
+    warn_not_checksummed,
+    write_file_checksum,
 )
 from ls_seq.checks import (
     check_alpha,
@@ -55,6 +63,7 @@ from ls_seq.checks import (
 from ls_seq.errors import CheckpointError, NonFiniteLossError
 from ls_seq.functional.mixing import cutmix_box, mix_targets
 from ls_seq.io import atomic_write_bytes
+from ls_seq.rng import isolated_rng
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -216,20 +225,36 @@ def _lr_factor(step: int, total_steps: int, milestones: Sequence[float], gamma: 
 
 
 def _save_checkpoint(obj: Any, directory: str) -> None:
-    """``torch.save`` into memory, keep the current checkpoint as the previous one, then one atomic write:
-    a crash never leaves half a checkpoint, and a damaged newest one has a fallback."""
+    """``torch.save`` into memory, keep the current checkpoint as the previous one, then one atomic write and
+    its checksum sidecar (size and SHA-256 of the bytes written): a crash never leaves half a checkpoint, a
+    damaged newest one has a fallback, and a sidecar present always describes the file beside it.
+
+    Order: the previous sidecar goes, the current file and then its sidecar become the previous ones, the new
+    file is written, then its sidecar. A crash between two steps leaves at worst a file without a sidecar
+    (verified structurally, with a warning), never a sidecar that does not match its file.
+    """
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    path = os.path.join(directory, CHECKPOINT_NAME)
-    if os.path.exists(path):
-        os.replace(path, os.path.join(directory, PREVIOUS_CHECKPOINT_NAME))
-    atomic_write_bytes(path, buffer.getvalue())
+    data = buffer.getvalue()
+    path = Path(directory, CHECKPOINT_NAME)
+    previous = Path(directory, PREVIOUS_CHECKPOINT_NAME)
+    sidecar, previous_sidecar = (p.with_name(p.name + SIDECAR_SUFFIX) for p in (path, previous))
+    previous_sidecar.unlink(missing_ok=True)
+    if path.exists():
+        os.replace(path, previous)
+        if sidecar.exists():
+            os.replace(sidecar, previous_sidecar)
+    sidecar.unlink(missing_ok=True)  # left without its file: it must not describe the new one
+    atomic_write_bytes(path, data)
+    write_file_checksum(path, hashlib.sha256(data).hexdigest())
 
 
 def _verified_state(path: Path) -> dict[str, Any]:
-    """The state saved at ``path``; :class:`CheckpointError` when it is not a whole ``torch.save`` archive, does
-    not load, lacks a field or holds non-finite weights."""
-    verify_torch_archive(path)
+    """The state saved at ``path``; :class:`CheckpointError` when its size or SHA-256 differ from its sidecar's,
+    it is not a whole ``torch.save`` archive, does not load, lacks a field or holds non-finite weights (a
+    checkpoint without a sidecar, of an older ls-seq, is checked without checksums and said so)."""
+    verify_torch_archive(path)  # first: a truncated archive is named as such, not as a size mismatch
+    checksummed = verify_file_checksum(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors have many types; all mean "damaged" here
@@ -240,6 +265,8 @@ def _verified_state(path: Path) -> dict[str, Any]:
     bad = first_non_finite(state["model"].items())
     if bad is not None:
         raise CheckpointError(f"{str(path)!r} is damaged: weight {bad!r} holds NaN or inf")
+    if not checksummed:
+        warn_not_checksummed(path)
     return state
 
 
@@ -393,11 +420,12 @@ def train_classifier(
     unwrapped = accelerator.unwrap_model(model)
     if start_epoch == 0:
         entry: dict[str, float] = {"epoch": 0}
-        for cb in callbacks:
-            begin = getattr(cb, "on_train_begin", None)
-            entry.update((begin(unwrapped) if begin is not None else None) or {})
-        if eval_dataset is not None:
-            entry.update(_evaluate(unwrapped, eval_dataset, config.eval_batch_size))
+        with isolated_rng():  # measuring never changes the experiment (the epochs reseed too; this is the rule)
+            for cb in callbacks:
+                begin = getattr(cb, "on_train_begin", None)
+                entry.update((begin(unwrapped) if begin is not None else None) or {})
+            if eval_dataset is not None:
+                entry.update(_evaluate(unwrapped, eval_dataset, config.eval_batch_size))
         history.append(entry)
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -468,10 +496,11 @@ def train_classifier(
             "train_accuracy": float(totals[1] / n_total),
         }
         unwrapped = accelerator.unwrap_model(model)
-        if eval_dataset is not None:
-            entry.update(_evaluate(unwrapped, eval_dataset, config.eval_batch_size))
-        for cb in callbacks:
-            entry.update(cb.on_epoch_end(epoch, unwrapped) or {})
+        with isolated_rng():
+            if eval_dataset is not None:
+                entry.update(_evaluate(unwrapped, eval_dataset, config.eval_batch_size))
+            for cb in callbacks:
+                entry.update(cb.on_epoch_end(epoch, unwrapped) or {})
         history.append(entry)
         if checkpoint_dir is not None and accelerator.is_main_process:
             _save_checkpoint(

@@ -13,6 +13,12 @@ takes well under a second), cached under ``$LS_SEQ_CACHE`` (default ``~/.cache/l
 source, compiler, flags and CPU, and called through :mod:`ctypes`, which releases the GIL: a batch's rows are
 split across ``torch.get_num_threads()`` threads.
 
+A shared library runs with the rights of every process that loads it, so the cache is trusted only as ssh trusts
+a key file (:func:`unsafe_path`): the cache directory and every directory above it belong to this user (or
+root) and are not writable by group or others, and so is the library. A cache that fails (one another user
+could write to) is never loaded from: the kernel is built for the process in a fresh private directory,
+removed once loaded, with one warning naming the directory and the reason.
+
 Where no compiler works (or ``LS_SEQ_NATIVE=0``), :func:`exp_sums_available` is False, one
 :class:`~ls_seq.errors.LsSeqWarning` says why, and the calibration pass takes the ATen path: the same sums to
 float32 rounding (both are tested against float64), about 2-3x slower on CPU. GPUs always take the ATen path.
@@ -26,6 +32,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -37,7 +44,7 @@ import torch
 
 from ls_seq.errors import LsSeqWarning
 
-__all__ = ["exp_sums", "exp_sums_available", "native_topk"]
+__all__ = ["exp_sums", "exp_sums_available", "native_topk", "unsafe_path"]
 
 _SOURCE = Path(__file__).with_name("_native") / "exp_sums.c"
 _FLAG_SETS = (["-O3", "-march=native", "-fno-math-errno"], ["-O3", "-fno-math-errno"])
@@ -64,6 +71,47 @@ def _cache_dir() -> Path:
     return Path(root).expanduser() / "native"
 
 
+def unsafe_path(path: str | os.PathLike, *, own_leaf: bool = True) -> str | None:
+    """Why another user could replace what ``path`` holds, or None when only this user (and root) can.
+
+    The rule of ssh's ``StrictModes`` for keys, applied to the resolved path and every directory above it:
+    each is owned by this user or root and writable by neither group nor others; a directory writable by others
+    is accepted only with the sticky bit and a root owner (``/tmp``: nobody else can rename or delete what is
+    in it). With ``own_leaf`` the last component must belong to this user (not only root).
+    """
+    uid = os.geteuid()
+    resolved = Path(path).resolve()
+    for item in (resolved, *resolved.parents):
+        try:
+            st = item.stat()
+        except OSError as err:
+            return f"{str(item)!r} cannot be checked ({err.strerror})"
+        if st.st_uid not in (uid, 0) or (own_leaf and item == resolved and st.st_uid != uid):
+            return f"{str(item)!r} belongs to uid {st.st_uid}, not to this user (uid {uid})"
+        sticky_root = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == 0 and item != resolved
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_root:
+            who = "group and others" if st.st_mode & stat.S_IWGRP and st.st_mode & stat.S_IWOTH else (
+                "its group" if st.st_mode & stat.S_IWGRP else "others")  # fmt: skip
+            return f"{str(item)!r} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _private_cache_dir() -> tuple[Path, str | None]:
+    """``(directory, None)``: the cache, created private (``0o700``) when absent and checked by :func:`unsafe_path`;
+    or ``(fresh private temporary directory, why the cache was refused)``."""
+    cache = _cache_dir()
+    try:
+        for parent in reversed([cache, *cache.parents][:2]):  # ls_seq/ and native/ are ours to create private
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        why: str | None = f"it cannot be created ({err.strerror})"
+    else:
+        why = unsafe_path(cache)
+    if why is None:
+        return cache, None
+    return Path(tempfile.mkdtemp(prefix="ls_seq_native.")), f"the cache {str(cache)!r} is refused: {why}"
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
@@ -83,22 +131,31 @@ def _cpu_key() -> str:
     return platform.processor() + platform.machine()
 
 
-def _build(compiler: str) -> Path:
-    """The cached shared library, compiled first if absent (atomically: a rename of a finished file)."""
-    source = _SOURCE.read_bytes()
+def _library_name(compiler: str, flags: list[str]) -> str:
+    """The cache's name for the library built by ``compiler`` with ``flags``: a key of the source, the
+    compiler and its version, the flags and the CPU."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(b"\0".join(x.encode() for x in [compiler, version, *flags, _cpu_key()]) + _SOURCE.read_bytes())
+    return f"exp_sums-{key.hexdigest()[:16]}.so"
+
+
+def _build(compiler: str, directory: Path) -> Path:
+    """The shared library in ``directory`` (private: :func:`_private_cache_dir`), compiled first if absent
+    (atomically: a rename of a finished file). A cached file is used only when it passes :func:`unsafe_path`."""
     errors = []
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(b"\0".join(x.encode() for x in [compiler, version, *flags, _cpu_key()]) + source)
-        target = _cache_dir() / f"exp_sums-{key.hexdigest()[:16]}.so"
+        target = directory / _library_name(compiler, flags)
         if target.is_file():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            why = unsafe_path(target)
+            if why is None:
+                return target
+            os.unlink(target)  # ours (the directory is private) but writable by others: never load it, rebuild
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
         os.close(fd)
         cmd = [compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(_SOURCE)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode == 0:
+            os.chmod(tmp, 0o700)  # the compiler's output follows the umask (0o775 under umask 002)
             os.replace(tmp, target)
             return target
         os.unlink(tmp)
@@ -112,10 +169,20 @@ def _library():
     if os.environ.get(_ENV_SWITCH, "1") == "0":
         return None
     compiler = _compiler()
+    fresh = None
     try:
         if compiler is None:
             raise RuntimeError("no C compiler found ($CC, cc, gcc, clang)")
-        lib = ctypes.CDLL(str(_build(compiler)))
+        directory, refused = _private_cache_dir()
+        if refused is not None:
+            fresh = directory
+            warnings.warn(
+                f"ls-seq's compiled calibration kernel is not loaded from a place another user can write: {refused}; "
+                f"it is built for this process in a fresh private directory instead (make the cache private, e.g. "
+                f"chmod go-w on it, or set LS_SEQ_CACHE to a private directory)",
+                LsSeqWarning,
+            )
+        lib = ctypes.CDLL(str(_build(compiler, directory)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         warnings.warn(
             f"ls-seq's compiled calibration kernel is unavailable ({err}); the calibration pass uses ATen, "
@@ -123,6 +190,9 @@ def _library():
             LsSeqWarning,
         )
         return None
+    finally:
+        if fresh is not None:  # the loaded library stays mapped; nothing is left behind for anyone to replace
+            shutil.rmtree(fresh, ignore_errors=True)
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.ls_seq_exp_sums.argtypes = [p, i, i, i, p, p, i, p, p, i, p]
     lib.ls_seq_row_topk.argtypes = [p, i, i, i, i, p, p]

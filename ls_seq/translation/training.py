@@ -25,6 +25,7 @@ from ls_seq.checkpoints import (
 )
 from ls_seq.errors import CheckpointError, InputError, LsSeqWarning, writing_to
 from ls_seq.io import apply_umask_modes, atomic_write_json, read_json
+from ls_seq.rng import IsolatedEvaluationMixin
 from ls_seq.study import stage_boundary
 from ls_seq.study.trajectory import TrajectoryPoint, trajectory_from_log
 from ls_seq.translation.presets import Preset, build_model_config
@@ -149,7 +150,8 @@ def train_model(
     it every ``calibration_every`` steps with :class:`ls_seq.CalibrationCallback` on the
     ``preset.calibration_temperatures`` grid, inside its own evaluation loop; the summary's
     ``calibration_trajectory`` holds those points (:func:`calibration_trajectory`), restored with the log
-    history on a resume.
+    history on a resume. Those evaluations run inside :func:`ls_seq.rng.isolated_rng`: the model trained is bit
+    for bit the one trained without them.
 
     Checkpoints go to ``model_dir/checkpoints`` every ``preset.save_steps``; with ``resume`` training restarts
     from the newest checkpoint that passes :func:`ls_seq.checkpoints.verify_checkpoint` (weights, optimizer,
@@ -164,6 +166,10 @@ def train_model(
 
     from ls_seq.guards import TrainingGuard
     from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer
+
+    class _StudyTrainer(IsolatedEvaluationMixin, LabelSmoothingSeq2SeqTrainer):
+        """ls-seq's trainer whose evaluations (the calibration along training) leave the training random streams
+        untouched: watching a run does not change the model it trains (:mod:`ls_seq.rng`)."""
 
     final_dir, summary_path = model_dir / "model", model_dir / "train_summary.json"
     checkpoints, tag = model_dir / "checkpoints", model_dir.name
@@ -204,7 +210,7 @@ def train_model(
             per_device_train_batch_size=max(1, preset.batch_size // state.num_processes),
             bf16=bf16, use_cpu=not use_gpu, **evaluation,
         )  # fmt: skip
-        trainer = LabelSmoothingSeq2SeqTrainer(
+        trainer = _StudyTrainer(
             model=model,
             args=args,
             train_dataset=train_dataset,

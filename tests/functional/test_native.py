@@ -205,3 +205,85 @@ def _sums_in_child(z, m):
     out = torch.empty(5, z.shape[0])
     native.exp_sums(z, m, _scales(GRID), out, None, torch.empty(z.shape[0], dtype=torch.bool))
     return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# #25: the compiled kernel is loaded only from a place no other user can write (ssh's StrictModes rule).
+# The planted library holds the real kernels plus a constructor that writes a marker file when it is loaded:
+# the marker is the independent evidence of whether the cache's file ran. The refusals fail before #25's
+# change (the planted library was loaded from any cache); the "private" case passes before and after.
+
+_PLANTED = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+    const char *path = getenv("LS_SEQ_TEST_PLANTED");
+    FILE *f = path ? fopen(path, "w") : NULL;
+    if (f) { fputs("loaded", f); fclose(f); }
+}
+"""
+
+
+@pytest.mark.parametrize("case", ["private", "group-writable cache", "world-writable parent", "cache of another user"])
+def test_a_kernel_cache_another_user_can_write_is_never_loaded_from(monkeypatch, tmp_path, case):
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    compiler = native._compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    if case == "cache of another user" and os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    root = tmp_path / "parent" / "cache"
+    cache = root / "native"
+    cache.mkdir(parents=True, mode=0o700)
+    (tmp_path / "planted.c").write_text(_PLANTED)
+    planted = cache / native._library_name(compiler, native._FLAG_SETS[0])
+    subprocess.run([compiler, *native._FLAG_SETS[0], "-shared", "-fPIC", "-o", str(planted), str(native._SOURCE),
+                    str(tmp_path / "planted.c")], check=True, capture_output=True)  # fmt: skip
+    planted.chmod(0o700)
+    if case == "group-writable cache":
+        cache.chmod(0o770)
+    elif case == "world-writable parent":
+        (tmp_path / "parent").chmod(0o777)
+    elif case == "cache of another user":
+        os.chown(cache, 65534, 65534)
+    marker = tmp_path / "loaded.txt"
+    fresh = []
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(native.tempfile, "mkdtemp", lambda **kw: fresh.append(mkdtemp(**kw)) or fresh[-1])
+    monkeypatch.setenv("LS_SEQ_TEST_PLANTED", str(marker))
+    monkeypatch.setenv("LS_SEQ_CACHE", str(root))
+    native._library.cache_clear()
+    try:
+        if case == "private":
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert native.exp_sums_available()
+            assert marker.read_text() == "loaded"  # a private cache is used as it is
+        else:
+            reason = {"group-writable cache": rf"{re.escape(str(cache))}' is writable by its group \(mode 0770\)",
+                      "world-writable parent": rf"{re.escape(str(tmp_path / 'parent'))}' is writable by group and others",
+                      "cache of another user": rf"{re.escape(str(cache))}' belongs to uid 65534"}[case]  # fmt: skip
+            with pytest.warns(LsSeqWarning, match=rf"not loaded from a place another user can write: the cache .* is refused: .*{reason}") as caught:
+                assert native.exp_sums_available()  # built for this process in a private directory instead
+            assert len([w for w in caught if issubclass(w.category, LsSeqWarning)]) == 1
+            assert not marker.exists()  # the planted library never ran
+            assert len(fresh) == 1 and not os.path.exists(fresh[0])  # the private build is gone once loaded
+            values, indices = native.native_topk(torch.tensor([[0.5, 3.0, -1.0, 2.0]]), 2)  # the kernel works
+            assert indices.tolist() == [[1, 3]] and values.tolist() == [[3.0, 2.0]]
+    finally:
+        monkeypatch.undo()
+        native._library.cache_clear()
+    assert native.exp_sums_available()
+
+
+def test_unsafe_path_accepts_a_private_path_below_a_sticky_root_directory(tmp_path):
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    assert native.unsafe_path(private) is None
+    private.chmod(0o702)
+    assert "writable by others (mode 0702)" in native.unsafe_path(private)

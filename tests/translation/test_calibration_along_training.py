@@ -137,3 +137,26 @@ def test_trajectory_curves_are_the_mean_and_range_over_seeds_at_the_common_steps
     assert any(list(line.get_ydata()) == [1.0, 1.0] for line in t_ax.lines)  # T = 1 marked
     with pytest.raises(ValueError, match="`curves` must hold at least one trajectory"):
         plot_trajectory([])
+
+
+@pytest.mark.slow
+def test_watching_a_run_does_not_change_the_model_it_trains(reference_run, tmp_path):
+    """#25: the reference run (calibration along training every 10 steps) and the same run without it
+    (``--calibration_every 0``) end with bit-identical final weights for every alpha. Reference: the unwatched run.
+    Fails before #25's change: each evaluation's DataLoader drew from torch's global generator, so every dropout
+    mask after step 10 differed (every tensor of the final model differed)."""
+    from safetensors.torch import load_file
+
+    from translation.ende_runs import one_thread, recipe, slice_args
+
+    out = tmp_path / "unwatched"
+    with one_thread():
+        recipe().main(slice_args(reference_run["data"], out, "--calibration_every", "0"))
+    alphas = [m["alpha"] for m in reference_run["results"]["models"]]
+    assert len(alphas) >= 1 and all(m["calibration_along_training"]["points"] for m in reference_run["results"]["models"])
+    for alpha in alphas:
+        watched = load_file(reference_run["out"] / f"alpha_{alpha}" / "model" / "model.safetensors")
+        unwatched = load_file(out / f"alpha_{alpha}" / "model" / "model.safetensors")
+        assert watched.keys() == unwatched.keys()
+        for name, value in unwatched.items():
+            assert torch.equal(value, watched[name]), (alpha, name)

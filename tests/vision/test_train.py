@@ -180,7 +180,8 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_previous_epoch_resumes_to_the
     straight = train_classifier(_mlp(), data, cfg, progress=False)
     with pytest.raises(_Interrupt):
         train_classifier(_mlp(), data, cfg, callbacks=[_StopAfter(3)], checkpoint_dir=tmp_path, progress=False)
-    assert sorted(os.listdir(tmp_path)) == [PREVIOUS_CHECKPOINT_NAME, CHECKPOINT_NAME]  # epochs 1 and 2
+    sidecars = [f"{PREVIOUS_CHECKPOINT_NAME}.ls_seq_checksum.json", f"{CHECKPOINT_NAME}.ls_seq_checksum.json"]
+    assert sorted(os.listdir(tmp_path)) == sorted([PREVIOUS_CHECKPOINT_NAME, CHECKPOINT_NAME, *sidecars])  # epochs 1, 2
     truncate(tmp_path / CHECKPOINT_NAME)  # the newest (epoch 2) is damaged
     with pytest.warns(LsSeqWarning, match=r"checkpoint\.pt' is damaged: not a whole torch\.save archive.*damaged-checkpoint\.pt"):
         resumed = train_classifier(_mlp(seed=9), data, cfg, checkpoint_dir=tmp_path, progress=False)
@@ -190,7 +191,45 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_previous_epoch_resumes_to_the
     assert "damaged-checkpoint.pt" in os.listdir(tmp_path)  # kept for inspection
 
 
+def test_a_checkpoint_changed_behind_its_sidecar_is_named_and_the_previous_epoch_resumes_to_the_same_weights(tmp_path):
+    """A whole, loadable, finite checkpoint.pt whose weights changed after it was saved: only its sidecar's SHA-256
+    sees it (#25). Fails before #25's change: the changed weights were resumed and the final ones differed."""
+    import hashlib
+
+    from ls_seq.errors import LsSeqWarning
+
+    data, cfg = _toy(), TrainConfig(epochs=3, batch_size=16, lr=0.1, cpu=True)
+    straight = train_classifier(_mlp(), data, cfg, progress=False)
+    with pytest.raises(_Interrupt):
+        train_classifier(_mlp(), data, cfg, callbacks=[_StopAfter(3)], checkpoint_dir=tmp_path, progress=False)
+    path = tmp_path / CHECKPOINT_NAME
+    recorded, recorded_size = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
+    state = torch.load(path, weights_only=True)
+    state["model"]["1.weight"].zero_()  # finite, and a valid archive with valid CRCs: a silent corruption
+    torch.save(state, path)
+    size, found = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    what = f"its SHA-256 is {found}, not {recorded}" if size == recorded_size else f"{size} bytes, {recorded_size} when"
+    with pytest.warns(LsSeqWarning, match=rf"checkpoint\.pt' is damaged: {what}.*set aside"):
+        resumed = train_classifier(_mlp(seed=9), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.resumed_from_epoch == 1
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_without_a_sidecar_resumes_with_one_warning(tmp_path):
+    from ls_seq.errors import LsSeqWarning
+
+    data, cfg = _toy(), TrainConfig(epochs=1, batch_size=16, lr=0.1, cpu=True)
+    first = train_classifier(_mlp(), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    (tmp_path / f"{CHECKPOINT_NAME}.ls_seq_checksum.json").unlink()  # as an older ls-seq saved it
+    with pytest.warns(LsSeqWarning, match=r"checkpoint\.pt' has no recorded checksums") as caught:
+        again = train_classifier(_mlp(seed=4), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert len(caught) == 1 and again.resumed_from_epoch == 1
+    assert torch.equal(again.model[1].weight, first.model[1].weight)
+
+
 def test_nan_weights_in_a_checkpoint_are_caught_before_use(tmp_path):
+    from ls_seq.checkpoints import write_file_checksum
     from ls_seq.errors import LsSeqWarning
 
     data, cfg = _toy(), TrainConfig(epochs=1, batch_size=16, lr=0.1, cpu=True)
@@ -198,6 +237,7 @@ def test_nan_weights_in_a_checkpoint_are_caught_before_use(tmp_path):
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     state["model"]["1.weight"][0, 0] = float("nan")
     torch.save(state, tmp_path / CHECKPOINT_NAME)
+    write_file_checksum(tmp_path / CHECKPOINT_NAME)  # a NaN saved as such, not a changed byte: the finite check sees it
     with pytest.warns(LsSeqWarning, match=r"weight '1\.weight' holds NaN"):
         again = train_classifier(_mlp(), data, cfg, checkpoint_dir=tmp_path, progress=False)
     assert again.resumed_from_epoch == 0  # no good checkpoint: trained from scratch
@@ -230,3 +270,28 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_nothing_is_saved(t
     assert info.value.step == 5
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+class _DrawingCallback:
+    """A measurement that draws from the global generators, as a calibration pass through a DataLoader does."""
+
+    def on_train_begin(self, model):
+        return {"drawn": float(torch.rand(()))}
+
+    def on_epoch_end(self, epoch, model):
+        next(iter(torch.utils.data.DataLoader(list(range(8)), batch_size=4, shuffle=True)))
+        return {"drawn": float(torch.rand(()))}
+
+
+def test_measuring_during_training_does_not_change_the_trained_weights():
+    """#25: the same seed with and without per-epoch evaluation and a callback that draws random numbers gives
+    bit-identical weights (reference: the unwatched run). Passes before #25's change too: every epoch already
+    reseeded its own streams; the evaluations now also run inside ls_seq.rng.isolated_rng."""
+    data, cfg = _toy(n=40), TrainConfig(epochs=3, batch_size=8, lr=0.1, seed=2, cpu=True)
+    aug = BatchAugment(padding=1, noise_std=0.1)
+    unwatched = train_classifier(_mlp(), data, cfg, augment=aug, progress=False)
+    watched = train_classifier(_mlp(), data, cfg, augment=aug, eval_dataset=_toy(n=16, seed=1),
+                               callbacks=[_DrawingCallback()], progress=False)  # fmt: skip
+    assert [h["epoch"] for h in watched.history] == [0, 1, 2, 3] and "eval_nll" in watched.history[-1]
+    for (name, a), (_, b) in zip(unwatched.model.state_dict().items(), watched.model.state_dict().items()):
+        assert torch.equal(a, b), name

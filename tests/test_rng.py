@@ -1,0 +1,75 @@
+"""Measurement that never changes the experiment (#25): evaluations during training leave the training random
+streams untouched. Reference: the same seed run without the evaluation (or without the block), compared bit for bit.
+
+Fails before #25's change: ls_seq.rng did not exist; the HF test's third case shows on the same setup what an
+evaluation did to training before (a different model from the same seed).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from distributed.tiny import collate, tiny_config, tiny_dataset, training_args
+from torch.utils.data import DataLoader
+from transformers import MarianMTModel, set_seed
+
+from ls_seq.rng import IsolatedEvaluationMixin, isolated_rng
+
+
+def _draws():
+    return torch.rand(4), random.random(), np.random.rand(2)
+
+
+def _same(a, b):
+    return torch.equal(a[0], b[0]) and a[1] == b[1] and np.array_equal(a[2], b[2])
+
+
+def test_the_streams_continue_as_if_the_block_never_ran_even_when_it_raises():
+    set_seed(3)
+    reference = _draws()
+    set_seed(3)
+    with isolated_rng():
+        _draws()
+        next(iter(DataLoader(list(range(10)), batch_size=2)))  # an iterator draws its base seed from torch
+    assert _same(_draws(), reference)
+    set_seed(3)
+    with pytest.raises(KeyError), isolated_rng():
+        _draws()
+        raise KeyError("evaluation failed")
+    assert _same(_draws(), reference)
+    set_seed(3)
+    next(iter(DataLoader(list(range(10)), batch_size=2)))
+    assert not _same(_draws(), reference)  # what the block protects against
+
+
+def _train(tmp_path, name, *, evaluate, isolated):
+    from ls_seq.callbacks import CalibrationCallback
+    from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
+
+    cls = type("Isolated", (IsolatedEvaluationMixin, LabelSmoothingSeq2SeqTrainer), {}) if isolated else LabelSmoothingSeq2SeqTrainer
+    set_seed(0)
+    config = tiny_config("marian")
+    config.dropout = 0.2  # dropout masks come from torch's global generator: what an evaluation used to shift
+    evaluation = {"eval_strategy": "steps", "eval_steps": 2} if evaluate else {}
+    args = training_args(str(tmp_path / name), cls=LabelSmoothingSeq2SeqTrainingArguments, label_smoothing_factor=0.1,
+                         max_steps=6, learning_rate=0.1, **evaluation)  # fmt: skip
+    trainer = cls(model=MarianMTModel(config), args=args, train_dataset=tiny_dataset(48), data_collator=collate,
+                  eval_dataset=tiny_dataset(8, seed=1) if evaluate else None,
+                  callbacks=[CalibrationCallback(plot=False)] if evaluate else [])  # fmt: skip
+    trainer.train()
+    if evaluate:
+        assert [h["step"] for h in trainer.state.log_history if "eval_ece" in h] == [2, 4, 6]  # it did measure
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_a_trainer_with_isolated_evaluation_trains_the_model_of_a_run_without_evaluation(tmp_path):
+    unwatched = _train(tmp_path, "unwatched", evaluate=False, isolated=True)
+    watched = _train(tmp_path, "watched", evaluate=True, isolated=True)
+    for name, value in unwatched.items():
+        assert torch.equal(value, watched[name]), name
+    # The same evaluation without the isolation changes the model (the fault this guards against).
+    plain = _train(tmp_path, "plain", evaluate=True, isolated=False)
+    assert any(not torch.equal(value, plain[name]) for name, value in unwatched.items())
