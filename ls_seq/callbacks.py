@@ -15,6 +15,7 @@ from ls_seq.calibration_metrics import calibration_log_values, require_tokens
 from ls_seq.distributed import real_rows
 from ls_seq.metrics import TokenCalibration
 from ls_seq.model_io import teacher_forced_logits
+from ls_seq.rng import isolated_rng
 
 __all__ = ["CalibrationCallback", "label_key"]
 
@@ -193,7 +194,9 @@ class CalibrationCallback(TrainerCallback):
                 )
             if model is None:
                 raise ValueError("CalibrationCallback needs the model; the Trainer passed model=None")
-            logs, reliability, i1, best = self._summarize(self.measure(model, eval_dataloader, args), prefix)
+            with isolated_rng():  # a plain Trainer's evaluate() does not isolate its callbacks' draws
+                metric = self.measure(model, eval_dataloader, args)
+            logs, reliability, i1, best = self._summarize(metric, prefix)
             logged = False
         if metrics is not None:
             metrics.update(logs)

@@ -48,6 +48,7 @@ from ls_seq.loss_func import LabelSmoothingLossFunc
 from ls_seq.model_io import ModelIO, logits_of, model_io
 from ls_seq.model_loss import ModelLoss
 from ls_seq.prior import estimate_unigram_prior, load_prior_file
+from ls_seq.rng import isolated_rng
 
 __all__ = [
     "LabelSmoothingArgumentsMixin",
@@ -395,9 +396,12 @@ class LabelSmoothingTrainerMixin:
             meter.update(logits.detach(), scored)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """HF's ``evaluate``, leaving the training random streams untouched (:func:`ls_seq.rng.isolated_rng`):
+        a run that evaluates during training trains bit for bit the model a run without evaluation trains."""
         self._evaluating = True
         try:
-            return super().evaluate(*args, **kwargs)
+            with isolated_rng():
+                return super().evaluate(*args, **kwargs)
         finally:
             self._evaluating = False
 

@@ -25,7 +25,6 @@ from ls_seq.checkpoints import (
 )
 from ls_seq.errors import CheckpointError, InputError, LsSeqWarning, writing_to
 from ls_seq.io import apply_umask_modes, atomic_write_json, read_json
-from ls_seq.rng import IsolatedEvaluationMixin
 from ls_seq.study import stage_boundary
 from ls_seq.study.trajectory import TrajectoryPoint, trajectory_from_log
 from ls_seq.translation.presets import Preset, build_model_config
@@ -167,9 +166,6 @@ def train_model(
     from ls_seq.guards import TrainingGuard
     from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer
 
-    class _StudyTrainer(IsolatedEvaluationMixin, LabelSmoothingSeq2SeqTrainer):
-        """ls-seq's trainer whose evaluations (the calibration along training) leave the training random streams
-        untouched: watching a run does not change the model it trains (:mod:`ls_seq.rng`)."""
 
     final_dir, summary_path = model_dir / "model", model_dir / "train_summary.json"
     checkpoints, tag = model_dir / "checkpoints", model_dir.name
@@ -210,7 +206,7 @@ def train_model(
             per_device_train_batch_size=max(1, preset.batch_size // state.num_processes),
             bf16=bf16, use_cpu=not use_gpu, **evaluation,
         )  # fmt: skip
-        trainer = _StudyTrainer(
+        trainer = LabelSmoothingSeq2SeqTrainer(  # its evaluations leave the training random streams untouched
             model=model,
             args=args,
             train_dataset=train_dataset,
