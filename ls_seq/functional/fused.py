@@ -237,8 +237,9 @@ def fused_linear_label_smoothed_cross_entropy(
 
     Equal to ``label_smoothed_cross_entropy(z, labels, alpha, ..., z_loss=z_loss)`` (same arguments, same
     reductions and conventions), with gradients for ``hidden``, ``weight`` and ``bias``; the largest temporary
-    is one ``(chunk_size, V)`` block of logits (two with ``softcap`` or half-precision matmuls) instead of
-    several ``(N, V)`` tensors. Ignored tokens are dropped before the projection, so padding costs no compute.
+    is one ``(chunk_size, V)`` block of logits instead of several ``(N, V)`` tensors (with softcap's gradient or
+    half-precision matmuls a chunk needs a second buffer, and the default chunk holds fewer rows so that both
+    together stay about 128 MiB). Ignored tokens are dropped before the projection, so padding costs no compute.
 
     Per counted token, with ``u = W h + b``, ``softcap(x) = cap * tanh(x / cap)`` (identity when ``softcap`` is
     None) and ``(w_hot, w_q)`` from :func:`ls_seq.functional.losses.smoothing_weights`:
@@ -257,7 +258,7 @@ def fused_linear_label_smoothed_cross_entropy(
         alpha, ignore_index, prior, convention, reduction, num_items_in_batch: as in
             :func:`ls_seq.functional.losses.label_smoothed_cross_entropy`.
         bias: optional ``(V,)`` logit bias (Marian/BART ``final_logits_bias``).
-        chunk_size: tokens per chunk (default: about 2**25 logits, 1048 tokens at V = 32000).
+        chunk_size: tokens per chunk (default: about 128 MiB of buffers, 1048 tokens at V = 32000 in float32).
         logit_scale: finite ``> 0`` factor on the logits (Cohere's ``logit_scale`` 0.0625, Granite's
             ``1 / logits_scaling``); 1.0 leaves them as they are.
         softcap: finite ``> 0`` cap (Gemma 2/3's ``final_logit_softcapping``, e.g. 30.0), or None for no capping.
@@ -379,6 +380,12 @@ def _fused(
     # ran 1.5x faster at 1024 rows than at 128 on the loaded 2-core machine, and the chunk is still
     # ~0.1x of the unfused path's extra memory at N = 4096.
     chunk_rows = chunk_rows_for(n_valid, vocab, chunk_size)
+    if chunk_size is None:
+        # The same bytes of scratch when a chunk needs more than the one compute-dtype buffer: half matmuls add
+        # their half-precision logits (1.5x), softcap's gradient a second buffer for 1 - tanh**2 (2x).
+        buffers = 2.0 if head.softcap is not None and any(needs) and head.matmul_dtype == cdtype else 1.0
+        buffers += 0.0 if head.matmul_dtype == cdtype else head.matmul_dtype.itemsize / cdtype.itemsize
+        chunk_rows = max(1, int(chunk_rows / buffers))
     # The matmul dtype was taken from autocast above; inside, the chunk matmuls write into preallocated buffers
     # of that dtype, and autocast must not recast them.
     with torch.autocast(device_type=hidden.device.type, enabled=False):
