@@ -1,7 +1,8 @@
 """Single-pass label-smoothed cross-entropy on 2-D logits, as a custom autograd Function.
 
-The per-row loss ``lse(z) - w_hot * z_y - w_q * <q, z>`` needs three row statistics, and its gradient is
-``softmax(z) - target`` with ``target = w_hot * onehot(y) + w_q * q``. Autograd over
+The per-row loss ``lse(z) - w_hot * z_y - w_q * <q, z> + z_loss * lse(z)**2`` needs three row statistics, and
+its gradient is ``(1 + 2 z_loss lse(z)) softmax(z) - target`` with ``target = w_hot * onehot(y) + w_q * q``
+(the z-loss of PaLM and OLMo, ``lse_square_scale`` in Liger-Kernel, only rescales the softmax row by row). Autograd over
 ``log_softmax + gather + sum`` keeps the (N, V) log-probabilities for backward and then writes two more
 (N, V) tensors; here the logits are read in row chunks (row sum, max/argmax, one fused softmax), and the
 gradient is written once, in the logits' dtype, into one preallocated buffer. When the logits need a
@@ -113,8 +114,11 @@ def softmax_target_chunk_(
     q: torch.Tensor | None,
     work: torch.Tensor,
     grad_scale: float | torch.Tensor | None,
+    z_loss: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row statistics of one chunk, and ``softmax(z)`` or ``(softmax(z) - target) * grad_scale`` in ``work``.
+    """Row statistics of one chunk, and ``softmax(z)`` or the gradient ``d loss / d z * grad_scale`` in ``work``.
+
+    The gradient of ``lse - w_hot z_y - w_q <q, z> + z_loss lse**2`` is ``(1 + 2 z_loss lse) softmax - target``.
 
     Args:
         z: ``(c, V)`` logits of the chunk, any float dtype; only read, unless it is ``work`` itself (then it
@@ -125,6 +129,7 @@ def softmax_target_chunk_(
         work: ``(c, V)`` compute-dtype buffer for the softmax (and then the gradient).
         grad_scale: multiply the gradient by this float, or row by row by a ``(c, 1)`` tensor; None leaves
             the softmax in ``work`` (evaluation).
+        z_loss: weight of ``lse**2`` in the loss (0: none); the caller adds the term to the row loss.
 
     Returns:
         ``lse (c,)``, ``z_y (c,)`` and ``<q, z> (c,)``, all in the compute dtype of ``work``.
@@ -146,29 +151,36 @@ def softmax_target_chunk_(
     lse = (row_max - p_max.log()).squeeze(1)  # (c,)
     if grad_scale is None:
         return lse, z_y, q_z
-    # (softmax - w_hot * onehot - w_q * q) * s without a dense target: one shift, one scatter of c values.
-    if isinstance(grad_scale, torch.Tensor):  # (c, 1) per-row scale
+    # (k * softmax - w_hot * onehot - w_q * q) * s without a dense target: one scaling of the softmax (k = 1 +
+    # 2 z_loss lse per row folds into it), one shift, one scatter of c values.
+    if z_loss != 0.0:
+        work.mul_((lse * (2.0 * z_loss) + 1.0)[:, None] * grad_scale)  # (c, 1)
+    elif isinstance(grad_scale, torch.Tensor) or grad_scale != 1.0:
         work.mul_(grad_scale)
+    _subtract_target_(work, y, w_hot, w_q, q, grad_scale, vocab)
+    return lse, z_y, q_z
+
+
+def _subtract_target_(work, y, w_hot, w_q, q, grad_scale, vocab):
+    """``work -= target * grad_scale`` (a float, or a ``(c, 1)`` tensor), without a dense target."""
+    if isinstance(grad_scale, torch.Tensor):  # (c, 1) per-row scale
         if q is None:
             work.sub_(grad_scale * (w_q / vocab))
         else:
             work.addcmul_(grad_scale, q[None, :], value=-w_q)
         if w_hot != 0.0:
             work.scatter_add_(1, y[:, None], grad_scale * -w_hot)
-        return lse, z_y, q_z
-    if grad_scale != 1.0:
-        work.mul_(grad_scale)
+        return
     if q is None:
         work.sub_(w_q * grad_scale / vocab)
     else:
         work.sub_(q, alpha=w_q * grad_scale)
     if w_hot != 0.0:
         work.scatter_add_(1, y[:, None], work.new_full((y.shape[0], 1), -w_hot * grad_scale))
-    return lse, z_y, q_z
 
 
-def _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype):
-    """One chunked read of ``z``: per-row loss and NLL, and ``softmax - target`` when ``need_grad``."""
+def _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype, z_loss):
+    """One chunked read of ``z``: per-row loss and NLL, and the loss's gradient when ``need_grad``."""
     n_rows, vocab = z.shape
     loss = torch.empty(n_rows, dtype=cdtype, device=z.device)  # (N,)
     nll = torch.empty(n_rows, dtype=cdtype, device=z.device)  # (N,)
@@ -182,12 +194,14 @@ def _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype):
         stop = min(start + chunk_rows, n_rows)
         work = grad[start:stop] if direct else scratch[: stop - start]  # (c, V)
         lse, z_y, q_z = softmax_target_chunk_(
-            z[start:stop], y[start:stop], w_hot, w_q, q, work, 1.0 if need_grad else None
+            z[start:stop], y[start:stop], w_hot, w_q, q, work, 1.0 if need_grad else None, z_loss
         )
         if need_grad and not direct:
             grad[start:stop].copy_(work)  # one rounding to the logits' dtype
         nll[start:stop] = lse - z_y
         loss[start:stop] = lse - w_hot * z_y - w_q * q_z
+        if z_loss != 0.0:
+            loss[start:stop] += z_loss * lse.square()
     zero = loss.new_zeros(())
     loss = torch.where(mask, loss, zero)
     nll = torch.where(mask, nll, zero)
@@ -202,14 +216,14 @@ class _LabelSmoothedCE(torch.autograd.Function):
     """Per-row smoothed loss and NLL of ``(N, V)`` logits; the gradient is computed in forward."""
 
     @staticmethod
-    def forward(ctx, z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype):
-        loss, nll, grad = _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype)
+    def forward(ctx, z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype, z_loss):
+        loss, nll, grad = _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype, z_loss)
         # The precomputed gradient is kept on ctx, not saved: the first backward scales it in place and
         # hands it over. A further backward through a retained graph (gradcheck, retain_graph=True)
         # finds it gone and recomputes from the saved logits, which cost no memory (they are an input).
         ctx.grad_buffer = grad
         ctx.save_for_backward(z, y, mask, q)
-        ctx.w_hot, ctx.w_q, ctx.chunk_rows, ctx.cdtype = w_hot, w_q, chunk_rows, cdtype
+        ctx.w_hot, ctx.w_q, ctx.chunk_rows, ctx.cdtype, ctx.z_loss = w_hot, w_q, chunk_rows, cdtype, z_loss
         ctx.set_materialize_grads(False)
         return loss, nll
 
@@ -219,20 +233,27 @@ class _LabelSmoothedCE(torch.autograd.Function):
         z, y, mask, q = ctx.saved_tensors
         grad, ctx.grad_buffer = ctx.grad_buffer, None
         if grad_loss is None and grad_nll is None:
-            return (None,) * 9
+            return (None,) * 10
         if grad is None:
-            grad = _rows_pass(z, y, mask, ctx.w_hot, ctx.w_q, q, ctx.chunk_rows, True, ctx.cdtype)[2]
+            grad = _rows_pass(z, y, mask, ctx.w_hot, ctx.w_q, q, ctx.chunk_rows, True, ctx.cdtype, ctx.z_loss)[2]
         row_scale = grad_loss if grad_nll is None else (grad_nll if grad_loss is None else grad_loss + grad_nll)
         if grad_nll is None and row_scale.numel() and row_scale.stride(0) == 0:
             # The usual case: a sum or mean upstream hands one value expanded over the rows. A 0-dim
             # float32 factor keeps the buffer's dtype (no upcast copy) while the product is still taken in
             # float32 before the one rounding, so half buffers are scaled in one pass at full accuracy.
             grad.mul_(row_scale[0].to(ctx.cdtype))
-            return grad, None, None, None, None, None, None, None, None
+            return grad, None, None, None, None, None, None, None, None, None
+        # d nll / dz = softmax - onehot. Without z-loss it is the stored (softmax - target) + w_q * (q - onehot),
+        # so only the second term is new. With z-loss the stored gradient holds (1 + 2 z_loss lse) softmax, so
+        # the NLL's softmax is recomputed from the logits, chunk by chunk (only when the NLL is differentiated).
+        exact_nll = grad_nll is not None and ctx.z_loss != 0.0
+        if exact_nll:
+            row_scale = torch.zeros_like(grad_nll) if grad_loss is None else grad_loss
+            nll_rows = torch.where(mask, grad_nll, torch.zeros_like(grad_nll)).to(ctx.cdtype)[:, None]  # (N, 1)
+            scratch = torch.empty(min(ctx.chunk_rows, grad.shape[0]), grad.shape[1], dtype=ctx.cdtype, device=z.device)
         row_scale = row_scale.to(ctx.cdtype)[:, None]  # (N, 1)
-        # d nll / dz = (softmax - target) + w_q * (q - onehot); only the second term is new.
         g_nll = None
-        if grad_nll is not None and ctx.w_q != 0.0:
+        if grad_nll is not None and ctx.w_q != 0.0 and not exact_nll:
             g_nll = (torch.where(mask, grad_nll, torch.zeros_like(grad_nll)) * ctx.w_q).to(ctx.cdtype)[:, None]
         # In place, chunk by chunk: the buffer is ours and used once. Chunks because a half-precision
         # buffer times a float32 scale makes TensorIterator allocate a float32 copy of its whole output
@@ -242,6 +263,10 @@ class _LabelSmoothedCE(torch.autograd.Function):
             g = grad[start:stop]  # (c, V)
             work = g if g.dtype == ctx.cdtype else g.to(ctx.cdtype)
             work.mul_(row_scale[start:stop])
+            if exact_nll:
+                p_y = scratch[: stop - start]  # (c, V): (softmax - onehot) * d loss / d nll
+                softmax_target_chunk_(z[start:stop], y[start:stop], 1.0, 0.0, None, p_y, nll_rows[start:stop])
+                work.add_(p_y)
             if g_nll is not None:
                 g_c = g_nll[start:stop]  # (c, 1)
                 if q is None:
@@ -251,7 +276,11 @@ class _LabelSmoothedCE(torch.autograd.Function):
                 work.scatter_add_(1, y[start:stop, None], -g_c)
             if work is not g:
                 g.copy_(work)
-        return grad, None, None, None, None, None, None, None, None
+        if exact_nll:  # rows that do not count may hold -inf logits, whose softmax is NaN
+            ignored = (~mask).nonzero().squeeze(1)  # (n_ignored,)
+            if ignored.numel():
+                grad.index_fill_(0, ignored, 0.0)
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def label_smoothed_ce_rows(
@@ -263,8 +292,11 @@ def label_smoothed_ce_rows(
     prior: torch.Tensor | None = None,
     chunk_size: int | None = None,
     compute_dtype: torch.dtype | None = None,
+    z_loss: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row smoothed loss and NLL of 2-D logits, 0 where ``mask`` is False; differentiable in ``logits``.
+
+    Loss per row: ``lse(z) - w_hot z_y - w_q <q, z> + z_loss lse(z)**2``; NLL: ``lse(z) - z_y``.
 
     Args:
         logits: ``(N, V)`` any float dtype; float16/bfloat16 are computed in float32.
@@ -275,6 +307,7 @@ def label_smoothed_ce_rows(
         chunk_size: rows per chunk (default: about 2**25 logits).
         compute_dtype: dtype of the arithmetic and of the returned values; default float32, float64 for
             float64 logits (the public loss passes float32 for every input, as documented there).
+        z_loss: weight of the z-loss ``lse(z)**2`` (PaLM), added to the loss only, not to the NLL.
 
     Returns:
         ``(loss, nll)``, each ``(N,)`` in the compute dtype.
@@ -284,4 +317,6 @@ def label_smoothed_ce_rows(
     q = None if prior is None else prior.to(device=z.device, dtype=cdtype)
     need_grad = torch.is_grad_enabled() and z.requires_grad
     chunk_rows = chunk_rows_for(z.shape[0], z.shape[1], chunk_size)
-    return _LabelSmoothedCE.apply(z, labels, mask, float(w_hot), float(w_q), q, chunk_rows, need_grad, cdtype)
+    return _LabelSmoothedCE.apply(
+        z, labels, mask, float(w_hot), float(w_q), q, chunk_rows, need_grad, cdtype, float(z_loss)
+    )

@@ -7,7 +7,8 @@ distribution over the V classes (uniform, or a unigram ``prior``). The per-token
                           = w_hot * nll + w_q * (lse(z) - <q, z>)
 
 so it needs one log-sum-exp, the target logit and one weighted sum of the logits per token, and never a
-dense (..., V) target.
+dense (..., V) target. An optional z-loss ``z_loss * lse(z)**2`` per token (PaLM, OLMo) reuses the same
+log-sum-exp; it is added to the loss, never to the NLL.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ls_seq._validation import (
     check_alpha,
     check_choice,
     check_logits_labels,
+    check_nonnegative,
     check_prior,
     check_temperature,
 )
@@ -123,6 +125,7 @@ def label_smoothed_cross_entropy(
     reduction: str = "mean",
     num_items_in_batch: int | torch.Tensor | None = None,
     return_nll: bool = False,
+    z_loss: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Cross-entropy against label-smoothed targets, computed in float32 without a dense target.
 
@@ -147,12 +150,14 @@ def label_smoothed_cross_entropy(
             (accumulated, all-rank) batch, as HF Trainer passes it.
         return_nll: also return the plain token NLL ``-log p_y`` with the same reduction (with target
             distributions: the cross-entropy ``-sum_k t_k log p_k`` to the unsmoothed target).
+        z_loss: weight of the z-loss ``lse(z)**2`` added per counted token (PaLM, OLMo; Liger-Kernel's
+            ``lse_square_scale``), finite and >= 0; it pulls the log-normaliser towards 0. Not part of the NLL.
 
     Returns:
         The loss (float32), or ``(loss, nll)`` when ``return_nll``.
 
     Per token, with ``(w_hot, w_q)`` from :func:`smoothing_weights`:
-    ``loss = lse(z) - w_hot * z_y - w_q * sum_k q_k z_k``.
+    ``loss = lse(z) - w_hot * z_y - w_q * sum_k q_k z_k + z_loss * lse(z)**2``.
 
     Example:
         >>> import torch
@@ -164,8 +169,11 @@ def label_smoothed_cross_entropy(
         >>> bool(torch.isclose(loss, ref))
         True
     """
+    z_loss = check_nonnegative(z_loss, "z_loss")
     if isinstance(labels, torch.Tensor) and labels.is_floating_point():
-        return _soft_target_cross_entropy(logits, labels, alpha, prior, convention, reduction, num_items_in_batch, return_nll)
+        return _soft_target_cross_entropy(
+            logits, labels, alpha, prior, convention, reduction, num_items_in_batch, return_nll, z_loss
+        )
     alpha, prior = _validate_loss_args(
         logits, labels, alpha, ignore_index, prior, convention, reduction, num_items_in_batch
     )
@@ -174,7 +182,7 @@ def label_smoothed_cross_entropy(
     # One chunked read of the logits and one (N, V) gradient write (ls_seq.functional._kernels), instead of
     # autograd through log_softmax + gather + sum, which keeps three (N, V) tensors.
     loss_tok, nll_tok = label_smoothed_ce_rows(  # (N,), (N,)
-        z, y, mask, w_hot, w_q, prior, compute_dtype=torch.float32
+        z, y, mask, w_hot, w_q, prior, compute_dtype=torch.float32, z_loss=z_loss
     )
     loss = _reduce(loss_tok, mask, reduction, num_items_in_batch, labels.shape)
     if not return_nll:
@@ -182,7 +190,7 @@ def label_smoothed_cross_entropy(
     return loss, _reduce(nll_tok, mask, reduction, num_items_in_batch, labels.shape)
 
 
-def _soft_target_cross_entropy(logits, targets, alpha, prior, convention, reduction, num_items_in_batch, return_nll):
+def _soft_target_cross_entropy(logits, targets, alpha, prior, convention, reduction, num_items_in_batch, return_nll, z_loss):
     """The smoothed loss against ``(..., V)`` target distributions (dense: the targets are dense already)."""
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError("`logits` must be a floating-point tensor")
@@ -217,7 +225,10 @@ def _soft_target_cross_entropy(logits, targets, alpha, prior, convention, reduct
     log_p = F.log_softmax(logits.reshape(-1, vocab).float(), dim=-1)  # (N, V)
     q_log_p = log_p.mean(-1) if prior is None else log_p @ prior  # (N,)
     nll_tok = -(t * log_p).sum(-1)  # (N,)
-    loss_tok = torch.where(mask, w_hot * nll_tok - w_q * q_log_p, torch.zeros_like(nll_tok))
+    loss_tok = w_hot * nll_tok - w_q * q_log_p
+    if z_loss:
+        loss_tok = loss_tok + z_loss * torch.logsumexp(logits.reshape(-1, vocab).float(), dim=-1).square()
+    loss_tok = torch.where(mask, loss_tok, torch.zeros_like(nll_tok))
     nll_tok = torch.where(mask, nll_tok, torch.zeros_like(nll_tok))
     shape = logits.shape[:-1]
     loss = _reduce(loss_tok, mask, reduction, num_items_in_batch, shape)
@@ -231,15 +242,19 @@ def smoothed_sums(
     w_q: float,
     prior: torch.Tensor | None,
     ignore_index: int = -100,
+    z_loss: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss_sum, nll_sum)`` over the non-ignored tokens, for callers that validated their configuration once.
 
     The hot path of the trainers and of :func:`ls_seq.label_smoothing_loss_func`: no argument checks and no
     host sync (the public :func:`label_smoothed_cross_entropy` checks every call). ``logits`` ``(..., V)`` and
     ``labels`` ``(...)`` must already be aligned; ``prior`` is ``(V,)`` float32 on the logits' device or None.
+    ``z_loss`` adds ``z_loss * lse(z)**2`` per token to ``loss_sum`` only.
     """
     z, y, mask = _flatten(logits, labels, ignore_index)
-    loss_tok, nll_tok = label_smoothed_ce_rows(z, y, mask, w_hot, w_q, prior, compute_dtype=torch.float32)  # (N,), (N,)
+    loss_tok, nll_tok = label_smoothed_ce_rows(  # (N,), (N,)
+        z, y, mask, w_hot, w_q, prior, compute_dtype=torch.float32, z_loss=z_loss
+    )
     return loss_tok.sum(), nll_tok.sum()
 
 

@@ -210,3 +210,59 @@ def test_row_topk_equals_torch_topk_and_max(vocab, k, dtype):
     assert torch.equal(indices[:, 0], z.max(dim=1).indices)
     assert torch.equal(z.gather(1, indices), values)
     assert all(len(set(row.tolist())) == k for row in indices)  # k distinct entries
+
+
+# ---- z-loss (PaLM, OLMo): z_loss * lse(z)**2 per counted row, on the loss only --------------------------------
+# These fail on the code before the change: `z_loss` did not exist (TypeError).
+
+
+def _dense_z_loss(z, y, mask, w_hot, w_q, z_loss):
+    """The dense definition plus ``z_loss * logsumexp(z)**2`` on counted rows, float64."""
+    loss, nll = _dense(z, y, mask, w_hot, w_q)
+    return loss + z_loss * torch.logsumexp(z.double(), -1).square() * mask, nll
+
+
+@pytest.mark.parametrize("chunk_size", [3, 37])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_z_loss_values_and_gradient_equal_autograd_of_the_definition(chunk_size, dtype):
+    """Loss, NLL (without the z-loss) and the gradient of ``sum(w * loss)`` against autograd through the dense
+    float64 definition, on the logits' exact float32 upcast. Tolerance: 1e-5 (float32 arithmetic), and one
+    rounding of the gradient to the logits' dtype."""
+    z, _, y_safe, mask = _rows(dtype=dtype)
+    a = z.clone().requires_grad_()
+    loss, nll = label_smoothed_ce_rows(a, y_safe, mask, 0.9, 0.1, chunk_size=chunk_size, z_loss=0.02)
+    b = z.double().requires_grad_()
+    ref_loss, ref_nll = _dense_z_loss(b, y_safe, mask, 0.9, 0.1, 0.02)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nll.double(), ref_nll, rtol=1e-5, atol=1e-5)
+    weights = torch.rand(z.shape[0], dtype=torch.float64)
+    (loss.double() * weights).sum().backward()
+    (ref_loss * weights).sum().backward()
+    assert a.grad.dtype == dtype
+    eps = 1e-6 if dtype == torch.float32 else torch.finfo(dtype).eps
+    torch.testing.assert_close(a.grad.double(), b.grad, rtol=eps, atol=eps)
+    assert torch.count_nonzero(a.grad[~mask]) == 0
+
+
+@pytest.mark.parametrize("output", ["loss", "nll", "both"])
+def test_gradcheck_float64_with_z_loss(output):
+    """Numerical Jacobians with the z-loss, also through the NLL (whose softmax is then recomputed)."""
+    z, _, y_safe, mask = _rows(n=9, v=7, pad=(2,), scale=1.0, dtype=torch.float64)
+
+    def f(x):
+        loss, nll = label_smoothed_ce_rows(x, y_safe, mask, 0.75, 0.25, chunk_size=4, z_loss=0.3)
+        return {"loss": loss, "nll": nll, "both": (loss, nll)}[output]
+
+    assert torch.autograd.gradcheck(f, (z.clone().requires_grad_(),))
+
+
+def test_z_loss_gradient_through_loss_and_nll_together():
+    """``d(a*loss + b*nll)`` with the z-loss against the dense definition (float64, 1e-10)."""
+    z, _, y_safe, mask = _rows()
+    a = z.double().requires_grad_()
+    loss, nll = label_smoothed_ce_rows(a, y_safe, mask, 0.8, 0.2, chunk_size=5, z_loss=0.05)
+    (2.0 * loss.sum() + 3.0 * nll.sum()).backward()
+    b = z.double().requires_grad_()
+    ref_loss, ref_nll = _dense_z_loss(b, y_safe, mask, 0.8, 0.2, 0.05)
+    (2.0 * ref_loss.sum() + 3.0 * ref_nll.sum()).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)

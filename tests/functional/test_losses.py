@@ -286,3 +286,77 @@ def test_cutmix_box_leaves_the_share_it_reports():
         top, bottom, left, right, kept = cutmix_box(32, 24, lam, generator=g)
         assert 0 <= top <= bottom <= 32 and 0 <= left <= right <= 24
         assert kept == pytest.approx(1 - (bottom - top) * (right - left) / (32 * 24))
+
+
+# ---- z-loss ------------------------------------------------------------------------------------------------------
+# These fail on the code before the change: `z_loss` did not exist (TypeError).
+
+
+def _torch_z_loss_reference(logits, labels, alpha, z_loss, reduction="mean"):
+    """``F.cross_entropy(label_smoothing=alpha)`` plus ``z_loss * logsumexp(z)**2`` on counted tokens (float32)."""
+    z, y = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
+    mask = y != IGNORE
+    per = F.cross_entropy(z, y, label_smoothing=alpha, ignore_index=IGNORE, reduction="none")
+    per = per + z_loss * torch.logsumexp(z, -1).square() * mask
+    if reduction == "none":
+        return per.reshape(labels.shape)
+    return per.sum() if reduction == "sum" else per.sum() / mask.sum()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-4, 0.1])
+def test_z_loss_equals_torch_cross_entropy_plus_lse_squared(reduction, z_loss):
+    """Forward and gradient against autograd through torch's loss plus the z-loss (float32, 1e-5)."""
+    logits, labels = _batch(v=37)
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss = label_smoothed_cross_entropy(a, labels, 0.1, reduction=reduction, z_loss=z_loss)
+    ref = _torch_z_loss_reference(b, labels, 0.1, z_loss, reduction)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    weights = torch.rand(loss.shape)
+    (loss * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_z_loss_is_not_part_of_the_nll_and_smoothed_sums_carry_it():
+    """``return_nll``'s NLL and ``smoothed_sums``' ``nll_sum`` are unchanged by the z-loss; ``loss_sum`` holds it."""
+    from ls_seq.functional.losses import smoothed_sums, smoothing_weights
+
+    logits, labels = _batch(v=37)
+    _, nll = label_smoothed_cross_entropy(logits, labels, 0.1, return_nll=True, z_loss=0.5)
+    _, nll_plain = label_smoothed_cross_entropy(logits, labels, 0.1, return_nll=True)
+    torch.testing.assert_close(nll, nll_plain)
+    w_hot, w_q = smoothing_weights(0.1, 37)
+    x = logits.clone().requires_grad_()
+    loss_sum, nll_sum = smoothed_sums(x, labels, w_hot, w_q, None, IGNORE, z_loss=0.5)
+    y = logits.clone().requires_grad_()
+    ref = _torch_z_loss_reference(y, labels, 0.1, 0.5, "sum")
+    torch.testing.assert_close(loss_sum, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nll_sum, nll * (labels != IGNORE).sum(), rtol=1e-5, atol=1e-5)
+    loss_sum.backward()
+    ref.backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_z_loss_with_target_distributions_against_a_dense_formula():
+    """Soft targets (MixUp): the dense cross-entropy plus ``z_loss * lse**2`` on non-padding rows (float64 ref)."""
+    logits, _ = _batch(v=7)
+    targets = torch.softmax(torch.randn(logits.shape), -1)
+    targets[0, 1] = 0.0  # a padding row
+    mask = targets.sum(-1) > 0
+    loss = label_smoothed_cross_entropy(logits, targets, 0.2, z_loss=0.1, reduction="none")
+    z = logits.double()
+    smoothed = 0.8 * targets.double() + 0.2 / 7
+    ref = (-(smoothed * F.log_softmax(z, -1)).sum(-1) + 0.1 * torch.logsumexp(z, -1).square()) * mask
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("value", "exc", "pattern"), [
+    (-0.1, ValueError, r"`z_loss` must be finite and >= 0, got -0.1"),
+    (float("inf"), ValueError, r"`z_loss` must be finite and >= 0, got inf"),
+    ("0.1", TypeError, r"`z_loss` must be a real number >= 0"),
+])
+def test_bad_z_loss_is_refused_naming_the_argument(value, exc, pattern):
+    logits, labels = _batch()
+    with pytest.raises(exc, match=pattern):
+        label_smoothed_cross_entropy(logits, labels, 0.1, z_loss=value)
