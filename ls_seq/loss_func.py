@@ -100,8 +100,9 @@ class LabelSmoothingLossFunc:
         vocab = logits.shape[-1]
         w_hot, w_q = self.weights(vocab)
         _assert_labels_in_range(labels, vocab, self.ignore_index)
-        extra = {"z_loss": self.z_loss} if self.z_loss else {}  # TEMP until the kernel branch lands
-        loss_sum, nll_sum = smoothed_sums(logits, labels, w_hot, w_q, self.prior_on(logits.device), self.ignore_index, **extra)
+        loss_sum, nll_sum = smoothed_sums(
+            logits, labels, w_hot, w_q, self.prior_on(logits.device), self.ignore_index, z_loss=self.z_loss
+        )
         if self.confidence_penalty:
             loss_sum = loss_sum - self.confidence_penalty * entropy_sum(logits, labels, self.ignore_index)
         return loss_sum, nll_sum.detach(), labels.ne(self.ignore_index).sum()
@@ -124,12 +125,11 @@ class LabelSmoothingLossFunc:
         vocab = weight.shape[0]
         w_hot, w_q = self.weights(vocab)
         _assert_labels_in_range(labels, vocab, self.ignore_index)
-        extra: dict[str, Any] = {"z_loss": self.z_loss} if self.z_loss else {}  # TEMP until the kernel branch lands
-        if transform is not None and not transform.is_identity:
-            extra |= {"logit_scale": transform.scale, "softcap": transform.softcap}
+        transform = transform or LogitTransform()
         loss_sum, nll_sum = fused_smoothed_sums(
             hidden, weight, labels, w_hot, w_q, self.prior_on(hidden.device),
-            bias=bias, ignore_index=self.ignore_index, chunk_size=chunk_size, **extra,
+            bias=bias, ignore_index=self.ignore_index, chunk_size=chunk_size,
+            logit_scale=transform.scale, softcap=transform.softcap, z_loss=self.z_loss,
         )  # fmt: skip
         return loss_sum, nll_sum.detach(), labels.ne(self.ignore_index).sum()
 

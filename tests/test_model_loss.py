@@ -193,3 +193,31 @@ def test_fused_under_bf16_autocast_matches_unfused(tmp_path):
     for name in grads_u:
         diff = (grads_f[name].float() - grads_u[name].float()).norm() / grads_u[name].float().norm().clamp_min(1e-6)
         assert diff < 5e-2, f"{name}: relative gradient difference {float(diff):.3g}"
+
+
+def test_fused_with_bf16_weights_matches_unfused(tmp_path):
+    """A model held in bfloat16 (no autocast): the fused matmuls run in bf16, as the head would (no float32 copy
+    of W), and agree with the unfused bf16 step within bf16 tolerance."""
+    model = tiny_gemma2(softcap=5.0, head_scale=50.0).to(torch.bfloat16).train()
+    inputs = batch()
+    (loss_u, grads_u), (loss_f, grads_f) = (ls_loss(model, inputs, tmp_path, 0.1, fused_linear_loss=f) for f in (False, True))
+    torch.testing.assert_close(loss_f, loss_u, rtol=2e-2, atol=1e-3)
+    for name in grads_u:
+        diff = (grads_f[name].float() - grads_u[name].float()).norm() / grads_u[name].float().norm().clamp_min(1e-6)
+        assert diff < 5e-2, f"{name}: relative gradient difference {float(diff):.3g}"
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+def test_z_loss_adds_the_mean_squared_log_partition(tmp_path, fused):
+    """z_loss * logsumexp(z)^2 per scored token (PaLM, OLMo), on the soft-capped logits the loss sees."""
+    model = tiny_gemma2(softcap=5.0, head_scale=50.0).train()
+    inputs = batch()
+    model.zero_grad()
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    logits, labels = out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), inputs["labels"][:, 1:].reshape(-1)
+    keep = labels != IGNORE
+    ref = F.cross_entropy(logits, labels, label_smoothing=0.1, ignore_index=IGNORE)
+    ref = ref + 1e-2 * logits[keep].logsumexp(-1).pow(2).mean()
+    ref.backward()
+    expected = ref.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert_same(ls_loss(model, inputs, tmp_path, 0.1, z_loss=1e-2, fused_linear_loss=fused), expected)
