@@ -51,6 +51,7 @@ class FusedHead:
         self.hidden: torch.Tensor | None = None
         self.head_output: torch.Tensor | None = None
         self.transform: LogitTransform | None = None
+        self.model_loss: torch.Tensor | None = None  # the model's own output loss, before any wrapper (DDP) sees it
 
     @property
     def name(self) -> str:
@@ -129,12 +130,18 @@ def fused_output_layer(owner: ModelLoss, record: TokenLossRecord, chunk_size: in
             output["loss"] = owner.token_loss(record, output["logits"], record.labels)
         return output
 
+    def keep_loss(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
+        # DDP passes every output tensor through one autograd node, which would join the loss to the logits.
+        fused.model_loss = output.get("loss") if isinstance(output, Mapping) else None
+
     handles = [
         head.register_forward_pre_hook(keep_input, with_kwargs=True),
         head.register_forward_hook(keep_output, with_kwargs=True, prepend=True),  # the layer's own result
     ]
     if owner.path == "explicit":
         handles.append(io.model.register_forward_hook(attach_loss, with_kwargs=True, prepend=True))
+    else:
+        handles.append(io.model.register_forward_hook(keep_loss, with_kwargs=True, prepend=True))
     try:
         yield fused
     finally:

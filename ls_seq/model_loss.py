@@ -167,8 +167,9 @@ class ModelLoss:
         token = record.token_loss
         if self.path == "hook" and asked:
             loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs[0]
-            if record.fused is not None and loss is not token and not self._fused_extras_checked:
-                record.fused.check_extras(loss, token)
+            own_loss = None if record.fused is None else record.fused.model_loss
+            if own_loss is not None and own_loss is not token and not self._fused_extras_checked:
+                record.fused.check_extras(own_loss, token)
                 self._fused_extras_checked = True
         elif self.passes_labels and own is not None:
             # The model computed its loss with its own cross-entropy (a custom forward on the hook path, or an
