@@ -42,10 +42,51 @@ from census.sample import SAMPLE  # noqa: E402
 from census.tiny_models import registry_classes  # noqa: E402
 
 
-def run(names: list[str], timeout: int) -> list[ClassResult]:
+def _child(entry, timeout: int, memory_gb: float, conn) -> None:
+    import resource
+
+    limit = int(memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # a huge default config fails here, not the machine
+    conn.send(check_class(entry, timeout=timeout))
+    conn.close()
+
+
+def check_isolated(entry, timeout: int, memory_gb: float) -> ClassResult:
+    """``check_class`` in a forked child (the imports are inherited): a class that is killed (out of memory, a
+    crash in native code) or hangs in native code past the limit is recorded as skipped, and the run goes on."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(entry, timeout, memory_gb, send), daemon=True)
+    start = time.perf_counter()
+    proc.start()
+    send.close()
+    result = None
+    if recv.poll(timeout + 30):
+        try:
+            result = recv.recv()
+        except EOFError:
+            result = None
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if result is None:
+        why = f"exit code {proc.exitcode}" if proc.exitcode is not None else "no answer"
+        result = ClassResult(entry.name, entry.registries)
+        reason = f"skipped: the model's process died or hung ({why}; memory limit {memory_gb:g} GB, {timeout} s)"
+        result.routes = dict.fromkeys(ROUTES, reason)
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def run(names: list[str], timeout: int, memory_gb: float = 6.0) -> list[ClassResult]:
     import torch
     import transformers
     from tqdm import tqdm
+
+    import ls_seq.trainer  # noqa: F401 - imported once here, inherited by every forked child
 
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
@@ -54,7 +95,7 @@ def run(names: list[str], timeout: int) -> list[ClassResult]:
     bar = tqdm(names, desc="census", unit="class")
     for name in bar:
         bar.set_postfix_str(name)
-        results.append(check_class(entries[name], timeout=timeout))
+        results.append(check_isolated(entries[name], timeout, memory_gb))
     return results
 
 
@@ -151,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "census.md"), help="the Markdown report ('' for none)")
     parser.add_argument("--json", help="also write every row as JSON here")
     parser.add_argument("--timeout", type=int, default=120, help="seconds per class before it is recorded as skipped")
+    parser.add_argument("--memory-gb", type=float, default=6.0, help="address-space limit of each class's process")
     args = parser.parse_args(argv)
 
     entries = registry_classes()
@@ -159,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"not in the registries: {unknown}")
     start = time.perf_counter()
-    results = run(names, args.timeout)
+    results = run(names, args.timeout, args.memory_gb)
     seconds = time.perf_counter() - start
     command = "python tests/census/census.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.out:
