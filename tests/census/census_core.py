@@ -263,7 +263,7 @@ def compare(loss: torch.Tensor, grads: dict[str, torch.Tensor | None], ref: Refe
     diff = abs(float(loss.detach().float()) - float(ref.loss))
     if not torch.isclose(loss.detach().float(), ref.loss.float(), **LOSS_TOL):
         why = (
-            " = the model's extra terms (router/z-loss) dropped"
+            " = the model's extra loss terms (L_model - CE_model: router losses, z-loss, n-gram loss) dropped"
             if abs(diff - abs(ref.extras)) < 1e-4 * max(1, diff) and abs(ref.extras) > LOSS_TOL["atol"]
             else ""
         )
