@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 from ls_seq._validation import check_positive_int, check_temperatures
 from ls_seq.calibration_metrics import calibration_log_values, require_tokens
 from ls_seq.distributed import real_rows
+from ls_seq.loggers import TrackerFigures
 from ls_seq.metrics import TokenCalibration
 from ls_seq.model_io import teacher_forced_logits
 from ls_seq.rng import isolated_rng
@@ -67,7 +68,8 @@ class CalibrationCallback(TrainerCallback):
         n_bins: equal-width confidence bins, ``[k/B, (k+1)/B)``, confidence 1 in the last.
         temperatures: optional grid of temperatures ``T > 0`` measured in the same pass (1.0 is added).
         plot: save a reliability diagram ``<output_dir>/<prefix>_reliability_step<N>.png`` (main process)
-            and log it as an image to TensorBoard when that integration is active (trainer known).
+            and log it as an image, ``<prefix>/reliability_diagram``, to each of TensorBoard, Weights & Biases
+            and MLflow that ``report_to`` enables (:mod:`ls_seq.loggers`; no :meth:`attach` needed).
         trainer: the trainer to log through; same as calling :meth:`attach`.
         ignore_index: label value of padding.
         shift_labels: how logits align with labels, for a model ls-seq cannot place from its class (True: logits
@@ -110,6 +112,7 @@ class CalibrationCallback(TrainerCallback):
         self.trainer = None
         self.last_metrics: dict[str, float] | None = None
         self.last_plot_path: str | None = None
+        self._trackers = TrackerFigures()
         self._in_loop: dict[str, Any] | None = None  # a result the trainer's evaluation loop measured
         if trainer is not None:
             self.attach(trainer)
@@ -238,7 +241,9 @@ class CalibrationCallback(TrainerCallback):
         path = os.path.join(args.output_dir, f"{prefix}_reliability_step{state.global_step}.png")
         atomic_savefig(fig, path, dpi=120)
         self.last_plot_path = path
-        for cb in [] if self.trainer is None else self.trainer.callback_handler.callbacks:
-            writer = getattr(cb, "tb_writer", None)  # TensorBoardCallback, once it has set up its writer
-            if writer is not None and hasattr(writer, "add_figure"):
-                writer.add_figure(f"{prefix}/reliability_diagram", fig, global_step=state.global_step)
+        callbacks = None if self.trainer is None else self.trainer.callback_handler.callbacks
+        self._trackers.log(fig, f"{prefix}/reliability_diagram", state.global_step, path, args, callbacks)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._trackers.close()  # the TensorBoard writer of its own, if it opened one
+        return control

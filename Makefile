@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: each creates or reuses the virtual environment $(VENV), installs what is missing
+# (.ci/setup-venv: the CPU torch where no GPU torch is present, the project, for the tests also the [dev] extras and
+# fairseq) and then runs. A second call finds its stamp and goes straight to the run.
+#
+#   make study                                  the EN-DE study on its small default (`tiny`)
+#   make study ARGS="--preset tiny-lowdata"     ARGS come last, so they override the defaults below
+#   make test                                   the test suite
+#   make test PYTEST_ARGS="tests/test_io.py"    a part of it
+#   make compat                                 the oldest supported versions' environment and its tests (.ci/compat)
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# The local Multi30k copy when there is one (CI's ../shared); without it the study downloads Multi30k.
+DATA_DIR ?= $(if $(wildcard ../shared/data/multi30k),../shared/data/multi30k)
+STUDY_ARGS ?= --preset tiny --output_dir outputs/en_de_tiny $(if $(DATA_DIR),--data_dir $(DATA_DIR))
+ARGS ?=
+PYTEST_ARGS ?= -n 2 tests
+
+# Offline-friendly defaults for the tests: nothing in them reaches a hub, and plots render without a display.
+TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg WANDB_MODE=offline
+
+.PHONY: study test lint setup setup-dev compat
+
+setup:
+	@PYTHON=$(PYTHON) .ci/setup-venv $(VENV) base
+
+setup-dev:
+	@PYTHON=$(PYTHON) .ci/setup-venv $(VENV) dev
+
+study: setup
+	$(BIN)/accelerate launch recipes/wmt_en_de.py $(STUDY_ARGS) $(ARGS)
+
+test: setup-dev
+	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup-dev
+	$(BIN)/ruff check .
+
+compat:
+	.ci/compat
