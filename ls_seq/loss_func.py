@@ -17,7 +17,7 @@ from ls_seq._validation import check_alpha, check_choice, check_logits_labels, c
 from ls_seq.functional.losses import CONVENTIONS, entropy_sum, smoothed_sums, smoothing_weights
 from ls_seq.model_io import LogitTransform, ModelIO, logits_of, model_io, scored_labels, shift_from_output
 
-__all__ = ["LabelSmoothingLossFunc", "label_smoothing_loss_func"]
+__all__ = ["LabelSmoothingLossFunc", "label_smoothing_loss_func", "use_label_smoothing"]
 
 
 def _assert_labels_in_range(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
@@ -180,15 +180,20 @@ class LabelSmoothingLossFunc:
 
     def __call__(
         self,
-        outputs: Any,
-        labels: torch.Tensor,
+        outputs: Any = None,
+        labels: torch.Tensor | None = None,
         *args: Any,
         num_items_in_batch: int | torch.Tensor | None = None,
         shift_labels: bool | torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """``compute_loss_func(outputs, labels, num_items_in_batch=None)``, or, given a logits tensor first, a
-        model's ``loss_function(logits, labels, vocab_size, num_items_in_batch=None, shift_labels=None, ...)``."""
+        """``compute_loss_func(outputs, labels, num_items_in_batch=None)``, or, given logits (first, or as
+        ``logits=``), a model's ``loss_function(logits, labels, vocab_size, num_items_in_batch=None, ...)``."""
+        if logits is not None:
+            outputs = logits
+        if labels is None and isinstance(outputs, torch.Tensor) and isinstance(shift_labels, torch.Tensor):
+            labels = shift_labels  # a model that passes its aligned labels as shift_labels alone (Moonshine)
         if labels is None:
             raise ValueError("the ls-seq loss needs `labels`; the batch has none (does the collator return them?)")
         if isinstance(outputs, torch.Tensor):
@@ -237,6 +242,13 @@ class LabelSmoothingLossFunc:
         if not isinstance(outputs, Mapping):
             return 0.0
         terms = {k: v for k, v in outputs.items() if k != "loss" and k.endswith("_loss") and v is not None}
+        routers = [k for k, v in outputs.items() if k.endswith("router_logits") and v is not None]
+        if routers and "aux_loss" not in terms:
+            raise ValueError(
+                f"the model's output carries {sorted(routers)} but no aux_loss: it computes its router losses only when it "
+                "computes its own loss (NLLB-MoE), which compute_loss_func prevents; use ls_seq.LabelSmoothingSeq2SeqTrainer "
+                "/ LabelSmoothingTrainer (or ls_seq.use_label_smoothing(model) where the model calls self.loss_function)"
+            )
         if not terms:
             return 0.0
         if set(terms) != {"aux_loss"}:
@@ -262,6 +274,37 @@ class LabelSmoothingLossFunc:
             f"confidence_penalty={self.confidence_penalty}, ignore_index={self.ignore_index}, "
             f"shift_labels={self.shift_labels})"
         )
+
+
+def use_label_smoothing(model: nn.Module, alpha: float = 0.1, **options: Any) -> LabelSmoothingLossFunc:
+    """Make ls-seq's token loss ``model.loss_function``, so that any Trainer trains the model's own loss with
+    its token cross-entropy smoothed (everything else the model adds, router losses included, is kept).
+
+    transformers 5 models compute ``self.loss_function(logits, labels, vocab_size, **kwargs)`` and add their own
+    terms; ``loss_function`` has a setter. A model whose forward never calls it (BART, Marian, T5, Whisper,
+    ...) would silently ignore the assignment, so it is refused here, naming the routes that work for it.
+
+    Args:
+        model: the transformers model (peft-wrapped or not) that the Trainer will train.
+        alpha, **options: as for :func:`label_smoothing_loss_func` (``model`` is this one).
+
+    Returns:
+        The installed :class:`LabelSmoothingLossFunc`.
+
+    Example:
+        >>> ls_seq.use_label_smoothing(model, 0.1)  # doctest: +SKIP
+        >>> SFTTrainer(model=model, args=config, train_dataset=data).train()  # doctest: +SKIP
+    """
+    loss_fn = LabelSmoothingLossFunc(alpha, model=model, **options)
+    assert loss_fn.io is not None
+    if not loss_fn.io.routes_loss_function:
+        raise ValueError(
+            f"{loss_fn.io.name} computes its own cross-entropy (its forward never calls self.loss_function), so it "
+            "would ignore ls-seq as its loss_function: use ls_seq.LabelSmoothingSeq2SeqTrainer / LabelSmoothingTrainer, "
+            "or Trainer(compute_loss_func=ls_seq.label_smoothing_loss_func(..., model=model))"
+        )
+    loss_fn.io.model.loss_function = loss_fn
+    return loss_fn
 
 
 def _router_aux_loss_coef(model: nn.Module) -> float | None:

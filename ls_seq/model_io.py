@@ -38,7 +38,6 @@ __all__ = [
     "ModelIO",
     "logit_transform",
     "logits_of", "model_io",
-    "reports_router_losses",
     "routes_loss_function",
     "scored_labels",
     "shift_from_output",
@@ -110,11 +109,20 @@ def _shifts(model: nn.Module) -> bool:
             return True
     if getattr(model, "loss_type", None) in _ALIGNED_LOSS_TYPES:
         return False
+    if routes_loss_function(model) and _default_loss_shifts(model):
+        return True  # a decoder-only model whose own loss is transformers' ForCausalLMLoss (audio LLMs, ...)
     raise ValueError(
         f"ls-seq cannot tell how {name}'s logits align with its labels: it is neither an encoder-decoder "
         "(config.is_encoder_decoder) nor a causal LM (a ...ForCausalLM / ...LMHeadModel in transformers' "
         "causal-LM registry); pass shift_labels=True (logits at t score the label at t + 1) or False explicitly"
     )
+
+
+def _default_loss_shifts(model: nn.Module) -> bool:
+    """Whether the loss function transformers gives ``model`` (from its ``loss_type``) is ``ForCausalLMLoss``."""
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+
+    return LOSS_MAPPING.get(getattr(model, "loss_type", None) or "ForCausalLM") is ForCausalLMLoss
 
 
 def _names_read(code: Any) -> set[str]:
@@ -167,11 +175,6 @@ class ModelIO:
         return routes_loss_function(self.model)
 
     @property
-    def reports_router_losses(self) -> bool:
-        """The model adds router losses to its loss (see :func:`reports_router_losses`)."""
-        return reports_router_losses(self.model)
-
-    @property
     def trainer_counts_scored_labels(self) -> bool:
         """Whether transformers' ``Trainer`` counts exactly the scored labels in ``num_items_in_batch`` for this
         model (read from ``model.loss_type`` now, so setting ``model.loss_type = "ForCausalLM"`` counts)."""
@@ -209,13 +212,28 @@ class ModelIO:
             and inputs.get("decoder_inputs_embeds") is None
         ):
             prepare = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
-            if prepare is None:
-                raise ValueError(
-                    f"{self.name} is an encoder-decoder without prepare_decoder_input_ids_from_labels: give the batch "
-                    "`decoder_input_ids` (e.g. DataCollatorForSeq2Seq(tokenizer, model=model))"
-                )
-            inputs["decoder_input_ids"] = prepare(labels=labels)
+            inputs["decoder_input_ids"] = prepare(labels=labels) if prepare is not None else self._shift_right(labels)
         return inputs
+
+    def _shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """What an encoder-decoder without ``prepare_decoder_input_ids_from_labels`` (Whisper, M2M100, ...) does
+        with labels in its forward: the decoder start token, then the labels, -100 read as the pad token."""
+        config = self.model.config
+        decoder = getattr(config, "decoder", None)
+        generation = getattr(self.model, "generation_config", None)
+        start = next((v for v in (getattr(c, "decoder_start_token_id", None) for c in (config, decoder, generation))
+                      if isinstance(v, int)), None)  # fmt: skip
+        pad = next((v for v in (getattr(c, "pad_token_id", None) for c in (config, decoder, generation))
+                    if isinstance(v, int)), None)  # fmt: skip
+        if start is None or pad is None:
+            raise ValueError(
+                f"{self.name} is an encoder-decoder without prepare_decoder_input_ids_from_labels and without "
+                "decoder_start_token_id / pad_token_id in its config: give the batch `decoder_input_ids` "
+                "(e.g. DataCollatorForSeq2Seq(tokenizer, model=model))"
+            )
+        shifted = labels.new_full(labels.shape, start)
+        shifted[..., 1:] = labels[..., :-1]
+        return shifted.masked_fill(shifted == -100, pad)
 
     # ---- output layer ------------------------------------------------------------------------------------
 
@@ -350,13 +368,6 @@ def routes_loss_function(model: nn.Module) -> bool:
         return False  # not a transformers model: nothing to hook
     # A subclass that overrides forward and calls super().forward() still computes through the parent's code.
     return any("forward" in vars(cls) and "loss_function" in _forward_names(cls) for cls in type(model).__mro__)
-
-
-def reports_router_losses(model: nn.Module) -> bool:
-    """Whether a mixture-of-experts model adds router losses to its loss (``config.output_router_logits``)."""
-    config = getattr(model, "config", None)
-    configs = [config] + [getattr(config, name, None) for name in ("text_config", "decoder")]
-    return any(bool(getattr(c, "output_router_logits", False)) for c in configs if c is not None)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ read once from its code:
   ls-seq's term where its cross-entropy was. What the model adds or does to its logits is kept by
   construction, not by a list of known cases.
 * **explicit** (BART, Marian, T5, Whisper, Pegasus, ...: they build a ``CrossEntropyLoss`` themselves): the
-  labels are withheld, so the model computes no loss, and the loss is ls-seq's token loss of its logits. A
-  mixture-of-experts model of this kind (``output_router_logits``: Switch Transformers, NLLB-MoE) gets the
-  labels and ls-seq adds its extra terms as ``model loss - its own cross-entropy of the same logits``.
+  first forward gives the model the labels and asks whether its loss is, bit for bit, the plain cross-entropy
+  of its logits (:meth:`ModelLoss.decide`; before a first fused forward, in a no-gradient forward of its own). If it is, the labels are withheld from then on (the model computes no
+  loss) and the loss is ls-seq's token loss of its logits. If not (NLLB-MoE's router losses, ProphetNet's
+  n-gram loss), the model gets the labels and ls-seq keeps ``its loss - the cross-entropy of the same logits``.
 
 The fused loss (``fused_linear_loss=True``, :mod:`ls_seq.fused_head`) runs on both paths: the model's output
 layer receives an empty slice, and the token term is computed from the layer's input where the model asks
@@ -72,25 +73,62 @@ class ModelLoss:
     Args:
         io: the model's :class:`~ls_seq.model_io.ModelIO`.
         loss_fn: the configured token loss.
-        fused: the fused loss will be used in training; refused here for models whose loss cannot be fused
-            (an explicit-path model that computes router losses with its own cross-entropy).
     """
 
-    def __init__(self, io: ModelIO, loss_fn: LabelSmoothingLossFunc, fused: bool = False) -> None:
+    def __init__(self, io: ModelIO, loss_fn: LabelSmoothingLossFunc) -> None:
         self.io, self.loss_fn = io, loss_fn
         self.path = "hook" if io.routes_loss_function else "explicit"
-        self.model_computes_extras = self.path == "explicit" and io.reports_router_losses
-        if fused and self.model_computes_extras:
-            raise ValueError(
-                f"fused_linear_loss=True: {io.name} computes its router losses together with its own cross-entropy "
-                "of the full logits, which the fused loss never builds; set fused_linear_loss=False"
-            )
+        # Explicit path: whether the model's own loss is more than its plain cross-entropy (router losses, an
+        # n-gram loss), decided on the first forward (decide()); None until then.
+        self.model_adds_terms: bool | None = None if self.path == "explicit" and _takes_labels(io.model) else False
         self._fused_extras_checked = False
 
     @property
     def passes_labels(self) -> bool:
-        """Whether the model receives the labels (it then computes its loss, with ls-seq's token term)."""
-        return self.path == "hook" or self.model_computes_extras
+        """Whether the model receives the labels (it then computes its loss, with ls-seq's token term); on the
+        explicit path also while it is not yet known whether the model adds terms (the first forward)."""
+        return self.path == "hook" or self.model_adds_terms is not False
+
+    def needs_probe(self, fused: bool) -> bool:
+        """A fused forward builds no logits to compare with: the explicit path then probes in a forward of its own."""
+        return self.model_adds_terms is None and fused
+
+    def probe(self, model: torch.nn.Module, inputs: Mapping[str, Any], labels: torch.Tensor,
+              shift_labels: torch.Tensor | None = None) -> None:  # fmt: skip
+        """One forward without gradients (the training random streams untouched) to :meth:`decide` before the
+        first fused forward of an explicit-path model."""
+        from ls_seq.rng import isolated_rng
+
+        record = TokenLossRecord(labels, shift_labels)
+        with torch.no_grad(), isolated_rng():
+            outputs = model(**{**inputs, "labels": labels})
+        self.decide(outputs, record, fused=True)
+
+    def decide(self, outputs: Any, record: TokenLossRecord, fused: bool = False) -> None:
+        """Once, on the explicit path: does the model's loss hold more than its plain cross-entropy?
+
+        The model adds nothing when its loss *is*, bit for bit, ``F.cross_entropy`` of its logits against the
+        aligned labels (the same operation on the same numbers: an identity, not a tolerance); the labels are
+        then withheld from later forwards. Otherwise ls-seq keeps ``its loss - that cross-entropy`` on every
+        step. A causal LM whose own loss does not shift its labels is refused (it expects shifted labels).
+        """
+        own = outputs.get("loss") if isinstance(outputs, Mapping) else None
+        if own is None or torch.equal(own, self._own_cross_entropy(outputs, record)):
+            self.model_adds_terms = False
+            return
+        if self.io.shifts_labels and torch.equal(own, self._own_cross_entropy(outputs, record, aligned=False)):
+            raise ValueError(
+                f"{self.io.name}'s own loss scores the logits at t against the label at t (it expects labels shifted "
+                "by the caller), while ls-seq scores a causal LM's logits at t against the label at t + 1, as "
+                "transformers' ForCausalLMLoss does; give it unshifted labels through a model that shifts them"
+            )
+        if fused:
+            raise ValueError(
+                f"fused_linear_loss=True: {self.io.name} adds terms to its own cross-entropy (router losses, an n-gram "
+                "loss) computed together with it from the full logits, which the fused loss never builds; set "
+                "fused_linear_loss=False"
+            )
+        self.model_adds_terms = True
 
     @contextlib.contextmanager
     def forward(
@@ -161,6 +199,9 @@ class ModelLoss:
     def total(self, outputs: Any, record: TokenLossRecord) -> torch.Tensor:
         """The loss to train on: the model's own total with ls-seq's token term, after the forward."""
         own = outputs.get("loss") if isinstance(outputs, Mapping) else None
+        if self.model_adds_terms is None:  # the first forward of an explicit-path model got the labels
+            with torch.no_grad():
+                self.decide(outputs, record)
         asked = record.calls > 0
         if not asked:  # the model never asked for its token loss: its logits are ours to score
             self.token_loss(record, logits_of(outputs, where=f"{self.io.name}'s output"), record.labels)
@@ -171,9 +212,9 @@ class ModelLoss:
             if own_loss is not None and own_loss is not token and not self._fused_extras_checked:
                 record.fused.check_extras(own_loss, token)
                 self._fused_extras_checked = True
-        elif self.passes_labels and own is not None:
+        elif self.model_adds_terms and own is not None:
             # The model computed its loss with its own cross-entropy (a custom forward on the hook path, or an
-            # explicit-path MoE model): keep what it adds beyond that cross-entropy.
+            # explicit-path model that adds terms): keep what it adds beyond that cross-entropy.
             if record.fused is not None:
                 raise ValueError(
                     f"fused_linear_loss=True: {self.io.name} computed its loss without calling self.loss_function, from "
@@ -187,11 +228,24 @@ class ModelLoss:
             outputs["loss"] = loss
         return loss
 
-    def _own_cross_entropy(self, outputs: Any, record: TokenLossRecord) -> torch.Tensor:
-        """The model's own mean token cross-entropy, computed as it computes it, to take out of its loss."""
+    def _own_cross_entropy(self, outputs: Any, record: TokenLossRecord, aligned: bool = True) -> torch.Tensor:
+        """The model's plain mean token cross-entropy, computed as transformers' models compute it."""
         logits = logits_of(outputs, where=f"{self.io.name}'s output")
-        scored = self.io.scored_labels(record.labels.to(logits.device), record.shift_labels, self.loss_fn.ignore_index)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), scored.reshape(-1), ignore_index=self.loss_fn.ignore_index)
+        labels = record.labels.to(logits.device)
+        if aligned:
+            labels = self.io.scored_labels(labels, record.shift_labels, self.loss_fn.ignore_index)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=self.loss_fn.ignore_index)
+
+
+def _takes_labels(model: torch.nn.Module) -> bool:
+    """Whether the model's forward accepts ``labels`` (a custom wrapper may not: it then computes no loss)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "labels" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 class _TokenLossHook:
@@ -203,8 +257,10 @@ class _TokenLossHook:
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, vocab_size: int | None = None,
                  num_items_in_batch: Any = None, ignore_index: int = -100, shift_labels: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:  # fmt: skip
-        if labels is None:
-            raise ValueError(f"{self.owner.io.name} called its loss function without labels")
+        if labels is None:  # Moonshine passes its already aligned labels as shift_labels alone
+            if shift_labels is None:
+                raise ValueError(f"{self.owner.io.name} called its loss function without labels")
+            labels = shift_labels
         return self.owner.token_loss(self.record, logits, labels, shift_labels)
 
 

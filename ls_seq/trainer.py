@@ -189,9 +189,10 @@ class _GenerateEvalLoss:
         loss = loss_sum / n_tokens.clamp_min(1).to(loss_sum.dtype)
         own = outputs.get("loss") if isinstance(outputs, Mapping) else None
         extras = torch.zeros((), device=loss.device)
-        if own is not None and trainer.io.reports_router_losses:  # the model's loss minus its own cross-entropy
+        if own is not None:  # the model's other terms: its loss minus the plain cross-entropy of its logits
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), scored.reshape(-1), ignore_index=trainer.loss_fn.ignore_index)
-            extras = (own - ce).detach().to(loss.device)
+            if not torch.equal(own, ce):
+                extras = (own - ce).detach().to(loss.device)
         trainer._feed_calibration(logits, scored)
         trainer._add_eval_sums(loss_sum, extras, n_tokens)
         return loss + extras
@@ -206,6 +207,8 @@ class LabelSmoothingTrainerMixin:
             loss).
         prior: an explicit length-V smoothing prior (tensor), for when it does not come from
             ``args.label_smoothing_prior`` (giving both is a ``ValueError``).
+        shift_labels: how the logits align with the labels, for a model ls-seq cannot place from its class
+            (True: logits at t score the label at t + 1), the same word as every other entry point.
 
     The loss of a micro-batch is ``sum of token losses / N`` with ``N`` the scored labels of the accumulated
     batch on all ranks (:meth:`get_batch_samples`), times the number of processes because DDP averages
@@ -215,7 +218,7 @@ class LabelSmoothingTrainerMixin:
     io: ModelIO
     loss_fn: LabelSmoothingLossFunc
 
-    def __init__(self, *args: Any, prior: torch.Tensor | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, prior: torch.Tensor | None = None, shift_labels: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.compute_loss_func is not None:
             raise ValueError(
@@ -227,21 +230,25 @@ class LabelSmoothingTrainerMixin:
                 f"`label_names` must name exactly one label tensor (the token labels), got {self.label_names}"
             )
         self.label_key = self.label_names[0]
+        # compute_loss normalises by num_items_in_batch itself (loss_is_scaled_for_ga for transformers 5);
+        # transformers 4.x's training_step reads this flag instead, and would divide by the accumulation steps again.
+        self.model_accepts_loss_kwargs = True
         a = self.args
         alpha = check_alpha(a.label_smoothing_factor, "label_smoothing_factor", allow_one=False)
-        self.io = model_io(self.model)
+        self.io = model_io(self.model, shift_labels=shift_labels)
         self.loss_fn = LabelSmoothingLossFunc(
             alpha,
             convention=_option(a, "label_smoothing_convention"),
             prior=self._resolve_prior(prior),
             confidence_penalty=_option(a, "confidence_penalty"),
             z_loss=_option(a, "z_loss"),
+            shift_labels=shift_labels,
             model=self.model,
         )
         self.fused_linear_loss = bool(_option(a, "fused_linear_loss"))
         if self.fused_linear_loss:
             self.io.output_layer()  # a model without a fusable head is refused here, not at the first step
-        self.model_loss = ModelLoss(self.io, self.loss_fn, fused=self.fused_linear_loss)
+        self.model_loss = ModelLoss(self.io, self.loss_fn)
         # The evaluation loss as sums over the whole evaluation set (see evaluation_loop): (loss, tokens).
         self._eval_sums: list[torch.Tensor] | None = None
         # Replaces HF's LabelSmoother, which Seq2SeqTrainer.prediction_step calls when it generates.
@@ -260,7 +267,7 @@ class LabelSmoothingTrainerMixin:
             raise ValueError(
                 f"give the prior once: either `prior=` or args.label_smoothing_prior (got {choice!r}), not both"
             )
-        vocab = model_io(self.model).output_size
+        vocab = self.io.output_size
         if prior is not None:
             return check_prior(prior, vocab)
         if choice == "uniform":
@@ -329,6 +336,8 @@ class LabelSmoothingTrainerMixin:
         keep = real_rows(labels.shape[0], labels.device) if in_eval_loop else None
         fused = self.fused_linear_loss and training and torch.is_grad_enabled()
         chunk_size = _option(self.args, "fused_chunk_size")
+        if self.model_loss.needs_probe(fused):
+            self.model_loss.probe(model, forward_inputs, labels, shift_labels)
         with self.model_loss.forward(labels, shift_labels=shift_labels, denominator=denominator, keep_rows=keep,
                                      fused=fused, chunk_size=chunk_size) as record:  # fmt: skip
             outputs = model(**self.model_loss.model_inputs(forward_inputs, record))

@@ -154,9 +154,12 @@ def test_the_reliability_diagram_is_a_real_tensorboard_image(tmp_path, monkeypat
 
     model = family_model("gpt2", seed=3)
     logs = tmp_path / "tb"
-    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(logs))  # transformers' TensorBoardCallback reads it
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(logs))  # transformers 5's TensorBoardCallback reads it
+    from transformers import TrainingArguments
+
+    where = {"logging_dir": str(logs)} if "logging_dir" in TrainingArguments.__dataclass_fields__ else {}  # 4.x
     trainer = ls_trainer("gpt2", model, tmp_path, [CalibrationCallback(n_bins=10, temperatures=GRID)],
-                         report_to=["tensorboard"])  # fmt: skip
+                         report_to=["tensorboard"], **where)  # fmt: skip
     metrics = trainer.evaluate()
     trainer.callback_handler.call_event("on_train_end", trainer.args, trainer.state, trainer.control)  # flush
     events = EventAccumulator(str(next(p.parent for p in logs.rglob("events.out.tfevents.*"))), size_guidance={"images": 0})

@@ -22,7 +22,7 @@ from distributed.families import (
     family_model,
     sgd_reference,
 )
-from distributed.tiny import IGNORE, training_args
+from distributed.tiny import IGNORE, LOG_TOL, checkpointing_args, is_checkpointing, training_args
 
 from ls_seq.trainer import (
     LabelSmoothingSeq2SeqTrainer,
@@ -61,8 +61,8 @@ def test_one_step_equals_sgd_on_the_token_mean_loss(tmp_path, family, fused, acc
     for name, expected in ref.items():
         torch.testing.assert_close(params[name].detach(), expected, **TOL, msg=f"{family}: {name}")
     log = trainer.state.log_history[0]
-    assert log["loss"] == pytest.approx(ref_loss, rel=1e-5)
-    assert log["nll_loss"] == pytest.approx(ref_nll, rel=1e-5)
+    assert log["loss"] == pytest.approx(ref_loss, **LOG_TOL)
+    assert log["nll_loss"] == pytest.approx(ref_nll, **LOG_TOL)
 
 
 def test_the_matrix_can_fail_hf_counts_unshifted_labels_for_gpt2(tmp_path):
@@ -99,9 +99,9 @@ def test_fused_loss_with_gradient_checkpointing(tmp_path, family):
     ref, _, _ = sgd_reference(family, base, family_examples(family, 16, seed=5), ALPHA, LR)
     model = copy.deepcopy(base)
     trainer = ls_trainer(family, model, family_dataset(family, 16, seed=5), tmp_path, fused_linear_loss=True,
-                         activation_checkpointing=True, per_device_train_batch_size=8, gradient_accumulation_steps=2)  # fmt: skip
+                         per_device_train_batch_size=8, gradient_accumulation_steps=2, **checkpointing_args())  # fmt: skip
     trainer.train()
-    assert model.is_activation_checkpointing
+    assert is_checkpointing(model)
     params = dict(model.named_parameters())
     for name, expected in ref.items():
         torch.testing.assert_close(params[name].detach(), expected, **TOL, msg=f"{family}: {name}")

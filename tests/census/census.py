@@ -30,6 +30,7 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
 
 from census.census_core import (  # noqa: E402
     GRAD_ATOL,
+    GRAD_FLOOR,
     GRAD_RTOL,
     LOSS_TOL,
     ROUTE_HELP,
@@ -122,7 +123,8 @@ def render(results: list[ClassResult], command: str, seconds: float) -> str:
         "`F.cross_entropy(aligned logits, labels, label_smoothing=alpha)` plus the model's own extra terms",
         "(`L_model - CE_model`: router losses, z-loss), with autograd gradients, at alpha = 0 and 0.1.",
         f"Tolerances: loss rtol {LOSS_TOL['rtol']:g} / atol {LOSS_TOL['atol']:g}; every parameter's gradient",
-        f"||g - g_ref|| <= {GRAD_RTOL:g} ||g_ref|| + {GRAD_ATOL:g}.",
+        f"||g - g_ref|| <= {GRAD_RTOL:g} ||g_ref|| + {GRAD_ATOL:g} + {GRAD_FLOOR:g} max_p ||g_ref(p)|| (float32 "
+        "cancellation: a conv bias feeding a BatchNorm has an analytic gradient of 0).",
         "",
         f"- transformers {transformers.__version__}, torch {torch.__version__}, ls-seq at `{_git_head()}` "
         f"({Path(ls_seq.__file__).parent})",

@@ -36,12 +36,16 @@ ROUTES = ("R1", "R1 fused", "R2", "R3")
 ROUTE_HELP = {
     "R1": "LabelSmoothingTrainer / LabelSmoothingSeq2SeqTrainer, trainer.compute_loss",
     "R1 fused": "the same with fused_linear_loss=True (equal to R1, or refused with a reason)",
-    "R2": "model.loss_function = label_smoothing_loss_func(alpha, model=model), plain Trainer",
+    "R2": "ls_seq.use_label_smoothing(model, alpha) (model.loss_function), plain Trainer",
     "R3": "plain Trainer(compute_loss_func=label_smoothing_loss_func(alpha, model=model))",
 }
 ALPHAS = (0.0, 0.1)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6  # per parameter: ||g - g_ref|| <= GRAD_RTOL * ||g_ref|| + GRAD_ATOL
+# ... + GRAD_FLOOR * (the largest parameter gradient norm): float32 cancellation. A conv bias that feeds a
+# BatchNorm in training mode has an analytic gradient of 0, computed as a sum of large cancelling terms; two
+# equivalent computations then differ by ~1e-7 of the model's gradient scale (Canary: 7.5e-4 of 8574).
+GRAD_FLOOR = 1e-6
 SEED = 0
 STATUSES = ("exact", "refused", "differs", "error", "skipped")
 # Config fields that transform the logits after the output layer (kept at their defaults by the builder).
@@ -269,6 +273,7 @@ def compare(loss: torch.Tensor, grads: dict[str, torch.Tensor | None], ref: Refe
         )
         return f"differs: loss off by {diff:.3g}{why}"
     worst, worst_name, worst_abs = 0.0, "", 0.0
+    scale = max((float(r.float().norm()) for r in ref.grads.values() if r is not None), default=0.0)
     for name, r in ref.grads.items():
         g = grads.get(name)
         if r is None and g is None:
@@ -276,7 +281,7 @@ def compare(loss: torch.Tensor, grads: dict[str, torch.Tensor | None], ref: Refe
         r = torch.zeros_like(g) if r is None else r
         g = torch.zeros_like(r) if g is None else g
         err = float((g.float() - r.float()).norm())
-        bound = GRAD_RTOL * float(r.float().norm()) + GRAD_ATOL
+        bound = GRAD_RTOL * float(r.float().norm()) + GRAD_ATOL + GRAD_FLOOR * scale
         if err > bound and err / bound > worst:
             worst, worst_name, worst_abs = err / bound, name, float((g - r).abs().max())
     if worst_name:
@@ -323,9 +328,9 @@ def route_r1(model, batch, alpha: float, tmp: str, fused: bool = False):
 def route_r2(model, batch, alpha: float, tmp: str):
     from transformers import Trainer, TrainingArguments
 
-    from ls_seq import label_smoothing_loss_func
+    from ls_seq import use_label_smoothing
 
-    model.loss_function = label_smoothing_loss_func(alpha, model=model)
+    use_label_smoothing(model, alpha)
     try:
         return _run_trainer_loss(model, Trainer(model=model, args=_args(TrainingArguments, tmp)), batch)
     finally:

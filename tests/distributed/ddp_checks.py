@@ -139,7 +139,7 @@ def check_fsdp2_fused_step(out_dir: Path, family: str, wrap: str, rank: int, wor
     n_tokens = torch.tensor(float(sum(int((s != loss_fn.ignore_index).sum()) for s in scored)))
     dist.all_reduce(n_tokens)  # the token count of the whole accumulated batch, every rank
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    model_loss = ModelLoss(mio, loss_fn, fused=True)
+    model_loss = ModelLoss(mio, loss_fn)
     for batch in batches:
         inputs = mio.teacher_forcing_inputs({k: v for k, v in batch.items() if k != "labels"}, batch["labels"])
         with model_loss.forward(batch["labels"], denominator=n_tokens, fused=True, chunk_size=7) as record:

@@ -135,3 +135,20 @@ def calibration_rows(n_rows: int = 12, vocab: int = 20, seed: int = 5):
     labels = torch.randint(0, vocab, (n_rows, int(lengths.max())), generator=g)
     labels[torch.arange(labels.shape[1])[None, :] >= lengths[:, None]] = IGNORE
     return logits, labels
+
+
+# ---- what differs between transformers 4.x (the compatibility environment, .ci/compat) and 5.x ------------
+# transformers 4.x rounds the losses it logs to 4 decimals.
+LOG_TOL = dict(rel=1e-5, abs=5e-5)
+
+
+def checkpointing_args() -> dict[str, bool]:
+    """Activation checkpointing on, under the field name of the installed transformers (5.x renamed it)."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing": True} if "activation_checkpointing" in fields else {"gradient_checkpointing": True}
+
+
+def is_checkpointing(model) -> bool:
+    return bool(getattr(model, "is_activation_checkpointing", None) or getattr(model, "is_gradient_checkpointing", False))
