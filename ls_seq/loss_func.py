@@ -15,7 +15,15 @@ from torch import nn
 
 from ls_seq._validation import check_alpha, check_choice, check_logits_labels, check_nonnegative, check_prior
 from ls_seq.functional.losses import CONVENTIONS, entropy_sum, smoothed_sums, smoothing_weights
-from ls_seq.model_io import LogitTransform, ModelIO, logits_of, model_io, scored_labels, shift_from_output
+from ls_seq.model_io import (
+    LogitTransform,
+    ModelIO,
+    computes_router_loss,
+    logits_of,
+    model_io,
+    scored_labels,
+    shift_from_output,
+)
 
 __all__ = ["LabelSmoothingLossFunc", "label_smoothing_loss_func", "use_label_smoothing"]
 
@@ -237,13 +245,14 @@ class LabelSmoothingLossFunc:
         transformers' MoE causal LMs (Mixtral, Qwen-MoE, OLMoE, ...) return ``aux_loss`` and add
         ``router_aux_loss_coef * aux_loss`` to their loss only when they compute it; with ``compute_loss_func``
         they do not, so it is added here. Other loss terms in the output are refused: they need the model to
-        compute its loss (``model.loss_function = label_smoothing_loss_func(...)``, or ls-seq's trainers).
+        compute its loss (:func:`use_label_smoothing`, or ls-seq's trainers).
         """
         if not isinstance(outputs, Mapping):
             return 0.0
         terms = {k: v for k, v in outputs.items() if k != "loss" and k.endswith("_loss") and v is not None}
         routers = [k for k, v in outputs.items() if k.endswith("router_logits") and v is not None]
-        if routers and "aux_loss" not in terms:
+        router_loss = self.io is None or computes_router_loss(self.io.model)  # without model=, assume it might
+        if routers and router_loss and "aux_loss" not in terms:
             raise ValueError(
                 f"the model's output carries {sorted(routers)} but no aux_loss: it computes its router losses only when it "
                 "computes its own loss (NLLB-MoE), which compute_loss_func prevents; use ls_seq.LabelSmoothingSeq2SeqTrainer "
@@ -255,7 +264,7 @@ class LabelSmoothingLossFunc:
             raise ValueError(
                 f"the model's output carries loss terms {sorted(terms)} that compute_loss_func cannot combine the way the "
                 "model does; let the model compute its loss with ls-seq's token term instead: "
-                "model.loss_function = label_smoothing_loss_func(..., model=model) and no compute_loss_func, or "
+                "ls_seq.use_label_smoothing(model, alpha) and no compute_loss_func, or "
                 "ls_seq.LabelSmoothingTrainer"
             )
         coef = None if self.io is None else _router_aux_loss_coef(self.io.model)
@@ -310,9 +319,10 @@ def use_label_smoothing(model: nn.Module, alpha: float = 0.1, **options: Any) ->
 def _router_aux_loss_coef(model: nn.Module) -> float | None:
     """``router_aux_loss_coef`` as the model reads it (itself, its config, or its text config)."""
     for owner in (model, getattr(model, "config", None), getattr(getattr(model, "config", None), "text_config", None)):
-        value = getattr(owner, "router_aux_loss_coef", None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        for name in ("router_aux_loss_coef", "aux_loss_coef"):  # JetMoe names it aux_loss_coef
+            value = getattr(owner, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
     return None
 
 

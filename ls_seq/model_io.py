@@ -35,6 +35,7 @@ from torch import nn
 
 __all__ = [
     "LogitTransform",
+    "computes_router_loss",
     "ModelIO",
     "logit_transform",
     "logits_of", "model_io",
@@ -368,6 +369,14 @@ def routes_loss_function(model: nn.Module) -> bool:
         return False  # not a transformers model: nothing to hook
     # A subclass that overrides forward and calls super().forward() still computes through the parent's code.
     return any("forward" in vars(cls) and "loss_function" in _forward_names(cls) for cls in type(model).__mro__)
+
+
+def computes_router_loss(model: nn.Module) -> bool:
+    """Whether ``model``'s forward computes a router load-balancing loss (read from its code, as
+    :func:`routes_loss_function`): Mixtral, Qwen-MoE, OLMoE, JetMoe, NLLB-MoE do; DeepSeek-V3 and Llama 4 return
+    router logits and add nothing."""
+    names = set().union(*(_forward_names(cls) for cls in type(model).__mro__ if "forward" in vars(cls)))
+    return any("load_balancing" in name or name.endswith("aux_loss_coef") for name in names)
 
 
 @dataclass(frozen=True)
