@@ -83,12 +83,6 @@ class ModelLoss:
         self.model_adds_terms: bool | None = None if self.path == "explicit" and _takes_labels(io.model) else False
         self._fused_extras_checked = False
 
-    @property
-    def passes_labels(self) -> bool:
-        """Whether the model receives the labels (it then computes its loss, with ls-seq's token term); on the
-        explicit path also while it is not yet known whether the model adds terms (the first forward)."""
-        return self.path == "hook" or self.model_adds_terms is not False
-
     def needs_probe(self, fused: bool) -> bool:
         """A fused forward builds no logits to compare with: the explicit path then probes in a forward of its own."""
         return self.model_adds_terms is None and fused
@@ -165,7 +159,9 @@ class ModelLoss:
     def model_inputs(self, inputs: Mapping[str, Any], record: TokenLossRecord) -> dict[str, Any]:
         """The model's keyword arguments: ``inputs`` plus ``labels`` when the model computes its loss."""
         inputs = dict(inputs)
-        if self.passes_labels:
+        # A fused forward builds no logits to decide from: the explicit path decides in probe() beforehand.
+        undecided = self.model_adds_terms is None and record.fused is None
+        if self.path == "hook" or self.model_adds_terms or undecided:
             inputs["labels"] = record.labels
         return inputs
 
@@ -199,7 +195,7 @@ class ModelLoss:
     def total(self, outputs: Any, record: TokenLossRecord) -> torch.Tensor:
         """The loss to train on: the model's own total with ls-seq's token term, after the forward."""
         own = outputs.get("loss") if isinstance(outputs, Mapping) else None
-        if self.model_adds_terms is None:  # the first forward of an explicit-path model got the labels
+        if self.model_adds_terms is None and record.fused is None:  # the first forward of an explicit-path model got the labels
             with torch.no_grad():
                 self.decide(outputs, record)
         asked = record.calls > 0
@@ -212,7 +208,7 @@ class ModelLoss:
             if own_loss is not None and own_loss is not token and not self._fused_extras_checked:
                 record.fused.check_extras(own_loss, token)
                 self._fused_extras_checked = True
-        elif self.model_adds_terms and own is not None:
+        elif own is not None and (self.model_adds_terms or self.path == "hook"):
             # The model computed its loss with its own cross-entropy (a custom forward on the hook path, or an
             # explicit-path model that adds terms): keep what it adds beyond that cross-entropy.
             if record.fused is not None:

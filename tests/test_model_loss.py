@@ -232,3 +232,22 @@ def test_use_label_smoothing_refuses_a_model_that_would_ignore_it():
 
     with pytest.raises(ValueError, match="never calls self.loss_function"):
         use_label_smoothing(family_model("bart"), 0.1)
+
+
+def test_a_custom_forward_that_computes_its_own_loss_keeps_its_terms(tmp_path):
+    """A subclass that overrides forward, never calls self.loss_function and adds a term of its own: ls-seq
+    keeps `its loss - the plain cross-entropy of its logits` (a constant 0.5 here) beside the smoothed term."""
+    from transformers import LlamaForCausalLM
+
+    class OwnLossLlama(LlamaForCausalLM):
+        def forward(self, labels=None, **kwargs):
+            out = super().forward(**kwargs)
+            if labels is not None:
+                logits = out["logits"][:, :-1].flatten(0, 1)
+                out["loss"] = F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=IGNORE) + 0.5
+            return out
+
+    model = OwnLossLlama(tiny_llama().config).train()
+    inputs = batch()
+    expected_loss, expected_grads = reference(model, inputs, 0.1)
+    assert_same(ls_loss(model, inputs, tmp_path, 0.1), (expected_loss + 0.5, expected_grads))

@@ -142,6 +142,8 @@ def check_fsdp2_fused_step(out_dir: Path, family: str, wrap: str, rank: int, wor
     model_loss = ModelLoss(mio, loss_fn)
     for batch in batches:
         inputs = mio.teacher_forcing_inputs({k: v for k, v in batch.items() if k != "labels"}, batch["labels"])
+        if model_loss.needs_probe(True):  # an explicit-path model (Marian): does its loss add terms? (as the trainer)
+            model_loss.probe(model, inputs, batch["labels"])
         with model_loss.forward(batch["labels"], denominator=n_tokens, fused=True, chunk_size=7) as record:
             outputs = model(**model_loss.model_inputs(inputs, record))  # the loss is computed inside the sharded forward
         (model_loss.total(outputs, record) * world).backward()  # FSDP averages the gradients over ranks
