@@ -251,6 +251,13 @@ class LabelSmoothingLossFunc:
             return 0.0
         terms = {k: v for k, v in outputs.items() if k != "loss" and k.endswith("_loss") and v is not None}
         routers = [k for k, v in outputs.items() if k.endswith("router_logits") and v is not None]
+        others = [k for k, v in outputs.items() if "logits" in k and k != "logits" and k not in routers and v is not None]
+        if others:
+            raise ValueError(
+                f"the model's output carries further logits {sorted(others)} that its own loss uses (ProphetNet's n-gram "
+                "streams), which compute_loss_func cannot combine the way the model does; use "
+                "ls_seq.LabelSmoothingSeq2SeqTrainer / LabelSmoothingTrainer, which keep the model's own terms"
+            )
         router_loss = self.io is None or computes_router_loss(self.io.model)  # without model=, assume it might
         if routers and router_loss and "aux_loss" not in terms:
             raise ValueError(

@@ -151,16 +151,28 @@ def render(results: list[ClassResult], command: str, seconds: float) -> str:
     table = counts(results)
     for r in ROUTES:
         lines.append(f"| {r} | " + " | ".join(str(table[r].get(s, 0)) for s in STATUSES) + " |")
+    paths = {p: sum(res.path == p for res in results) for p in ("hook", "explicit")}
     lines += [
+        "",
+        f"Paths (`ls_seq/model_loss.py`): **hook** for {paths['hook']} classes (the forward calls `self.loss_function`, "
+        f"which ls-seq's token loss replaces), **explicit** for {paths['explicit']} (the model builds its own "
+        "cross-entropy; ls-seq scores its logits and keeps what its loss adds beyond that).",
         "",
         "## Classes",
         "",
-        "| registry | class | MoE | logit transform | model loss | " + " | ".join(ROUTES) + " | s |",
-        "|---|---|---|---|---|" + "---|" * len(ROUTES) + "---|",
+        "| registry | class | path | MoE | logit transform | model loss | " + " | ".join(ROUTES) + " | s |",
+        "|---|---|---|---|---|---|" + "---|" * len(ROUTES) + "---|",
     ]
     for res in sorted(results, key=lambda x: (x.registries[0], x.name)):
         cells = (
-            [", ".join(res.registries), f"`{res.name}`", "yes" if res.moe else "", _cell(res.transform), _cell(res.model_loss)]
+            [
+                ", ".join(res.registries),
+                f"`{res.name}`",
+                res.path,
+                "yes" if res.moe else "",
+                _cell(res.transform),
+                _cell(res.model_loss),
+            ]
             + [_cell(res.routes[r]) for r in ROUTES]
             + [f"{res.seconds:.1f}"]
         )

@@ -69,6 +69,7 @@ class ClassResult:
     name: str
     registries: tuple[str, ...]
     moe: bool = False
+    path: str = ""  # "hook" (its forward calls self.loss_function) or "explicit" (ls_seq.model_loss)
     transform: str = ""
     model_loss: str = ""  # "ok", "none", "model-loss-misaligned", "extras=..." notes
     routes: dict[str, str] = field(default_factory=dict)
@@ -381,7 +382,21 @@ def check_class(entry: Entry, timeout: int = 120, routes: tuple[str, ...] = ROUT
     return result
 
 
+def model_path(name: str) -> str:
+    """The path ls-seq's trainers take for a class, read from its code (no model built)."""
+    import transformers
+
+    from ls_seq.model_io import routes_loss_function
+
+    cls = getattr(transformers, name)
+    return "hook" if routes_loss_function(cls.__new__(cls)) else "explicit"
+
+
 def _check(entry: Entry, result: ClassResult, routes: tuple[str, ...]) -> None:
+    try:
+        result.path = model_path(entry.name)
+    except Exception as exc:  # the class cannot even be imported: the build below says why
+        result.path = f"? ({one_line(exc, 60)})"
     try:
         model = tiny_model(entry.name, seed=SEED, entry=entry)
         batch = tiny_batch(model, seed=SEED)
