@@ -323,7 +323,7 @@ def test_sigkill_during_training_leaves_no_training_behind_and_resumes_to_the_sa
     summary = read_json(out / "alpha_0.0" / "train_summary.json")
     assert summary["resumed_from"].startswith("checkpoint_last.pt (update ")
     reference = read_json(fairseq_run["out"] / "results.json")
-    assert resumed["models"] == reference["models"][:1]
+    assert resumed["models"] == reference["models"][:1], f"resumed from {summary['resumed_from']}"
 
 
 @pytest.mark.parametrize(("preset", "arch"), [("base", "transformer_wmt_en_de"), ("big", "transformer_vaswani_wmt_en_de_big")])
