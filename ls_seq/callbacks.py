@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 
 from ls_seq._validation import check_positive_int, check_temperatures
 from ls_seq.calibration_metrics import calibration_log_values, require_tokens
-from ls_seq.distributed import real_rows
+from ls_seq.distributed import drop_rows, real_rows
 from ls_seq.loggers import TrackerFigures
 from ls_seq.metrics import TokenCalibration
 from ls_seq.model_io import teacher_forced_logits
@@ -145,9 +145,8 @@ class CalibrationCallback(TrainerCallback):
                 for batch in dataloader:
                     batch = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                     logits, scored = teacher_forced_logits(model, batch, key, self.ignore_index, self.shift_labels)
-                    keep = real_rows(scored.shape[0], scored.device)  # read while the dataloader is at this batch
-                    if keep is not None:
-                        scored = scored.masked_fill(~keep.view(-1, *([1] * (scored.dim() - 1))), self.ignore_index)
+                    # real_rows reads accelerate's state while the dataloader is at this batch
+                    scored = drop_rows(scored, real_rows(scored.shape[0], scored.device), self.ignore_index)
                     metric.update(logits, scored)
         finally:
             model.train(was_training)

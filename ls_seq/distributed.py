@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["dist_info", "real_rows"]
+__all__ = ["dist_info", "drop_rows", "real_rows"]
 
 
 def dist_info() -> tuple[int, int]:
@@ -43,3 +43,10 @@ def real_rows(n_rows: int, device: torch.device | str | None = None) -> torch.Te
     first = rank * n_rows
     keep = torch.arange(first, first + n_rows, device=device) < state.remainder  # (n_rows,)
     return None if bool(keep.all()) else keep
+
+
+def drop_rows(labels: torch.Tensor, keep: torch.Tensor | None, ignore_index: int = -100) -> torch.Tensor:
+    """``labels`` with every row that ``keep`` (``(B,)`` bool, or None: all) does not keep set to ``ignore_index``."""
+    if keep is None:
+        return labels
+    return labels.masked_fill(~keep.to(labels.device).view(-1, *([1] * (labels.dim() - 1))), ignore_index)

@@ -33,10 +33,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ls_seq.distributed import drop_rows
 from ls_seq.loss_func import LabelSmoothingLossFunc
 from ls_seq.model_io import ModelIO, logits_of
 
-__all__ = ["ModelLoss", "TokenLossRecord"]
+__all__ = ["ModelLoss", "TokenLossRecord", "plain_cross_entropy"]
 
 
 @dataclass
@@ -173,9 +174,7 @@ class ModelLoss:
         ignore = self.loss_fn.ignore_index
         given = record.shift_labels if record.shift_labels is not None else shift_labels
         scored = self.io.scored_labels(labels.to(logits.device), given, ignore)
-        if record.keep_rows is not None:
-            keep = record.keep_rows.to(scored.device).view(-1, *([1] * (scored.dim() - 1)))
-            scored = scored.masked_fill(~keep, ignore)
+        scored = drop_rows(scored, record.keep_rows, ignore)
         if record.fused is not None:
             loss_sum, nll_sum, n_tokens = record.fused.sums(logits, scored)
         else:
@@ -230,7 +229,13 @@ class ModelLoss:
         labels = record.labels.to(logits.device)
         if aligned:
             labels = self.io.scored_labels(labels, record.shift_labels, self.loss_fn.ignore_index)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=self.loss_fn.ignore_index)
+        return plain_cross_entropy(logits, labels, self.loss_fn.ignore_index)
+
+
+def plain_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean token cross-entropy of aligned ``logits`` (..., V) and ``labels`` (...), the operation transformers'
+    models run (``CrossEntropyLoss()(logits.view(-1, V), labels.view(-1))``), so that it equals theirs bit for bit."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=ignore_index)
 
 
 def _takes_labels(model: torch.nn.Module) -> bool:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import DistributedType
 from torch import nn
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
@@ -41,12 +40,12 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, Trai
 from ls_seq._validation import check_alpha, check_choice, check_nonnegative, check_positive_int, check_prior
 from ls_seq.calibration_metrics import require_tokens
 from ls_seq.callbacks import CalibrationCallback
-from ls_seq.distributed import real_rows
+from ls_seq.distributed import drop_rows, real_rows
 from ls_seq.errors import NonFiniteLossError
 from ls_seq.functional.losses import CONVENTIONS
 from ls_seq.loss_func import LabelSmoothingLossFunc
 from ls_seq.model_io import ModelIO, logits_of, model_io
-from ls_seq.model_loss import ModelLoss
+from ls_seq.model_loss import ModelLoss, plain_cross_entropy
 from ls_seq.prior import estimate_unigram_prior, load_prior_file
 from ls_seq.rng import isolated_rng
 
@@ -182,15 +181,13 @@ class _GenerateEvalLoss:
         trainer = self._trainer
         logits = logits_of(outputs)
         scored = trainer.io.scored_labels(labels, None, trainer.loss_fn.ignore_index)
-        keep = real_rows(scored.shape[0], scored.device)
-        if keep is not None:
-            scored = scored.masked_fill(~keep.view(-1, *([1] * (scored.dim() - 1))), trainer.loss_fn.ignore_index)
+        scored = drop_rows(scored, real_rows(scored.shape[0], scored.device), trainer.loss_fn.ignore_index)
         loss_sum, _, n_tokens = trainer.loss_fn.sums(logits, scored)
         loss = loss_sum / n_tokens.clamp_min(1).to(loss_sum.dtype)
         own = outputs.get("loss") if isinstance(outputs, Mapping) else None
         extras = torch.zeros((), device=loss.device)
         if own is not None:  # the model's other terms: its loss minus the plain cross-entropy of its logits
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), scored.reshape(-1), ignore_index=trainer.loss_fn.ignore_index)
+            ce = plain_cross_entropy(logits, scored, trainer.loss_fn.ignore_index)
             if not torch.equal(own, ce):
                 extras = (own - ce).detach().to(loss.device)
         trainer._feed_calibration(logits, scored)
@@ -249,8 +246,8 @@ class LabelSmoothingTrainerMixin:
         if self.fused_linear_loss:
             self.io.output_layer()  # a model without a fusable head is refused here, not at the first step
         self.model_loss = ModelLoss(self.io, self.loss_fn)
-        # The evaluation loss as sums over the whole evaluation set (see evaluation_loop): (loss, tokens).
-        self._eval_sums: list[torch.Tensor] | None = None
+        # Inside evaluation_loop: (loss sum, tokens, batches) over the evaluation set so far, float64; else None.
+        self._eval_sums: torch.Tensor | None = None
         # Replaces HF's LabelSmoother, which Seq2SeqTrainer.prediction_step calls when it generates.
         self.label_smoother = _GenerateEvalLoss(self)
         # Sum over the micro-batches since the last training log of nll_sum / (the loss's own divisor): the NLL
@@ -395,12 +392,8 @@ class LabelSmoothingTrainerMixin:
         return [cb for cb in self.callback_handler.callbacks if isinstance(cb, CalibrationCallback)]
 
     def _feed_calibration(self, logits: torch.Tensor, scored: torch.Tensor) -> None:
-        """Add an evaluation batch to the calibration callbacks' metrics, without accelerate's repeated rows."""
-        if not self._calibration_meters:
-            return
-        keep = real_rows(scored.shape[0], scored.device)
-        if keep is not None:
-            scored = scored.masked_fill(~keep.view(-1, *([1] * (scored.dim() - 1))), self.loss_fn.ignore_index)
+        """Add an evaluation batch to the calibration callbacks' metrics; ``scored`` already has accelerate's
+        repeated rows dropped (:func:`ls_seq.distributed.drop_rows`), as the evaluation loss does."""
         for meter in self._calibration_meters:
             meter.update(logits.detach(), scored)
 
@@ -430,8 +423,7 @@ class LabelSmoothingTrainerMixin:
         loss_sum = loss_sum.detach().double()
         if extras is not None:
             loss_sum = loss_sum + extras.double() * n_tokens
-        batch = torch.stack([loss_sum, n_tokens.double(), torch.ones_like(loss_sum)])
-        self._eval_sums = batch if not isinstance(self._eval_sums, torch.Tensor) else self._eval_sums + batch.to(self._eval_sums.device)
+        self._eval_sums += torch.stack([loss_sum, n_tokens.double(), torch.ones_like(loss_sum)]).to(self._eval_sums.device)
 
     def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
                         ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:  # fmt: skip
@@ -441,15 +433,14 @@ class LabelSmoothingTrainerMixin:
         results join the loop's metrics, so the Trainer logs them with the rest."""
         callbacks = self._calibration_callbacks() if self._evaluating else []
         self._calibration_meters = [cb.begin_in_loop(self) for cb in callbacks]
-        self._eval_sums = []  # filled by compute_loss / the generation loss: (loss sum, tokens, batches)
+        self._eval_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # filled by _add_eval_sums
         try:
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         finally:
             meters, self._calibration_meters = self._calibration_meters, []
             sums, self._eval_sums = self._eval_sums, None
-        sums = sums if isinstance(sums, torch.Tensor) else torch.zeros(3, dtype=torch.float64, device=self.args.device)
         if self.args.world_size > 1:  # every process runs the loop: a collective
-            sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum")
+            sums = self.accelerator.reduce(sums, reduction="sum")
         loss_sum, n_tokens, batches = (float(v) for v in sums.cpu())
         if not output.num_samples or (batches and not n_tokens):
             require_tokens(0, metric_key_prefix)
