@@ -27,7 +27,7 @@ import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
 from benchmarks import common
-from ls_seq.metrics import TokenCalibration
+from ls_seq.calibration.metric import TokenCalibration
 
 IGNORE = -100
 TEMPERATURES = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.5, 1.7, 2.0, 2.5]

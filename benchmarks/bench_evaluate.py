@@ -14,7 +14,7 @@ CPU time to be the work):
 - ``no calibration``: ``LabelSmoothing(Seq2Seq)Trainer.evaluate()`` (the reference);
 - ``in-loop``: the same trainer with ``callbacks=[CalibrationCallback(temperatures=grid)]``: the Trainer's own
   evaluation loop feeds the metric (target <= 1.1x);
-- ``CalibrationMetrics``: a plain HF trainer with the ``preprocess_logits_for_metrics`` + ``compute_metrics``
+- ``CalibrationComputeMetrics``: a plain HF trainer with the ``preprocess_logits_for_metrics`` + ``compute_metrics``
   pair (``batch_eval_metrics=True``);
 - ``callback, own pass``: a plain HF trainer with the callback, which runs a second teacher-forced pass (what
   every trainer did before: about 2x).
@@ -40,7 +40,7 @@ from benchmarks.bench_sweep import corpus, setup
 
 GRID = [0.8, 1.0, 1.25, 1.5, 2.0]
 REFERENCE = "no calibration"
-CASES = [REFERENCE, "in-loop", "CalibrationMetrics", "callback, own pass"]
+CASES = [REFERENCE, "in-loop", "CalibrationComputeMetrics", "callback, own pass"]
 
 
 def _data(tok, kind: str, pairs: int) -> list[dict[str, list[int]]]:
@@ -61,7 +61,7 @@ def _model(kind: str, tok):
     if kind == "marian-base":
         from transformers import MarianMTModel
 
-        from ls_seq.translation.presets import apply_overrides, build_model_config, get_preset
+        from ls_seq.studies.en_de.presets import apply_overrides, build_model_config, get_preset
 
         torch.manual_seed(0)
         preset = apply_overrides(get_preset("base"), dropout=0.0, vocab_size=len(tok), max_length=128)
@@ -83,9 +83,9 @@ def build_trainer(case: str, kind: str, pairs: int, batch_size: int):
         Trainer,
     )
 
-    from ls_seq.calibration_metrics import CalibrationMetrics
-    from ls_seq.callbacks import CalibrationCallback
-    from ls_seq.trainer import (
+    from ls_seq.hf.callbacks import CalibrationCallback
+    from ls_seq.hf.compute_metrics import CalibrationComputeMetrics
+    from ls_seq.hf.trainer import (
         LabelSmoothingSeq2SeqTrainer,
         LabelSmoothingSeq2SeqTrainingArguments,
         LabelSmoothingTrainer,
@@ -112,8 +112,8 @@ def build_trainer(case: str, kind: str, pairs: int, batch_size: int):
         return cls(model=model, args=args_cls(**common_args), eval_dataset=data, data_collator=collator,
                    callbacks=[callback] if case == "in-loop" else None)
     cls, args_cls = (Trainer, Seq2SeqTrainingArguments) if causal else (Seq2SeqTrainer, Seq2SeqTrainingArguments)
-    if case == "CalibrationMetrics":
-        pair = CalibrationMetrics(temperatures=GRID, model=model)
+    if case == "CalibrationComputeMetrics":
+        pair = CalibrationComputeMetrics(temperatures=GRID, model=model)
         return cls(model=model, args=args_cls(**common_args, batch_eval_metrics=True), eval_dataset=data,
                    data_collator=collator, **pair.trainer_kwargs())
     return cls(model=model, args=args_cls(**common_args), eval_dataset=data, data_collator=collator, callbacks=[callback])

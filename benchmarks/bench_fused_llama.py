@@ -8,7 +8,7 @@ random weights (seed 0); batch ``--batch x --seq`` random token ids with ``label
 - ``unfused``: ``LabelSmoothingTrainer`` (alpha 0.1): the model's logits, then ls-seq's single-pass loss
   kernel (the reference the targets are stated against);
 - ``fused``: the same with ``fused_linear_loss=True``: the output layer computes the loss inside the model's
-  forward (``ls_seq.fused_head``), the ``(tokens, V)`` logits never exist;
+  forward (``ls_seq.hf.fused_head``), the ``(tokens, V)`` logits never exist;
 - ``HF model loss``: ``model(**batch).loss``, Llama's own unsmoothed cross-entropy, for scale.
 
 Targets (issue 11): fused extra peak memory <= 0.2x the unfused step's, time <= 1.1x. Each case is measured
@@ -37,7 +37,7 @@ def build_case(name: str, batch: int, seq: int, hidden: int, vocab: int, device:
     """A fresh model, trainer and batch, and the callable running one training step of case ``name``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ls_seq.trainer import LabelSmoothingTrainer, LabelSmoothingTrainingArguments
+    from ls_seq.hf.trainer import LabelSmoothingTrainer, LabelSmoothingTrainingArguments
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2,

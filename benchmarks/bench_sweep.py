@@ -1,4 +1,4 @@
-"""Temperature sweeps (ls_seq.sweeps) against one pass per temperature, on the tiny Marian preset.
+"""Temperature sweeps (ls_seq.hf.sweeps) against one pass per temperature, on the tiny Marian preset.
 
 The model is the ``tiny`` preset's ``MarianConfig`` (d_model 192, 3+3 layers, V = 8000), randomly initialised
 in code; the tokenizer is trained on the first Multi30k training sentences when ``../shared/data/multi30k``
@@ -42,10 +42,10 @@ import torch
 from transformers import LogitsProcessorList, MarianMTModel, PreTrainedTokenizerFast
 
 from benchmarks import common
-from ls_seq.generation import BeamSearchTemperature
-from ls_seq.sweeps import beam_search_sweep, teacher_forced_sweep
-from ls_seq.translation.presets import PAPER_TEMPERATURES, apply_overrides, build_model_config, get_preset
-from ls_seq.translation.tokenizer import load_or_train_tokenizer
+from ls_seq.hf.generation import BeamSearchTemperature
+from ls_seq.hf.sweeps import beam_search_sweep, teacher_forced_sweep
+from ls_seq.studies.en_de.presets import PAPER_TEMPERATURES, apply_overrides, build_model_config, get_preset
+from ls_seq.studies.en_de.tokenizer import load_or_train_tokenizer
 
 SWEEP_TEMPERATURES = list(PAPER_TEMPERATURES)  # the paper's grid, 0.8 ... 2.0
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"

@@ -44,7 +44,7 @@ from transformers import (
 
 from benchmarks import common
 from benchmarks.bench_sweep import corpus, setup
-from ls_seq.trainer import (
+from ls_seq.hf.trainer import (
     LabelSmoothingSeq2SeqTrainer,
     LabelSmoothingSeq2SeqTrainingArguments,
     LabelSmoothingTrainer,

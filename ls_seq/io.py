@@ -24,14 +24,16 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ls_seq.errors import DiskFullError, InputError
+from ls_seq.errors import DiskFullError, InputError, LsSeqError
 
 __all__ = [
+    "writing_to",
     "apply_umask_modes",
     "atomic_savefig",
     "atomic_write_bytes",
@@ -253,3 +255,67 @@ def check_output_dir(path: str | os.PathLike | None, argument: str = "output_dir
             f"`{argument}`={os.fspath(path)!r} cannot be written: creating a file in {str(existing)!r} failed ({exc.strerror})"
         ) from exc
     return given
+
+
+# ------------------------------------------------------------------------------------------------------
+# A full disk, told apart from other write errors
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# What libraries that write from C/Rust say instead of raising OSError(ENOSPC): safetensors
+# ("IoError(Os { code: 28, kind: StorageFull, ...})") and torch.save ("PytorchStreamWriter failed writing
+# file data/0: file write failed").
+_DISK_FULL_TEXT = ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded")
+_WRITE_FAILED_TEXT = ("file write failed", "PytorchStreamWriter failed", "unexpected pos")
+# torch.save on a full disk can also fail with "unexpected pos 138240 vs 138128" (a short write): a failed write
+# on a file system with less than this much space left is reported as a full disk.
+_NEARLY_FULL = 1 << 20
+
+
+def _free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system of ``path`` (or of its nearest existing parent); None if unknown."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    text = str(exc)
+    return any(t in text for t in _DISK_FULL_TEXT)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+@contextlib.contextmanager
+def writing_to(path: str | os.PathLike, what: str = "") -> Iterator[None]:
+    """Inside, a failed write of ``path`` (ENOSPC, safetensors' ``StorageFull``, torch's ``file write failed``
+    or ``unexpected pos``, or any ``OSError``/``RuntimeError`` while less than 1 MiB is free there) becomes
+    :class:`DiskFullError` naming ``path``; other exceptions pass unchanged.
+
+    For code that writes through libraries whose errors do not name the file (``Trainer.save_model``,
+    ``torch.save``)::
+
+        with writing_to(checkpoint_dir, "checkpoint"):
+            trainer.train()
+    """
+    try:
+        yield
+    except LsSeqError:
+        raise
+    except Exception as exc:
+        label = f"{what} {os.fspath(path)!r}" if what else repr(os.fspath(path))
+        free = _free_bytes(path)
+        if _is_disk_full(exc) or (free is not None and free < _NEARLY_FULL and isinstance(exc, (OSError, RuntimeError))):
+            room = "" if free is None else f" ({free} bytes free)"
+            raise DiskFullError(errno.ENOSPC, f"no space left on device writing {label}{room}: {_one_line(exc)}") from exc
+        if any(t in str(exc) for t in _WRITE_FAILED_TEXT):
+            raise DiskFullError(errno.EIO, f"could not write {label} (disk full?): {_one_line(exc)}") from exc
+        raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ls_seq._validation import check_alpha, check_choice, check_prior
+from ls_seq.checks import check_alpha, check_choice, check_prior
 from ls_seq.functional.losses import CONVENTIONS, REDUCTIONS, label_smoothed_cross_entropy
 
 __all__ = ["LabelSmoothedCrossEntropy"]

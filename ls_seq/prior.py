@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ls_seq._validation import check_nonnegative, check_positive_int
+from ls_seq.checks import check_nonnegative, check_positive_int
 
 __all__ = ["estimate_unigram_prior", "load_prior_file"]
 

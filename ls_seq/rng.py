@@ -9,7 +9,7 @@ the block and restores them after it, whatever the block drew or raised.
 
 :class:`IsolatedEvaluationMixin` puts HF ``Trainer.evaluate`` inside it; the studies' trainers use it, so
 a run with ``--calibration_every`` trains bit for bit the model that a run without it trains (tests:
-``tests/translation/test_calibration_along_training.py``, ``tests/test_rng.py``). The vision loop's
+``tests/studies/en_de/test_calibration_along_training.py``, ``tests/test_rng.py``). The vision loop's
 evaluations run inside it too (:mod:`vision.train`); fairseq reseeds its generators from the update number
 before every training step, so its validations cannot reach training.
 

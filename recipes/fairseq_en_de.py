@@ -6,7 +6,7 @@
 
 The same study as ``recipes/wmt_en_de.py`` (same data reader, tokenizer, presets, ``results.json``, report and
 figures), trained by ``fairseq-train`` with the ls-seq criterion and decoded by ``fairseq-generate
---temperature T``. Needs fairseq (docs/fairseq.md). Everything happens in :mod:`ls_seq.ls_seq_fairseq.study`;
+--temperature T``. Needs fairseq (docs/fairseq.md). Everything happens in :mod:`ls_seq_fairseq.study`;
 this script parses and checks the arguments before any work (bad input: one line, exit 2).
 """
 
@@ -17,9 +17,9 @@ import sys
 
 from transformers import HfArgumentParser
 
-from ls_seq.errors import run_main
-from ls_seq.ls_seq_fairseq.study import FairseqStudyArguments, run_study
-from ls_seq.translation.study import DataArguments, ModelArguments
+from ls_seq.cli.runner import run_main
+from ls_seq.studies.en_de.study import DataArguments, ModelArguments
+from ls_seq_fairseq.study import FairseqStudyArguments, run_study
 
 
 def parse_args(argv: list[str]) -> tuple[DataArguments, ModelArguments, FairseqStudyArguments]:

@@ -20,7 +20,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from ls_seq.errors import run_main
+from ls_seq.cli.runner import run_main
 from vision.seeds import run_seeds
 from vision.study import VisionStudyConfig
 

@@ -8,8 +8,8 @@
 Trains one Transformer per ``--alphas`` value, sweeps the temperature and writes ``results.json``,
 ``results.csv``, ``report.md`` and the figures to ``--output_dir``; ``--resume`` continues a killed run.
 ``--seeds 42 43 44`` runs the whole study once per seed (``seed_<s>/``) and adds the mean, spread and the
-paper's claims decided over seeds (:mod:`ls_seq.translation.seeds`).
-Everything happens in :mod:`ls_seq.translation.study`; this script only parses and checks the arguments
+paper's claims decided over seeds (:mod:`ls_seq.studies.en_de.seeds`).
+Everything happens in :mod:`ls_seq.studies.en_de.study`; this script only parses and checks the arguments
 (before any work starts). Bad input exits 2 and a fault (a full disk, a locked output directory, a
 damaged checkpoint with no fallback) exits 1, each with one line naming the argument or file; ``--debug``
 (or ``LS_SEQ_DEBUG=1``) adds the traceback.
@@ -22,9 +22,9 @@ import sys
 
 from transformers import HfArgumentParser
 
-from ls_seq.errors import run_main
-from ls_seq.translation.seeds import run_seeds
-from ls_seq.translation.study import (
+from ls_seq.cli.runner import run_main
+from ls_seq.studies.en_de.seeds import run_seeds
+from ls_seq.studies.en_de.study import (
     DataArguments,
     ModelArguments,
     StudyArguments,

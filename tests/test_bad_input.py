@@ -21,7 +21,7 @@ from ls_seq import (
     label_smoothed_cross_entropy,
     smoothness_index,
 )
-from ls_seq.metrics import TokenCalibration
+from ls_seq.calibration.metric import TokenCalibration
 
 Z = torch.randn(2, 3, 5)  # (B, T, V)
 Y = torch.randint(0, 5, (2, 3))
@@ -35,7 +35,7 @@ def _metric_update(logits, labels, **kwargs):
 def _training_args(**kwargs):
     import tempfile
 
-    from ls_seq.trainer import LabelSmoothingSeq2SeqTrainingArguments
+    from ls_seq.hf.trainer import LabelSmoothingSeq2SeqTrainingArguments
 
     return LabelSmoothingSeq2SeqTrainingArguments(tempfile.mkdtemp(), use_cpu=True, report_to="none", **kwargs)
 
@@ -47,7 +47,7 @@ def _loss_func(outputs, labels, **kwargs):
 
 
 def _callback_without_eval_dataset():
-    from distributed.tiny import collate, tiny_model, training_args
+    from _helpers.tiny import collate, tiny_model, training_args
     from transformers import Seq2SeqTrainer
 
     from ls_seq import CalibrationCallback
@@ -57,7 +57,7 @@ def _callback_without_eval_dataset():
 
 
 def _ende_args(**kwargs):
-    from ls_seq.translation.arguments import DataArguments, ModelArguments, StudyArguments
+    from ls_seq.studies.en_de.arguments import DataArguments, ModelArguments, StudyArguments
 
     cls = {"data": DataArguments, "model": ModelArguments, "study": StudyArguments}[kwargs.pop("which")]
     return cls(**kwargs)
@@ -66,7 +66,7 @@ def _ende_args(**kwargs):
 def _corpus(tmp_factory, en: str, de: str):
     import gzip
 
-    from ls_seq.translation.data import read_parallel_split
+    from ls_seq.studies.en_de.data import read_parallel_split
 
     directory = tmp_factory()
     for lang, text in (("en", en), ("de", de)):
@@ -84,7 +84,7 @@ def _vision_config(**kwargs):
 
 
 def _beam_search_sweep(**kwargs):
-    from ls_seq.sweeps import beam_search_sweep
+    from ls_seq.hf.sweeps import beam_search_sweep
 
     model = torch.nn.Linear(1, 1)  # never reached: the arguments are checked first
     beam_search_sweep(model, None, ["a"], [1.0], **kwargs)
@@ -183,7 +183,7 @@ TMP_ROWS = [
     ("corpus misaligned", lambda t: _corpus(t, "a\nb\n", "x\n"), ValueError, "misaligned corpus: .*train.en.gz' has 2 lines"),
     ("corpus empty", lambda t: _corpus(t, "", ""), ValueError, "empty corpus"),
     ("corpus empty line", lambda t: _corpus(t, "a\n\nc\n", "x\ny\nz\n"), ValueError, "train.en.gz' line 2 is empty"),
-    ("corpus missing dir", lambda t: __import__("ls_seq.translation.data", fromlist=["x"]).read_parallel_split(t() / "nope", "train"), ValueError, "is not a directory"),
+    ("corpus missing dir", lambda t: __import__("ls_seq.studies.en_de.data", fromlist=["x"]).read_parallel_split(t() / "nope", "train"), ValueError, "is not a directory"),
 ]
 
 

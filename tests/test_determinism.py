@@ -7,9 +7,9 @@ vision training function (SGD with Nesterov momentum, augmentation drawn from se
 from __future__ import annotations
 
 import torch
-from distributed.tiny import collate, tiny_config, tiny_dataset, training_args
+from _helpers.tiny import collate, tiny_config, tiny_dataset, training_args
 
-from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
+from ls_seq.hf.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
 
 
 def _hf_run(tmp_path, seed: int):

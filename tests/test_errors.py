@@ -11,8 +11,9 @@ import textwrap
 import time
 
 import pytest
-from faults import interruptible
+from _helpers.faults import interruptible
 
+from ls_seq.cli.runner import describe_fault, run_main
 from ls_seq.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAULT,
@@ -22,10 +23,8 @@ from ls_seq.errors import (
     InputError,
     NonFiniteLossError,
     RunLockedError,
-    describe_fault,
-    run_main,
-    writing_to,
 )
+from ls_seq.io import writing_to
 
 
 @pytest.mark.parametrize(
@@ -116,7 +115,7 @@ def test_a_signal_unwinds_runs_finally_blocks_and_says_so_in_one_line(tmp_path, 
     marker, ready = tmp_path / "marker", tmp_path / "ready"
     script = textwrap.dedent(f"""
         import os, signal, sys, time
-        from ls_seq.errors import run_main
+        from ls_seq.cli.runner import run_main
         def main(argv):
             open({str(marker)!r}, "w").close()
             try:

@@ -7,10 +7,11 @@ import stat
 
 import pytest
 import torch
-from faults import FailingWrites, read_only_directory, tmpfs
+from _helpers.faults import FailingWrites, read_only_directory, tmpfs
 
 import ls_seq.io
-from ls_seq.errors import DiskFullError, InputError, describe_fault
+from ls_seq.cli.runner import describe_fault
+from ls_seq.errors import DiskFullError, InputError
 from ls_seq.io import (
     atomic_write_bytes,
     atomic_write_csv,

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from distributed.tiny import collate, tiny_config, tiny_dataset, training_args
+from _helpers.tiny import collate, tiny_config, tiny_dataset, training_args
 from torch.utils.data import DataLoader
 from transformers import MarianMTModel, set_seed
 
@@ -48,8 +48,8 @@ def test_the_streams_continue_as_if_the_block_never_ran_even_when_it_raises():
 def _train(tmp_path, name, *, evaluate, trainer_cls):
     from transformers import Seq2SeqTrainer
 
-    from ls_seq.callbacks import CalibrationCallback
-    from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
+    from ls_seq.hf.callbacks import CalibrationCallback
+    from ls_seq.hf.trainer import LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments
 
     cls = {
         "hf": Seq2SeqTrainer,

@@ -1,7 +1,7 @@
 """Calibration of hard-target, temperature-scaled and label-smoothed networks (Müller et al. 2019, Fig. 2, Table 3).
 
 The three rows of the paper's comparison, all measured on the test split with the shared metric core
-(``ls_seq.metrics.TokenCalibration``, 15 equal-width bins):
+(``ls_seq.calibration.metric.TokenCalibration``, 15 equal-width bins):
 
 * ``hard targets``: the network trained with ``alpha = 0``, logits as they are;
 * ``hard targets + temperature scaling``: the same logits divided by ``T`` fitted with
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from ls_seq import fit_temperature
-from ls_seq.metrics import TokenCalibration
-from ls_seq.study.claims import SeedEvidence
-from ls_seq.study.trajectory import TrajectoryPoint, trajectory_from_log
+from ls_seq.calibration.metric import TokenCalibration
+from ls_seq.studies.claims import SeedEvidence
+from ls_seq.studies.trajectory import TrajectoryPoint, trajectory_from_log
 
 __all__ = [
     "TRAJECTORY_TEMPERATURES",
@@ -54,7 +54,7 @@ class CalibrationRow:
     metrics: dict[str, float]
     reliability: dict[str, torch.Tensor]
     # (R,) bootstrap replicates of ece, accuracy and nll; replicate r of every row is the same resample of the
-    # test images (ls_seq.study.intervals), so two rows' difference has a paired interval
+    # test images (ls_seq.studies.intervals), so two rows' difference has a paired interval
     replicates: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -116,7 +116,7 @@ class CalibrationAlongTraining:
 
     At each such epoch it records, in the epoch's history entry, ``val_ece``, ``val_nll``, ``val_accuracy``,
     ``val_mean_confidence`` (T = 1), ``val_best_ece_temperature`` / ``val_best_temperature`` (lowest ECE /
-    NLL on ``temperatures``, 1.0 included; the names of :func:`ls_seq.calibration_metrics.calibration_log_values`); the history is saved in each checkpoint, so a resumed run keeps
+    NLL on ``temperatures``, 1.0 included; the names of :func:`ls_seq.hf.compute_metrics.calibration_log_values`); the history is saved in each checkpoint, so a resumed run keeps
     the earlier points. Every process measures the whole split, so all of them record the same numbers.
     :attr:`seconds` adds up its wall-clock in this process (the history holds only deterministic numbers).
     """
@@ -154,7 +154,7 @@ class CalibrationAlongTraining:
 
 
 def trajectory_points(history: Sequence[dict[str, float]]) -> list[TrajectoryPoint]:
-    """The :class:`~ls_seq.study.trajectory.TrajectoryPoint` of each history entry that
+    """The :class:`~ls_seq.studies.trajectory.TrajectoryPoint` of each history entry that
     :class:`CalibrationAlongTraining` measured (``step`` and ``epoch`` are both the epoch)."""
     return trajectory_from_log(history, prefix="val_", step="epoch")
 
@@ -162,7 +162,7 @@ def trajectory_points(history: Sequence[dict[str, float]]) -> list[TrajectoryPoi
 def paired_evidence(rows: dict[str, dict], a: str, b: str, key: str, seed: int) -> SeedEvidence:
     """One seed's evidence for a claim on ``rows[b][key] - rows[a][key]`` (results.json calibration rows): the
     difference and its paired bootstrap interval over the test images, when both rows hold replicates."""
-    from ls_seq.study.intervals import paired_evidence as evidence
+    from ls_seq.studies.intervals import paired_evidence as evidence
 
     replicates = [rows[name].get("replicates", {}).get(key) for name in (a, b)]
     return evidence(seed, rows[b][key] - rows[a][key], *replicates)

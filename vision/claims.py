@@ -1,7 +1,7 @@
 """The paper's claims about the image studies, from one seed's results and over seeds.
 
 Every claim is the sign of a difference between two measured quantities (``tightness(LS) - tightness(hard)``
-below 0: label smoothing makes the clusters tighter), decided by the rule of :mod:`ls_seq.study.claims`:
+below 0: label smoothing makes the clusters tighter), decided by the rule of :mod:`ls_seq.studies.claims`:
 
 * the calibration claims (Table 3, Sec. 3) from each seed's paired bootstrap interval over the test images
   (:func:`vision.calibration.paired_evidence`);
@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ls_seq.significance import verdict
-from ls_seq.study.claims import SeedEvidence, decide
+from ls_seq.studies.claims import SeedEvidence, decide
+from ls_seq.studies.significance import verdict
 from vision.calibration import HARD, HARD_TS, SMOOTHED, paired_evidence
 from vision.distillation import FROM_HARD, FROM_LS, STUDENT, TEACHER, DistillationPoint
 

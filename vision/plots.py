@@ -1,4 +1,4 @@
-"""Figures of the vision studies (reliability diagrams come from ``ls_seq.plots``).
+"""Figures of the vision studies (reliability diagrams come from ``ls_seq.calibration.plots``).
 
 Built on :class:`matplotlib.figure.Figure` (no pyplot state, renders headless); save with
 ``ls_seq.io.atomic_savefig``.

@@ -6,8 +6,8 @@ single-seed run: its own ``results.json``, report, figures, checkpoints and ``--
 
 * ``results.json``: per calibration row (hard targets, hard targets + temperature scaling, label smoothing) and
   metric the values of every seed, their mean, standard deviation and 95% Student-t interval; the calibration
-  claims decided with the rule of :mod:`ls_seq.study.claims` (per seed: the paired bootstrap interval of the
-  difference over the test images, :mod:`ls_seq.study.intervals`; over seeds: the t-interval); the projection,
+  claims decided with the rule of :mod:`ls_seq.studies.claims` (per seed: the paired bootstrap interval of the
+  difference over the test images, :mod:`ls_seq.studies.intervals`; over seeds: the t-interval); the projection,
   distillation and mutual-information claims by the same t-interval over seeds (:mod:`vision.claims`);
 * ``report.md`` and ``calibration_along_training.png`` (the trajectories over seeds).
 
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ls_seq.io import atomic_write_files, json_bytes
-from ls_seq.study import RunDirectory
-from ls_seq.study.claims import VERDICT_RULE, Claim, SeedEvidence, claims_table, decide
-from ls_seq.study.seeds import TRAJECTORY_FIGURE, report_header, seed_dir, summarise, summary_table, trajectory_png
+from ls_seq.studies import RunDirectory
+from ls_seq.studies.claims import VERDICT_RULE, Claim, SeedEvidence, claims_table, decide
+from ls_seq.studies.seeds import TRAJECTORY_FIGURE, report_header, seed_dir, summarise, summary_table, trajectory_png
 from vision.calibration import HARD, HARD_TS, SMOOTHED, paired_evidence, trajectory_points
 from vision.claims import seed_comparison_claims
 from vision.study import _NOT_CONFIGURATION, VisionStudyConfig, run_study

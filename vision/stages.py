@@ -1,4 +1,4 @@
-"""The vision study's measurements as typed stage records (:class:`ls_seq.study.StageRecord`), one per study,
+"""The vision study's measurements as typed stage records (:class:`ls_seq.studies.StageRecord`), one per study,
 kept in ``output_dir/stages.json`` so that ``--resume`` reuses a finished study instead of measuring it again.
 
 Each record's ``to_json()`` is ``{study name: what results.json holds under it}``, so ``results.json`` is the
@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ls_seq.study import StageRecord, StageStore
-from ls_seq.study.stages import json_object
+from ls_seq.studies import StageRecord, StageStore
+from ls_seq.studies.stages import json_object
 from vision.distillation import DistillationPoint
 
 __all__ = [

@@ -7,11 +7,11 @@
    function (:func:`vision.train.train_model`), with hard targets (``alpha = 0``) and with label smoothing
    (``alpha``); the mutual-information callback rides along when that study is asked for;
 3. projection (:mod:`vision.projection`), calibration (:mod:`vision.calibration`), distillation
-   (:mod:`vision.distillation`), each plotted by :mod:`vision.plots` or ``ls_seq.plots``;
+   (:mod:`vision.distillation`), each plotted by :mod:`vision.plots` or ``ls_seq.calibration.plots``;
 4. ``results.json``, ``report.md`` and the PNG figures in ``output_dir``, each written atomically (the
    figures first, ``report.md`` and ``results.json`` last, as one set).
 
-``output_dir`` is a :class:`ls_seq.study.RunDirectory`: locked for the run, with its configuration in
+``output_dir`` is a :class:`ls_seq.studies.RunDirectory`: locked for the run, with its configuration in
 ``run_config.json``. Checkpoints live in ``output_dir/runs/<run>/``, and each finished study's record in
 ``output_dir/stages.json`` (:mod:`vision.stages`); ``--resume`` continues every run from its checkpoint and
 reads finished studies back when the configuration is the same (another ``--study`` may be added; anything
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ls_seq.checkpoints import set_aside
+from ls_seq.calibration.plots import plot_reliability_diagram
 from ls_seq.checks import (
     check_alpha,
     check_choice,
@@ -42,10 +42,10 @@ from ls_seq.checks import (
 )
 from ls_seq.errors import InputError, LsSeqWarning
 from ls_seq.io import atomic_savefig, atomic_write_files, json_bytes
-from ls_seq.plots import plot_reliability_diagram
-from ls_seq.study import PresetRegistry, RunDirectory, StageRecord
-from ls_seq.study.claims import markdown_cell
-from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
+from ls_seq.studies import PresetRegistry, RunDirectory, StageRecord
+from ls_seq.studies.checkpoints import set_aside
+from ls_seq.studies.claims import markdown_cell
+from ls_seq.studies.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
 from vision.calibration import (
     HARD,
     SMOOTHED,

@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 from transformers import DataCollatorForSeq2Seq, MarianMTModel, TrainerCallback, set_seed
 
+from ls_seq.hf.sweeps import best_temperature, teacher_forced_sweep
+from ls_seq.hf.trainer import LabelSmoothingSeq2SeqTrainer
 from ls_seq.io import atomic_write_json
-from ls_seq.sweeps import best_temperature, teacher_forced_sweep
-from ls_seq.trainer import LabelSmoothingSeq2SeqTrainer
-from ls_seq.translation.data import _batches, _tokenize, load_corpora
-from ls_seq.translation.presets import PAPER_TEMPERATURES, apply_overrides, build_model_config, get_preset
-from ls_seq.translation.tokenizer import load_or_train_tokenizer
-from ls_seq.translation.training import training_arguments
+from ls_seq.studies.en_de.data import _batches, _tokenize, load_corpora
+from ls_seq.studies.en_de.presets import PAPER_TEMPERATURES, apply_overrides, build_model_config, get_preset
+from ls_seq.studies.en_de.tokenizer import load_or_train_tokenizer
+from ls_seq.studies.en_de.training import training_arguments
 
 GRID = list(PAPER_TEMPERATURES)
 

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from ls_seq._validation import (
+from ls_seq.checks import (
     check_alpha,
     check_choice,
     check_logits_labels,

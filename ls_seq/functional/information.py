@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ls_seq._validation import check_logits_labels, check_temperature
+from ls_seq.checks import check_logits_labels, check_temperature
 
 __all__ = ["gaussian_mutual_information", "smoothness_index"]
 

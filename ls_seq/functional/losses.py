@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ls_seq._validation import (
+from ls_seq.checks import (
     check_alpha,
     check_choice,
     check_logits_labels,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ls_seq._validation import check_alpha, check_positive_int
+from ls_seq.checks import check_alpha, check_positive_int
 
 __all__ = ["cutmix_box", "mix_targets"]
 

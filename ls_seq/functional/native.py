@@ -3,7 +3,7 @@
 with a flag for rows holding an infinity or a NaN (:func:`exp_sums`), and the row's top k in one more read
 (:func:`native_topk`).
 
-On CPU the exponentials are the whole cost of :func:`ls_seq.functional.calibration.token_statistics`: ATen
+On CPU the exponentials are the whole cost of :func:`ls_seq.functional.statistics.token_statistics`: ATen
 takes one shift, one ``exp2`` and one reduction per temperature, each reading and writing the chunk, about 1.4
 ns per logit and temperature here; the kernel keeps a row in cache for every temperature and measured about
 0.45 ns. The top k (:func:`~ls_seq.functional._kernels.row_topk` on ATen, plus a row sum for the finiteness

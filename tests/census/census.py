@@ -87,7 +87,7 @@ def run(names: list[str], timeout: int, memory_gb: float = 6.0) -> list[ClassRes
     import transformers
     from tqdm import tqdm
 
-    import ls_seq.trainer  # noqa: F401 - imported once here, inherited by every forked child
+    import ls_seq.hf.trainer  # noqa: F401 - imported once here, inherited by every forked child
 
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
@@ -154,7 +154,7 @@ def render(results: list[ClassResult], command: str, seconds: float) -> str:
     paths = {p: sum(res.path == p for res in results) for p in ("hook", "explicit")}
     lines += [
         "",
-        f"Paths (`ls_seq/model_loss.py`): **hook** for {paths['hook']} classes (the forward calls `self.loss_function`, "
+        f"Paths (`ls_seq/hf/model_loss.py`): **hook** for {paths['hook']} classes (the forward calls `self.loss_function`, "
         f"which ls-seq's token loss replaces), **explicit** for {paths['explicit']} (the model builds its own "
         "cross-entropy; ls-seq scores its logits and keeps what its loss adds beyond that).",
         "",

@@ -69,7 +69,7 @@ class ClassResult:
     name: str
     registries: tuple[str, ...]
     moe: bool = False
-    path: str = ""  # "hook" (its forward calls self.loss_function) or "explicit" (ls_seq.model_loss)
+    path: str = ""  # "hook" (its forward calls self.loss_function) or "explicit" (ls_seq.hf.model_loss)
     transform: str = ""
     model_loss: str = ""  # "ok", "none", "model-loss-misaligned", "extras=..." notes
     routes: dict[str, str] = field(default_factory=dict)
@@ -309,7 +309,7 @@ def _run_trainer_loss(model, trainer, batch) -> tuple[torch.Tensor, dict[str, to
 
 
 def route_r1(model, batch, alpha: float, tmp: str, fused: bool = False):
-    from ls_seq.trainer import (
+    from ls_seq.hf.trainer import (
         LabelSmoothingSeq2SeqTrainer,
         LabelSmoothingSeq2SeqTrainingArguments,
         LabelSmoothingTrainer,
@@ -386,7 +386,7 @@ def model_path(name: str) -> str:
     """The path ls-seq's trainers take for a class, read from its code (no model built)."""
     import transformers
 
-    from ls_seq.model_io import routes_loss_function
+    from ls_seq.hf.model_io import routes_loss_function
 
     cls = getattr(transformers, name)
     return "hook" if routes_loss_function(cls.__new__(cls)) else "explicit"

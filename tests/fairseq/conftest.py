@@ -88,10 +88,10 @@ def plugin():
 @pytest.fixture(scope="session")
 def data_bin(tmp_path_factory, plugin) -> DataBin:
     """400 training, 64 validation (the first 32 also as valid1) and 64 test pairs of Multi30k, tokenized and binarised by the study's code."""
-    from ls_seq.ls_seq_fairseq.data import binarize, write_token_files
-    from ls_seq.translation.data import ParallelCorpus, load_corpora
-    from ls_seq.translation.evaluation import _derangement
-    from ls_seq.translation.tokenizer import load_or_train_tokenizer
+    from ls_seq.studies.en_de.data import ParallelCorpus, load_corpora
+    from ls_seq.studies.en_de.evaluation import _derangement
+    from ls_seq.studies.en_de.tokenizer import load_or_train_tokenizer
+    from ls_seq_fairseq.data import binarize, write_token_files
 
     data_dir = ROOT.parent / "shared" / "data" / "multi30k"  # as tests/conftest.py's multi30k_dir
     if not (data_dir / "train.en.gz").exists():

@@ -22,8 +22,8 @@ def _teacher_forced_reference(checkpoint, data_dir):
     """``TokenCalibration`` fed with the checkpoint's decoder logits on the validation set, batch by batch."""
     from fairseq import checkpoint_utils
 
-    from ls_seq.ls_seq_fairseq.evaluate import trusted_checkpoints
-    from ls_seq.metrics import TokenCalibration
+    from ls_seq.calibration.metric import TokenCalibration
+    from ls_seq_fairseq.evaluate import trusted_checkpoints
 
     with trusted_checkpoints():
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data_dir)})
@@ -59,8 +59,8 @@ def test_validation_ece_equals_token_calibration_on_the_checkpoint(trained, data
 def test_calibration_sums_of_the_checkpoint_equal_token_calibration(trained, data_bin):
     """The study's pass (fairseq's validation loop with the criterion) at full precision: 1e-9 relative (float64
     sums of the same logits; the only difference is the order of the additions)."""
-    from ls_seq.ls_seq_fairseq.calibration import metrics_from_sums
-    from ls_seq.ls_seq_fairseq.evaluate import calibration_sums
+    from ls_seq_fairseq.calibration import metrics_from_sums
+    from ls_seq_fairseq.evaluate import calibration_sums
 
     ref = _teacher_forced_reference(trained["checkpoint"], data_bin.path)
     stats = calibration_sums(trained["checkpoint"], data_bin.path, ["valid"], TEMPERATURES, max_tokens=1000)["valid"]

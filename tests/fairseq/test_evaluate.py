@@ -27,8 +27,8 @@ def _scores(path):
 def test_temperature_1_is_plain_fairseq_generate(trained, data_bin, tmp_path):
     """``--temperature 1`` gives the hypotheses, scores and BLEU of plain ``fairseq-generate`` run as a command
     (reference: the CLI's stdout), and the BLEU of the sweep's T = 1 point is that of plain generation."""
-    from ls_seq.ls_seq_fairseq.evaluate import generate, read_hypotheses
-    from ls_seq.ls_seq_fairseq.study import _detokenize, evaluation_from_fairseq
+    from ls_seq_fairseq.evaluate import generate, read_hypotheses
+    from ls_seq_fairseq.study import _detokenize, evaluation_from_fairseq
 
     ckpt, data = trained["checkpoint"], data_bin.path
     at_1 = generate(ckpt, data, "test2", tmp_path / "t1", temperature=1.0, **GEN)
@@ -50,14 +50,14 @@ def test_temperature_1_is_plain_fairseq_generate(trained, data_bin, tmp_path):
     test = data_bin.splits["test"]
     text = _detokenize(data_bin.tokenizer, plain)
     ev = evaluation_from_fairseq({}, test, None, {1.0: _detokenize(data_bin.tokenizer, at_1)}, [1.0], 24)
-    from ls_seq.sweeps import corpus_bleu
+    from ls_seq.hf.sweeps import corpus_bleu
 
     assert ev.sweep_bleu.bleu(1.0) == corpus_bleu(text, test.target[:24]) and ev.teacher_forced is None
 
 
 def test_other_temperatures_change_the_search(trained, data_bin, tmp_path):
     """The flag acts: at T = 0.5 and 2 the hypotheses' scores differ from T = 1's."""
-    from ls_seq.ls_seq_fairseq.evaluate import generate
+    from ls_seq_fairseq.evaluate import generate
 
     runs = {}
     for t in (0.5, 1.0, 2.0):
@@ -73,7 +73,7 @@ def test_fairseq_beam_search_scores_are_log_softmax_of_scaled_logits(trained, da
     from fairseq import checkpoint_utils
     from fairseq.sequence_generator import EnsembleModel
 
-    from ls_seq.ls_seq_fairseq.evaluate import trusted_checkpoints
+    from ls_seq_fairseq.evaluate import trusted_checkpoints
 
     with trusted_checkpoints():
         models, _, task = checkpoint_utils.load_model_ensemble_and_task(
@@ -95,7 +95,7 @@ def test_fairseq_beam_search_scores_are_log_softmax_of_scaled_logits(trained, da
 
 
 def test_read_hypotheses_refuses_an_incomplete_file(tmp_path):
-    from ls_seq.ls_seq_fairseq.evaluate import read_hypotheses
+    from ls_seq_fairseq.evaluate import read_hypotheses
 
     path = tmp_path / "generate-test.txt"
     path.write_text("S-1\ta b\nH-1\t-0.5\t▁ein ▁Hund\nH-0\t-0.1\t▁ein\n", encoding="utf-8")

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("fairseq")
 
-PLUGIN_DIR = Path(__file__).resolve().parents[2] / "ls_seq" / "ls_seq_fairseq"
+PLUGIN_DIR = Path(__file__).resolve().parents[2] / "ls_seq_fairseq"
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -25,29 +25,29 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 # Python's import first: what ls_seq imports before the plugin (nothing of fairseq), and what the CLI prints.
 _LS_SEQ_FIRST = (
-    "import ls_seq, ls_seq.cli, ls_seq.metrics, ls_seq.translation.study\n"
+    "import ls_seq, ls_seq.cli.main, ls_seq.calibration.metric, ls_seq.studies.en_de.study\n"
     "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fairseq', 'fairseq_cli', 'ls_seq_fairseq')))\n"
-    "assert ls_seq.cli.main(['fairseq-user-dir']) == 0\n"
+    "assert ls_seq.cli.main.main(['fairseq-user-dir']) == 0\n"
 )
 
 
 @pytest.mark.parametrize("fairseq_first", [True, False])
 def test_one_module_under_both_names_in_either_import_order(fairseq_first, plugin):
-    """fairseq imports the folder as ``ls_seq_fairseq``; code imports ``ls_seq.ls_seq_fairseq``. Either order
+    """fairseq imports the folder as ``ls_seq_fairseq``; code imports ``ls_seq_fairseq``. Either order
     is one module and one registered criterion (a second import would raise "Cannot register duplicate").
     Before the plugin, ``import ls_seq`` (its CLI, metrics and HF study) imports nothing of fairseq, and
     ``ls-seq fairseq-user-dir`` prints the folder, which fairseq-train's own parser accepts as ``--user-dir``."""
     user_dir = (
         f"from fairseq import utils; import argparse; utils.import_user_module(argparse.Namespace(user_dir={str(PLUGIN_DIR)!r}))"
     )
-    python_import = "import ls_seq.ls_seq_fairseq.criterion, ls_seq.ls_seq_fairseq.study"
+    python_import = "import ls_seq_fairseq.criterion, ls_seq_fairseq.study"
     first, second = (user_dir, python_import) if fairseq_first else (_LS_SEQ_FIRST + python_import, user_dir)
     proc = _python(
         f"import os, sys\n{first}\n{second}\n"
-        "import ls_seq, ls_seq_fairseq, ls_seq_fairseq.criterion as a, ls_seq.ls_seq_fairseq.criterion as b\n"
+        "import ls_seq, ls_seq_fairseq, ls_seq_fairseq.criterion as a, ls_seq_fairseq.criterion as b\n"
         "from fairseq.criterions import CRITERION_REGISTRY\n"
         "cls = CRITERION_REGISTRY['ls_seq_label_smoothed_cross_entropy']\n"
-        "print(ls_seq_fairseq is ls_seq.ls_seq_fairseq, a is b, cls is a.LsSeqLabelSmoothedCrossEntropyCriterion)\n"
+        "print(ls_seq_fairseq is ls_seq_fairseq, a is b, cls is a.LsSeqLabelSmoothedCrossEntropyCriterion)\n"
         "print(any(os.path.abspath(p or '.') == os.path.dirname(ls_seq.__file__) for p in sys.path))"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -133,8 +133,8 @@ def test_results_json_has_the_hf_studys_schema(fairseq_run, hf_results):
 
 @pytest.mark.slow
 def test_recipe_end_to_end_writes_consistent_results(fairseq_run):
-    from ls_seq.sweeps import corpus_bleu, distinct_share
-    from ls_seq.translation.data import load_corpora
+    from ls_seq.hf.sweeps import corpus_bleu, distinct_share
+    from ls_seq.studies.en_de.data import load_corpora
 
     out, results = fairseq_run["out"], fairseq_run["results"]
     on_disk = read_json(out / "results.json")
@@ -184,8 +184,8 @@ def _valid1_calibration(checkpoint: Path, data_dir: Path):
     import torch
     from fairseq import checkpoint_utils
 
-    from ls_seq.ls_seq_fairseq.evaluate import trusted_checkpoints
-    from ls_seq.metrics import TokenCalibration
+    from ls_seq.calibration.metric import TokenCalibration
+    from ls_seq_fairseq.evaluate import trusted_checkpoints
 
     with trusted_checkpoints():
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data_dir)})
@@ -206,7 +206,7 @@ def test_calibration_along_training_equals_token_calibration_of_the_saved_checkp
     """Every point fairseq-train's validation logged (the criterion's sums, reduced by fairseq) equals a fresh
     TokenCalibration of the checkpoint saved at that update to 1e-5 (fairseq prints 6 significant digits);
     results.json, timings.json and the report show it as the HF study does."""
-    from ls_seq.study.trajectory import TrajectoryPoint, overconfident_from
+    from ls_seq.studies.trajectory import TrajectoryPoint, overconfident_from
 
     out = fairseq_run["out"]
     grid = [float(t) for t in CAL_TEMPS]
@@ -243,7 +243,7 @@ def test_a_data_directory_without_valid1_is_binarised_again_with_the_same_ids(da
     """A study directory binarised before ``valid1`` existed is rebuilt whole (the calibration along training
     validates on valid1); the dictionary comes from ``train`` alone, so every other subset's files are the
     same bytes as before."""
-    from ls_seq.ls_seq_fairseq.data import SUBSETS, binarize, is_binarized
+    from ls_seq_fairseq.data import SUBSETS, binarize, is_binarized
 
     old = tmp_path / "bin"
     shutil.copytree(data_bin.path, old)
@@ -333,9 +333,9 @@ def test_paper_presets_are_fairseqs_registered_transformers(tmp_path, preset, ar
     architecture name (and the shared embeddings the joint vocabulary needs)."""
     from fairseq import options
 
-    from ls_seq.ls_seq_fairseq.study import FairseqStudyArguments
-    from ls_seq.ls_seq_fairseq.train import train_arguments
-    from ls_seq.translation.presets import get_preset
+    from ls_seq.studies.en_de.presets import get_preset
+    from ls_seq_fairseq.study import FairseqStudyArguments
+    from ls_seq_fairseq.train import train_arguments
 
     args = FairseqStudyArguments(output_dir=str(tmp_path / "out"))
     flags = train_arguments(0.1, get_preset(preset), preset, tmp_path / "data", tmp_path / "ckpt", args)
@@ -396,7 +396,7 @@ def test_a_flag_fairseq_train_does_not_know_is_its_argument_error_before_any_wor
 
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     """What ``python recipes/fairseq_en_de.py`` does (``sys.exit(run_main(main))``): exit code 2, one line."""
-    from ls_seq.errors import run_main
+    from ls_seq.cli.runner import run_main
 
     data = _write_corpus(tmp_path / "data")
     recipe = _load(RECIPE, "fairseq_en_de")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 
 from ls_seq import expected_calibration_error, fit_temperature
-from ls_seq.functional.measures import CalibrationSchema, make_config
+from ls_seq.calibration.schema import CalibrationSchema, make_config
 
 IGNORE = -100
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ls_seq.errors import LsSeqWarning
-from ls_seq.functional import calibration, native
-from ls_seq.functional.calibration import token_statistics
+from ls_seq.functional import native, statistics
+from ls_seq.functional.statistics import token_statistics
 
 pytestmark = pytest.mark.skipif(not native.exp_sums_available(), reason="no C compiler: the ATen path is tested elsewhere")
 
@@ -131,7 +131,7 @@ def test_token_statistics_compiled_equals_aten_path(monkeypatch, dtype):
     labels = torch.randint(0, 517, (4, 32), generator=g)
     labels[:, :5] = -100  # masked prompt tokens: gathered rows, not one run
     compiled = _statistics(logits, labels)
-    monkeypatch.setattr(calibration, "exp_sums_available", lambda: False)
+    monkeypatch.setattr(statistics, "exp_sums_available", lambda: False)
     aten = _statistics(logits, labels)
     for name in ("row", "column", "label", "correct", "in_topk"):
         assert torch.equal(getattr(compiled, name), getattr(aten, name)), name

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ls_seq.calibration.metric import TokenCalibration
 from ls_seq.io import read_json
-from ls_seq.metrics import TokenCalibration
 from vision.calibration import HARD, SMOOTHED, TRAJECTORY_TEMPERATURES
 from vision.data import load_digits
 from vision.models import create_model

@@ -15,10 +15,10 @@ import pytest
 import torch
 from scipy.stats import t as student_t
 
+from ls_seq.calibration.metric import TokenCalibration
 from ls_seq.functional.bootstrap import poisson_weights, token_keys
 from ls_seq.io import read_json
-from ls_seq.metrics import TokenCalibration
-from ls_seq.study.intervals import paired_interval
+from ls_seq.studies.intervals import paired_interval
 from vision.calibration import HARD, HARD_TS, SMOOTHED
 from vision.seeds import run_seeds
 from vision.study import VisionStudyConfig, run_study
@@ -175,7 +175,7 @@ def test_projection_claims_are_decided_over_seeds_from_each_seeds_tightness(tmp_
 def test_the_trajectory_figure_over_seeds_counts_epochs(two_seeds, tmp_path, monkeypatch):
     """The vision loop measures every ``calibration_every`` epochs, so the figure over seeds says "epoch" on its
     x axes (the EN-DE study's says "optimizer step"), as the single-seed figure does."""
-    import ls_seq.study.trajectory as trajectory
+    import ls_seq.studies.trajectory as trajectory
     from vision.seeds import write_seed_report
 
     out, summary = two_seeds

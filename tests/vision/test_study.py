@@ -186,7 +186,7 @@ def test_a_resume_reads_finished_studies_back_from_their_stage_records(tmp_path,
     garbled file is set aside and measured again, and a record missing a field is refused by name."""
     import vision.study
     from ls_seq.errors import LsSeqWarning
-    from ls_seq.study import StageRecordError
+    from ls_seq.studies import StageRecordError
 
     out = tmp_path / "cal"
     first = run_study(_small(out, study="calibration", epochs=1))
@@ -236,7 +236,7 @@ def test_a_locked_output_directory_is_refused(tmp_path):
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
-        from ls_seq.study.run_dir import RunLock
+        from ls_seq.studies.run_dir import RunLock
         RunLock(sys.argv[1]).acquire("the first run")
         print("locked", flush=True)
         time.sleep(120)
@@ -251,7 +251,7 @@ def test_a_locked_output_directory_is_refused(tmp_path):
 
 
 def test_recipe_faults_are_one_line_with_exit_code_two(tmp_path, capsys):
-    from ls_seq.errors import run_main
+    from ls_seq.cli.runner import run_main
 
     (tmp_path / "file").write_text("x")
     for argv, message in (

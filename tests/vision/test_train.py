@@ -171,7 +171,7 @@ def test_teacher_with_label_smoothing_is_ambiguous_and_refused(tmp_path):
 
 
 def test_a_damaged_checkpoint_is_set_aside_and_the_previous_epoch_resumes_to_the_same_weights(tmp_path):
-    from faults import truncate
+    from _helpers.faults import truncate
 
     from ls_seq.errors import LsSeqWarning
     from vision.train import PREVIOUS_CHECKPOINT_NAME
@@ -229,8 +229,8 @@ def test_a_checkpoint_without_a_sidecar_resumes_with_one_warning(tmp_path):
 
 
 def test_nan_weights_in_a_checkpoint_are_caught_before_use(tmp_path):
-    from ls_seq.checkpoints import write_file_checksum
     from ls_seq.errors import LsSeqWarning
+    from ls_seq.studies.checkpoints import write_file_checksum
 
     data, cfg = _toy(), TrainConfig(epochs=1, batch_size=16, lr=0.1, cpu=True)
     train_classifier(_mlp(), data, cfg, checkpoint_dir=tmp_path, progress=False)

@@ -6,8 +6,8 @@ import datasets
 import evaluate
 import torch
 
-from ls_seq.functional.measures import DEFAULT_MEASURES, MEASURES
-from ls_seq.metrics import TokenCalibration
+from ls_seq.calibration.measures import DEFAULT_MEASURES, MEASURES
+from ls_seq.calibration.metric import TokenCalibration
 
 _DESCRIPTION = """
 Token-level calibration of a sequence model under teacher forcing. Every non-ignored target token is one
@@ -17,7 +17,7 @@ correct tokens in bin b of N tokens:
 
     ECE = sum_b |c_b - s_b| / N        MCE = max_b |c_b - s_b| / n_b        RMS = sqrt(sum_b n_b (acc_b - conf_b)^2 / N)
 
-computed by `ls_seq.metrics.TokenCalibration` (so the numbers equal the CalibrationCallback's).
+computed by `ls_seq.calibration.metric.TokenCalibration` (so the numbers equal the CalibrationCallback's).
 """
 
 _KWARGS_DESCRIPTION = """
