@@ -20,13 +20,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ls_seq.io import atomic_write_files, json_bytes
-from ls_seq.studies import RunDirectory
 from ls_seq.studies.claims import VERDICT_RULE, Claim, SeedEvidence, claims_table, decide
-from ls_seq.studies.seeds import TRAJECTORY_FIGURE, report_header, seed_dir, summarise, summary_table, trajectory_png
+from ls_seq.studies.seeds import TRAJECTORY_FIGURE, report_header, run_seed_loop, summarise, summary_table, trajectory_png
 from vision.calibration import HARD, HARD_TS, SMOOTHED, paired_evidence, trajectory_points
 from vision.claims import seed_comparison_claims
 from vision.study import _NOT_CONFIGURATION, VisionStudyConfig, run_study
@@ -59,24 +59,17 @@ def run_seeds(cfg: VisionStudyConfig, command: str | None = None) -> dict[str, A
     if len(seeds) == 1:
         return run_study(dataclasses.replace(cfg, seed=seeds[0], seeds=None), command=command)
     command = command or " ".join(sys.argv)
-    output_dir = Path(cfg.output_dir)
-    run = RunDirectory(output_dir, "vision_seeds")
-    config = run.open(_config(cfg), command=command, resume=cfg.resume, overwrite=cfg.overwrite_output_dir,
-                      extendable={"seeds": "append", "studies": "sort"})  # fmt: skip
-    try:
-        results = {}
-        for seed in config["seeds"]:
-            directory = seed_dir(output_dir, seed)
-            one = dataclasses.replace(
-                cfg, seed=seed, seeds=None, output_dir=str(directory), overwrite_output_dir=False,
-                resume=cfg.resume and (directory / "run_config.json").is_file(),
-            )  # fmt: skip
-            results[seed] = run_study(one, command=f"{command}  # seed {seed}")
-        summary = aggregate(results, command=run.commands or [command])
-        write_seed_report(output_dir, summary, results)
-        return summary
-    finally:
-        run.close()
+
+    def run_seed(seed: int, directory: Path, resume: bool, config: Mapping[str, Any]) -> dict[str, Any]:
+        one = dataclasses.replace(cfg, seed=seed, seeds=None, output_dir=str(directory), overwrite_output_dir=False,
+                                  resume=resume)  # fmt: skip
+        return run_study(one, command=f"{command}  # seed {seed}")
+
+    return run_seed_loop(
+        cfg.output_dir, "vision_seeds", _config(cfg), command=command, resume=cfg.resume,
+        overwrite=cfg.overwrite_output_dir, extendable={"seeds": "append", "studies": "sort"}, run_seed=run_seed,
+        aggregate=lambda results, commands: aggregate(results, command=commands), write_report=write_seed_report,
+    )  # fmt: skip
 
 
 def _evidence(results: dict[int, dict[str, Any]], a: str, b: str, key: str) -> list[SeedEvidence]:

@@ -1,7 +1,8 @@
-"""What a study over several seeds shares: one directory per seed, and each metric summarised over seeds.
+"""What a study over several seeds shares: the loop over seeds, one directory per seed, each metric summarised.
 
 A study run with ``--seeds 42 43 44`` runs its single-seed study once per seed in ``output_dir/seed_<s>/``
-(:func:`seed_dir`), then summarises each model's metrics over the seeds (:func:`summarise`: mean, sample
+(:func:`seed_dir`) through the one loop both studies use (:func:`run_seed_loop`: the run directory, resume, the
+seeds added on resume, several processes), then summarises each model's metrics over the seeds (:func:`summarise`: mean, sample
 standard deviation and 95% Student-t interval, with every seed's value) and reports them
 (:func:`summary_table`); the claims are decided with :mod:`ls_seq.studies.claims`.
 
@@ -14,11 +15,21 @@ standard deviation and 95% Student-t interval, with every seed's value) and repo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["TRAJECTORY_FIGURE", "lookup", "report_header", "seed_dir", "summarise", "summary_table", "trajectory_png"]
+__all__ = [
+    "TRAJECTORY_FIGURE",
+    "Processes",
+    "lookup",
+    "report_header",
+    "run_seed_loop",
+    "seed_dir",
+    "summarise",
+    "summary_table",
+    "trajectory_png",
+]
 
 TRAJECTORY_FIGURE = "calibration_along_training.png"
 
@@ -26,6 +37,70 @@ TRAJECTORY_FIGURE = "calibration_along_training.png"
 def seed_dir(output_dir: str | Path, seed: int) -> Path:
     """The directory of one seed's whole single-seed study."""
     return Path(output_dir) / f"seed_{seed}"
+
+
+class Processes(Protocol):
+    """What the loop needs of a process group (accelerate's ``PartialState`` has it): one main process, a barrier."""
+
+    @property
+    def is_main_process(self) -> bool: ...
+
+    def wait_for_everyone(self) -> None: ...
+
+
+class _OneProcess:
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def run_seed_loop(
+    output_dir: str | Path,
+    kind: str,
+    config: dict[str, Any],
+    *,
+    command: str,
+    resume: bool,
+    overwrite: bool,
+    extendable: Mapping[str, str],
+    run_seed: Callable[[int, Path, bool, Mapping[str, Any]], dict[str, Any]],
+    aggregate: Callable[[dict[int, dict[str, Any]], list[str]], dict[str, Any]],
+    write_report: Callable[[Path, dict[str, Any], dict[str, dict[str, Any]]], None],
+    processes: Processes | None = None,
+) -> dict[str, Any]:
+    """Run a study once per seed of ``config["seeds"]`` in ``output_dir/seed_<s>/``, then summarise and report.
+
+    ``output_dir`` is opened as a :class:`~ls_seq.studies.run_dir.RunDirectory` of ``kind`` holding ``config`` (on
+    the main process; the others read it), so ``--resume`` is checked against it and may extend what
+    ``extendable`` names (seeds appended, say). For each seed, ``run_seed(seed, directory, resume, config)`` runs
+    the single-seed study, resuming only a seed whose directory already holds a run. ``aggregate(results,
+    commands)`` builds the summary over seeds from ``{seed: results}``; the main process writes it with
+    ``write_report(output_dir, summary, results)``. Returns the summary.
+    """
+    from ls_seq.io import read_json
+    from ls_seq.studies.run_dir import RUN_CONFIG_NAME, RunDirectory
+
+    processes = processes or _OneProcess()
+    output_dir = Path(output_dir)
+    run = RunDirectory(output_dir, kind)
+    if processes.is_main_process:
+        config = run.open(config, command=command, resume=resume, overwrite=overwrite, extendable=dict(extendable))
+    processes.wait_for_everyone()
+    try:
+        if not processes.is_main_process:
+            config = read_json(run.config_path)["config"]
+        results = {}
+        for seed in config["seeds"]:
+            directory = seed_dir(output_dir, seed)
+            results[seed] = run_seed(seed, directory, resume and (directory / RUN_CONFIG_NAME).is_file(), config)
+        summary = aggregate(results, run.commands or [command])
+        if processes.is_main_process:
+            write_report(output_dir, summary, results)
+        processes.wait_for_everyone()
+        return summary
+    finally:
+        run.close()
 
 
 def lookup(entry: Any, path: Sequence[str]) -> Any:

@@ -20,14 +20,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ls_seq.io import atomic_write_files, json_bytes, read_json
-from ls_seq.studies import RunDirectory
+from ls_seq.io import atomic_write_files, json_bytes
 from ls_seq.studies.claims import VERDICT_RULE, SeedEvidence, claims_table, decide
 from ls_seq.studies.intervals import paired_evidence
-from ls_seq.studies.seeds import TRAJECTORY_FIGURE, report_header, seed_dir, summarise, summary_table, trajectory_png
+from ls_seq.studies.seeds import (
+    TRAJECTORY_FIGURE,
+    report_header,
+    run_seed_loop,
+    seed_dir,
+    summarise,
+    summary_table,
+    trajectory_png,
+)
 from ls_seq.studies.trajectory import TrajectoryPoint
 
 __all__ = ["METRICS", "aggregate", "run_seeds", "seed_claims"]
@@ -54,35 +62,22 @@ def run_seeds(data_args, model_args, study_args, command: str | None = None) -> 
         return run_study(data_args, model_args, dataclasses.replace(study_args, seed=seeds[0], seeds=None), command=command)
     command = command or " ".join(sys.argv)
     output_dir = Path(study_args.output_dir)
-    run = RunDirectory(output_dir, "en_de_seeds")
-    state = _Processes()
     per_seed = {k: v for k, v in {**dataclasses.asdict(data_args), **dataclasses.asdict(model_args),
                                   **dataclasses.asdict(study_args)}.items()
                 if k not in ("data_dir", "cache_dir", "output_dir", "resume", "overwrite_output_dir", "seed", "seeds",
                              "cpu_threads")}  # fmt: skip
-    config = {"seeds": seeds, "study": per_seed}
-    if state.is_main_process:
-        config = run.open(config, command=command, resume=study_args.resume, overwrite=study_args.overwrite_output_dir,
-                          extendable={"seeds": "append", "study.alphas": "append"})  # fmt: skip
-    state.wait_for_everyone()
-    try:
-        if not state.is_main_process:
-            config = read_json(run.config_path)["config"]
-        results = {}
-        for seed in config["seeds"]:
-            directory = seed_dir(output_dir, seed)
-            args = dataclasses.replace(
-                study_args, seed=seed, seeds=None, output_dir=str(directory), alphas=config["study"]["alphas"],
-                resume=study_args.resume and (directory / "run_config.json").is_file(), overwrite_output_dir=False,
-            )  # fmt: skip
-            results[seed] = run_study(data_args, model_args, args, command=f"{command}  # seed {seed}")
-        summary = aggregate(results, output_dir, data_args, command=run.commands or [command])
-        if state.is_main_process:
-            write_seed_report(output_dir, summary, results)
-        state.wait_for_everyone()
-        return summary
-    finally:
-        run.close()
+
+    def run_seed(seed: int, directory: Path, resume: bool, config: Mapping[str, Any]) -> dict[str, Any]:
+        args = dataclasses.replace(study_args, seed=seed, seeds=None, output_dir=str(directory),
+                                   alphas=config["study"]["alphas"], resume=resume, overwrite_output_dir=False)  # fmt: skip
+        return run_study(data_args, model_args, args, command=f"{command}  # seed {seed}")
+
+    return run_seed_loop(
+        output_dir, "en_de_seeds", {"seeds": seeds, "study": per_seed}, command=command, resume=study_args.resume,
+        overwrite=study_args.overwrite_output_dir, extendable={"seeds": "append", "study.alphas": "append"},
+        run_seed=run_seed, aggregate=lambda results, commands: aggregate(results, output_dir, data_args, command=commands),
+        write_report=write_seed_report, processes=_Processes(),
+    )  # fmt: skip
 
 
 def _bleu_tests(results: dict[int, dict[str, Any]], output_dir: Path, data_args) -> dict[str, dict[str, Any]]:
