@@ -15,5 +15,9 @@ __all__ = ["token_ece_path"]
 
 
 def token_ece_path() -> str:
-    """Directory of the ``token_ece`` metric (holds ``token_ece.py``), for ``evaluate.load(token_ece_path())``."""
+    """Directory of the ``token_ece`` metric (holds ``token_ece.py``), for ``evaluate.load(token_ece_path())``.
+
+    Returns:
+        The absolute path of the directory, as a string (``evaluate.load`` takes a path, not a module).
+    """
     return str(Path(__file__).resolve().parent / "token_ece")

@@ -26,6 +26,10 @@ class BeamSearchTemperature(LogitsProcessor):
         temperature: ``T > 0``, finite. ``T > 1`` flattens the distribution, ``T < 1`` sharpens it; ``T = 1``
             returns ``log_softmax(scores)``, the identity on the log-probabilities beam search passes in.
 
+    Raises:
+        TypeError: ``temperature`` is not a real number.
+        ValueError: ``temperature`` is not finite and positive.
+
     ``scores`` may be logits or log-probabilities: both give ``log_softmax(z / T)`` up to the constant that
     ``log_softmax`` removes. Computed in float32 at least; the input is not modified.
 
@@ -60,6 +64,10 @@ def generate_with_temperature(model: Any, temperature: float, **generate_kwargs:
 
     Returns:
         What ``generate`` returns.
+
+    Raises:
+        TypeError: ``temperature`` is not a real number.
+        ValueError: ``temperature`` is not finite and positive.
 
     Example:
         >>> out = generate_with_temperature(model, 1.5, input_ids=ids, num_beams=4)  # doctest: +SKIP
