@@ -30,7 +30,7 @@ class LabelSmoothedCrossEntropy(nn.Module):
         ValueError: ``alpha`` is outside ``[0, 1]``, ``convention`` or ``reduction`` is not one of the above,
             or ``prior`` is not a distribution or is given with ``convention="fairseq"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq import LabelSmoothedCrossEntropy
         >>> criterion = LabelSmoothedCrossEntropy(alpha=0.1)

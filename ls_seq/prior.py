@@ -59,7 +59,7 @@ def estimate_unigram_prior(
         ValueError: a label is outside ``[0, vocab_size)`` and not ``ignore_index``, the dataset has no
             ``label_key`` column (an item no such key), or there is no label to count and ``smoothing`` is 0.
 
-    Example:
+    Examples:
         >>> estimate_unigram_prior([[0, 0, 1, -100]], vocab_size=3, smoothing=1.0).tolist()
         [0.5, 0.3333333333333333, 0.16666666666666666]
     """

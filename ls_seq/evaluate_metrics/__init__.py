@@ -1,6 +1,6 @@
 """``evaluate`` metric modules shipped inside ls-seq, loadable offline by path.
 
-Example:
+Examples:
     >>> import evaluate  # doctest: +SKIP
     >>> from ls_seq.evaluate_metrics import token_ece_path
     >>> token_ece = evaluate.load(token_ece_path())  # doctest: +SKIP

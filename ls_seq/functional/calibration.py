@@ -96,7 +96,7 @@ def expected_calibration_error(
         ValueError: the shapes do not match, ``n_bins < 1``, ``norm`` is unknown, a counted logit is not
             finite, or every label is ``ignore_index`` (the error of no token is undefined).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq import expected_calibration_error
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0]])

@@ -278,7 +278,7 @@ def fused_linear_label_smoothed_cross_entropy(
         ValueError: a shape does not match (``weight`` is not ``(V, d)``, ``bias`` not ``(V,)``, labels not the
             leading shape of ``hidden``), or an option is out of range as for the unfused loss.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq.functional.fused import fused_linear_label_smoothed_cross_entropy
         >>> from ls_seq.functional.losses import label_smoothed_cross_entropy

@@ -37,7 +37,7 @@ def smoothness_index(
         ValueError: ``K < 2``, ``temperature`` is not finite and positive, every label is ``ignore_index``, or
             the logits and labels do not match.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq import smoothness_index
         >>> # logits whose softmax is exactly the alpha=0.1 smoothed target of class 0 (K=4)
@@ -80,7 +80,7 @@ def gaussian_mutual_information(samples: torch.Tensor, *, chunk_size: int = 4096
     Returns:
         A float64 scalar tensor (nats).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq import gaussian_mutual_information
         >>> g = torch.Generator().manual_seed(0)

@@ -60,7 +60,7 @@ def smoothing_weights(alpha: float, vocab_size: int, convention: str = "uniform"
     Raises:
         ValueError: ``convention="fairseq"`` with fewer than 2 classes.
 
-    Example:
+    Examples:
         >>> smoothing_weights(0.1, 4)
         (0.9, 0.1)
         >>> w_hot, w_q = smoothing_weights(0.3, 4, "fairseq")  # 0.7 on the true class, 0.1 on each other
@@ -178,7 +178,7 @@ def label_smoothed_cross_entropy(
     Per token, with ``(w_hot, w_q)`` from :func:`smoothing_weights`:
     ``loss = lse(z) - w_hot * z_y - w_q * sum_k q_k z_k + z_loss * lse(z)**2``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq import label_smoothed_cross_entropy
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])

@@ -78,7 +78,7 @@ def fit_temperature(
         ValueError: ``bounds`` is not ``0 < low < high < inf``, every label is ``ignore_index``, a counted logit
             is not finite, or ``logits`` and ``labels`` do not match.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq import fit_temperature
         >>> g = torch.Generator().manual_seed(0)

@@ -85,7 +85,7 @@ class CalibrationCallback(TrainerCallback):
         ValueError: ``n_bins`` or a temperature is out of range, a measure or option is unknown (checked here,
             not at the first evaluation), or ``trainer`` has no ``eval_dataset``.
 
-    Example:
+    Examples:
         >>> trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=val,  # doctest: +SKIP
         ...                          callbacks=[CalibrationCallback(temperatures=[0.8, 1.0, 1.25, 1.5])])
         >>> trainer.evaluate()["eval_ece"]  # doctest: +SKIP

@@ -332,7 +332,7 @@ def use_label_smoothing(model: nn.Module, alpha: float = 0.1, **options: Any) ->
         ValueError: the model's forward never calls ``self.loss_function`` (the message names the routes that
             work for it), or an option is out of range as for :class:`LabelSmoothingLossFunc`.
 
-    Example:
+    Examples:
         >>> ls_seq.use_label_smoothing(model, 0.1)  # doctest: +SKIP
         >>> SFTTrainer(model=model, args=config, train_dataset=data).train()  # doctest: +SKIP
     """
@@ -382,7 +382,7 @@ def label_smoothing_loss_func(alpha: float = 0.1, **options: Any) -> LabelSmooth
     ``decoder_input_ids`` in the batch, because the Trainer removes ``labels`` before the forward pass: use
     ``DataCollatorForSeq2Seq(tokenizer, model=model)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from transformers.modeling_outputs import Seq2SeqLMOutput
         >>> loss_func = label_smoothing_loss_func(0.1)

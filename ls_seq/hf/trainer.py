@@ -248,12 +248,12 @@ class LabelSmoothingTrainerMixin:
     :class:`LabelSmoothingSeq2SeqTrainer`; put it before a ``Trainer`` class in the bases of your own.
 
     Args:
-        *args, **kwargs: those of the HF trainer (``compute_loss_func`` is not allowed: this trainer is the
-            loss).
+        *args: those of the HF trainer (``compute_loss_func`` is not allowed: this trainer is the loss).
         prior: an explicit length-V smoothing prior (tensor), for when it does not come from
             ``args.label_smoothing_prior`` (giving both is a ``ValueError``).
         shift_labels: how the logits align with the labels, for a model ls-seq cannot place from its class
             (True: logits at t score the label at t + 1), the same word as every other entry point.
+        **kwargs: the keyword arguments of the HF trainer.
 
     The loss of a micro-batch is ``sum of token losses / N`` with ``N`` the scored labels of the accumulated
     batch on all ranks (:meth:`get_batch_samples`), times the number of processes because DDP averages
@@ -539,7 +539,7 @@ class LabelSmoothingTrainer(LabelSmoothingTrainerMixin, Trainer):
             is given twice, does not match the model's output size or cannot be estimated (no ``train_dataset``),
             or the model's alignment cannot be told; with ``fused_linear_loss``, a model without a fusable head.
 
-    Example:
+    Examples:
         >>> trainer = LabelSmoothingTrainer(  # doctest: +SKIP
         ...     model=AutoModelForCausalLM.from_pretrained("gpt2"),
         ...     args=LabelSmoothingTrainingArguments("out", label_smoothing_factor=0.1, fused_linear_loss=True),
@@ -568,7 +568,7 @@ class LabelSmoothingSeq2SeqTrainer(LabelSmoothingTrainerMixin, Seq2SeqTrainer):
             is given twice, does not match the model's output size or cannot be estimated (no ``train_dataset``),
             or the model's alignment cannot be told; with ``fused_linear_loss``, a model without a fusable head.
 
-    Example:
+    Examples:
         >>> trainer = LabelSmoothingSeq2SeqTrainer(  # doctest: +SKIP
         ...     model=model, args=LabelSmoothingSeq2SeqTrainingArguments("out", label_smoothing_factor=0.1),
         ...     train_dataset=train, data_collator=DataCollatorForSeq2Seq(tok, model=model))
