@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,11 @@ def test_returns_is_documented(name):
     obj = getattr(ls_seq, name)
     if returns_something(obj):
         assert section(inspect.getdoc(obj) or "", "Returns", named=False), f"ls_seq.{name} returns a value and has no Returns: section"
+
+
+def test_the_stable_surface_page_lists_exactly_all():
+    """docs/api.md declares the stable surface: its table names each name of ``ls_seq.__all__``, and no other."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    listed = re.findall(r"^\| `([\w.]+)` \|", page, flags=re.MULTILINE)
+    assert len(listed) == len(set(listed)), sorted(n for n in listed if listed.count(n) > 1)
+    assert sorted(listed) == sorted(ls_seq.__all__)
