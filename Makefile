@@ -7,6 +7,7 @@
 #   make test                                   the test suite
 #   make test PYTEST_ARGS="tests/test_io.py"    a part of it
 #   make compat                                 the oldest supported versions' environment and its tests (.ci/compat)
+#   make docs                                   the documentation site and API reference into site/ (mkdocs.yml)
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -46,3 +47,8 @@ lint: setup-dev
 
 compat:
 	.ci/compat
+
+# --strict: any warning fails the build (a broken link or anchor, an Args: entry naming no parameter; mkdocs.yml).
+.PHONY: docs
+docs: setup-dev
+	$(BIN)/mkdocs build --strict

@@ -4,15 +4,16 @@ Each raises ``ValueError`` (``TypeError`` for a wrong type) with a message that 
 allowed and what was given, and returns the checked value, so a user can fix the call without reading the
 source. Checks run once, at the boundary; inner helpers trust their inputs.
 
->>> from ls_seq.checks import check_alpha, check_choice
->>> check_alpha(0.1, "alpha")
-0.1
->>> check_choice("tiny", "preset", ["tiny", "small"])
-'tiny'
->>> check_alpha(1.5, "alpha")
-Traceback (most recent call last):
-...
-ValueError: `alpha` must be in [0, 1], got 1.5
+Examples:
+    >>> from ls_seq.checks import check_alpha, check_choice
+    >>> check_alpha(0.1, "alpha")
+    0.1
+    >>> check_choice("tiny", "preset", ["tiny", "small"])
+    'tiny'
+    >>> check_alpha(1.5, "alpha")
+    Traceback (most recent call last):
+    ...
+    ValueError: `alpha` must be in [0, 1], got 1.5
 """
 
 from __future__ import annotations

@@ -87,7 +87,12 @@ class NonFiniteTrainingError(LsSeqError, FloatingPointError):
 
 
 class NonFiniteLossError(NonFiniteTrainingError):
-    """The training loss is NaN or infinite (raised by the trainers and the guards)."""
+    """The training loss is NaN or infinite (raised by the trainers and the guards).
+
+    Args:
+        message: what was seen and what to do (the trainers name the step, the loss and the epoch).
+        step: the optimizer step whose loss was not finite (kept as ``error.step``), or None when unknown.
+    """
 
 
 class NonFiniteWeightsError(NonFiniteTrainingError):

@@ -14,9 +14,23 @@ __all__ = ["LabelSmoothedCrossEntropy"]
 class LabelSmoothedCrossEntropy(nn.Module):
     r"""Label-smoothed cross-entropy as a module; see :func:`ls_seq.label_smoothed_cross_entropy`.
 
-    The prior (if any) is a non-persistent buffer, so it follows the module across devices.
+    The prior (if any) is a non-persistent buffer, so it follows the module across devices. Calling the module,
+    ``criterion(logits, labels, num_items_in_batch=None)``, returns what the function returns for these arguments.
 
-    Example:
+    Args:
+        alpha: smoothing mass in ``[0, 1]``; ``alpha=0`` is the plain negative log-likelihood.
+        ignore_index: label value whose positions contribute nothing (loss and gradient 0).
+        prior: optional length-V probability vector replacing the uniform ``1/V``; only with
+            ``convention="uniform"``.
+        convention: ``"uniform"`` (the paper, PyTorch) or ``"fairseq"`` (``alpha / (V - 1)`` on each wrong class).
+        reduction: ``"mean"`` over non-ignored tokens, ``"sum"``, or ``"none"``.
+
+    Raises:
+        TypeError: ``alpha`` is not a real number, or ``prior`` not a tensor of probabilities.
+        ValueError: ``alpha`` is outside ``[0, 1]``, ``convention`` or ``reduction`` is not one of the above,
+            or ``prior`` is not a distribution or is given with ``convention="fairseq"``.
+
+    Examples:
         >>> import torch
         >>> from ls_seq import LabelSmoothedCrossEntropy
         >>> criterion = LabelSmoothedCrossEntropy(alpha=0.1)

@@ -52,10 +52,14 @@ def estimate_unigram_prior(
         progress: show a tqdm progress bar (over sequences).
 
     Returns:
-        float64 tensor ``(V,)``: ``q_k = (c_k + smoothing) / (sum_j c_j + V * smoothing)`` where ``c_k``
+        A float64 tensor ``(V,)``, ``q_k = (c_k + smoothing) / (sum_j c_j + V * smoothing)`` where ``c_k``
         counts label ``k``.
 
-    Example:
+    Raises:
+        ValueError: a label is outside ``[0, vocab_size)`` and not ``ignore_index``, the dataset has no
+            ``label_key`` column (an item no such key), or there is no label to count and ``smoothing`` is 0.
+
+    Examples:
         >>> estimate_unigram_prior([[0, 0, 1, -100]], vocab_size=3, smoothing=1.0).tolist()
         [0.5, 0.3333333333333333, 0.16666666666666666]
     """

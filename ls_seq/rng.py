@@ -44,7 +44,7 @@ def isolated_rng() -> Iterator[None]:
     generator and the generator of every initialised CUDA device. Generators that the block creates itself
     (``torch.Generator()``) are its own business.
 
-    Example:
+    Examples:
         >>> import torch
         >>> _ = torch.manual_seed(0)
         >>> with isolated_rng():

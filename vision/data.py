@@ -60,7 +60,7 @@ class BatchAugment:
     All random numbers come from ``generator`` (a CPU ``torch.Generator``), so a seeded generator makes the
     augmentation reproducible on any device; the input is not modified.
 
-    Example:
+    Examples:
         >>> import torch
         >>> aug = BatchAugment(padding=1)
         >>> out = aug(torch.ones(2, 1, 4, 4), torch.Generator().manual_seed(0))
@@ -198,7 +198,7 @@ def stratified_split(
     Per class, the shuffled indices are cut at the cumulative fractions (rounded), so each part holds
     ``~fraction * count`` examples of every class. Returns one sorted index tensor per part.
 
-    Example:
+    Examples:
         >>> import torch
         >>> parts = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), [0.5, 0.5], torch.Generator())
         >>> [len(p) for p in parts]

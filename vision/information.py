@@ -31,7 +31,7 @@ def select_two_class_indices(
 
     Returns ``(N,)`` indices into ``labels``, those of class ``a`` first.
 
-    Example:
+    Examples:
         >>> import torch
         >>> select_two_class_indices(torch.tensor([0, 1, 2, 0, 1]), (0, 1), 4, torch.Generator()).sort().values
         tensor([0, 1, 3, 4])
@@ -78,7 +78,7 @@ class MutualInformationCallback:
         n_augmentations: ``L >= 2``.
         seed: seeds the augmentations.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> cb = MutualInformationCallback(torch.randn(4, 1, 2, 2), (0, 1), lambda x, g: x + torch.randn(x.shape, generator=g), 8)

@@ -209,7 +209,7 @@ MODELS: dict[str, Callable[..., ImageClassifier]] = {
 def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> ImageClassifier:
     """Build a registered model (:data:`MODELS`) for ``num_classes`` classes of ``in_channels x image_size^2`` images.
 
-    Example:
+    Examples:
         >>> import torch
         >>> m = create_model("digits_mlp", num_classes=10, in_channels=1, image_size=8)
         >>> m.forward_features(torch.zeros(2, 1, 8, 8)).shape, m(torch.zeros(2, 1, 8, 8)).shape

@@ -81,7 +81,7 @@ def template_plane_projection(
     Returns:
         ``(N, 2)`` float64 plane coordinates.
 
-    Example:
+    Examples:
         >>> import torch
         >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]); b = torch.zeros(3)
         >>> u = template_plane_projection(torch.tensor([[0.0, 1.0]]), w, b, (0, 1, 2))  # h = w_1: lands on t_1
@@ -106,7 +106,7 @@ def cluster_tightness(points: torch.Tensor, labels: torch.Tensor, classes: Seque
     ``m_k`` the mean of class ``k``'s points. Scale-free, so it compares the 2-D projection and the full
     ``(D+1)``-dimensional space, and networks whose activations have different norms.
 
-    Example:
+    Examples:
         >>> import torch
         >>> pts = torch.tensor([[0.0, 1.0], [0.0, -1.0], [4.0, 1.0], [4.0, -1.0]])
         >>> cluster_tightness(pts, torch.tensor([0, 0, 1, 1]), (0, 1))

@@ -73,7 +73,9 @@ class CalibrationConfig:
         ignore_index: label value that is not scored (padding, masked prompt tokens).
         measures: names from :data:`MEASURES` (``tokens`` is always included).
         fine_bins: fine histogram of the ``mass`` measure.
-        bootstrap_replicates, bootstrap_level, seed: of the ``bootstrap`` measure.
+        bootstrap_replicates: replicates of the ``bootstrap`` measure.
+        bootstrap_level: confidence level of its intervals.
+        seed: seed of its Poisson weights.
         top_k: ``k`` of the ``top_k`` measure.
         classes: class ids of the ``classwise`` measure (required for it).
     """

@@ -45,7 +45,7 @@ class TokenCalibration(Metric):
         **kwargs: the measures' options (``fine_bins``, ``bootstrap_replicates``, ``bootstrap_level``, ``seed``,
             ``top_k``, ``classes``), then those of :class:`torchmetrics.Metric` (``sync_on_compute``, ...).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq.calibration.metric import TokenCalibration
         >>> metric = TokenCalibration(n_bins=10, temperatures=[1.0, 2.0])

@@ -18,6 +18,12 @@ class CalibrationResult(Mapping[str, torch.Tensor]):
 
     Each value has shape ``(T,)`` over :attr:`temperatures` (0-dim when the pass had no grid). The names are
     the :class:`Field` names of the measures that ran (``result.ece``, ``result["ece"]``, ``result.describe("ece")``).
+    Built by :meth:`ls_seq.calibration.metric.TokenCalibration.compute` (and the schema it runs); not by hand.
+
+    Args:
+        temperatures: the grid the values run over, or None when the pass had none (0-dim values).
+        values: field name -> float64 tensor, ``(T,)`` over the grid or 0-dim.
+        fields: field name -> its :class:`Field` (what :meth:`describe` returns the documentation of).
     """
 
     def __init__(self, temperatures: tuple[float, ...] | None, values: Mapping[str, torch.Tensor], fields: Mapping[str, Field]) -> None:

@@ -1,6 +1,6 @@
 """``evaluate`` metric modules shipped inside ls-seq, loadable offline by path.
 
-Example:
+Examples:
     >>> import evaluate  # doctest: +SKIP
     >>> from ls_seq.evaluate_metrics import token_ece_path
     >>> token_ece = evaluate.load(token_ece_path())  # doctest: +SKIP
@@ -15,5 +15,9 @@ __all__ = ["token_ece_path"]
 
 
 def token_ece_path() -> str:
-    """Directory of the ``token_ece`` metric (holds ``token_ece.py``), for ``evaluate.load(token_ece_path())``."""
+    """Directory of the ``token_ece`` metric (holds ``token_ece.py``), for ``evaluate.load(token_ece_path())``.
+
+    Returns:
+        The absolute path of the directory, as a string (``evaluate.load`` takes a path, not a module).
+    """
     return str(Path(__file__).resolve().parent / "token_ece")

@@ -39,7 +39,9 @@ def token_keys(row: torch.Tensor, column: torch.Tensor, label: torch.Tensor, n_r
     """A key per token from its row's content and its place in the row, independent of padding and batching.
 
     Args:
-        row, column, label: ``(n,)`` int64: row of each scored token, its column in the padded batch, its label.
+        row: ``(n,)`` int64, the row of each scored token.
+        column: ``(n,)`` int64, its column in the padded batch.
+        label: ``(n,)`` int64, its label.
         n_rows: rows of the batch.
     """
     first = torch.full((max(n_rows, 1),), 2**62, dtype=torch.int64, device=row.device)

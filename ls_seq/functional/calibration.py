@@ -86,11 +86,17 @@ def expected_calibration_error(
         labels: ``(...)`` class indices, ``ignore_index`` for padding.
         n_bins: number of equal-width confidence bins (>= 1).
         norm: ``"l1"`` (ECE, ``sum_b n_b/N |acc_b - conf_b|``), ``"l2"`` (RMS calibration error) or ``"max"`` (MCE).
+        ignore_index: label value of padding; those positions are not counted.
 
     Returns:
         A float64 scalar tensor.
 
-    Example:
+    Raises:
+        TypeError: ``logits`` / ``labels`` are not tensors of the right kinds, or ``n_bins`` is not an int.
+        ValueError: the shapes do not match, ``n_bins < 1``, ``norm`` is unknown, a counted logit is not
+            finite, or every label is ``ignore_index`` (the error of no token is undefined).
+
+    Examples:
         >>> import torch
         >>> from ls_seq import expected_calibration_error
         >>> logits = torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0]])

@@ -255,9 +255,13 @@ def fused_linear_label_smoothed_cross_entropy(
         hidden: ``(..., d)`` final hidden states (e.g. a decoder's output), any float dtype.
         weight: ``(V, d)`` output projection (``lm_head.weight``), same dtype as ``hidden``.
         labels: ``(...)`` class indices in ``[0, V)`` or ``ignore_index``.
-        alpha, ignore_index, prior, convention, reduction, num_items_in_batch: as in
-            :func:`ls_seq.functional.losses.label_smoothed_cross_entropy`.
+        alpha: smoothing mass in ``[0, 1]``, as in :func:`ls_seq.functional.losses.label_smoothed_cross_entropy`.
         bias: optional ``(V,)`` logit bias (Marian/BART ``final_logits_bias``).
+        ignore_index: label value whose positions contribute nothing (and are never projected).
+        prior: optional length-V probabilities replacing the uniform ``1/V`` (``convention="uniform"`` only).
+        convention: ``"uniform"`` or ``"fairseq"``, as in :func:`ls_seq.functional.losses.label_smoothed_cross_entropy`.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``, as there.
+        num_items_in_batch: divisor for ``"mean"`` (HF Trainer's token count over the accumulated batch), as there.
         chunk_size: tokens per chunk (default: about 128 MiB of buffers, 1048 tokens at V = 32000 in float32).
         logit_scale: finite ``> 0`` factor on the logits (Cohere's ``logit_scale`` 0.0625, Granite's
             ``1 / logits_scaling``); 1.0 leaves them as they are.
@@ -269,7 +273,12 @@ def fused_linear_label_smoothed_cross_entropy(
         A scalar for ``"mean"``/``"sum"``, else a tensor shaped like ``labels`` (0 where ignored); float32
         (float64 for float64 inputs).
 
-    Example:
+    Raises:
+        TypeError: an input is not a tensor or not floating-point, or ``weight`` differs in dtype from ``hidden``.
+        ValueError: a shape does not match (``weight`` is not ``(V, d)``, ``bias`` not ``(V,)``, labels not the
+            leading shape of ``hidden``), or an option is out of range as for the unfused loss.
+
+    Examples:
         >>> import torch
         >>> from ls_seq.functional.fused import fused_linear_label_smoothed_cross_entropy
         >>> from ls_seq.functional.losses import label_smoothed_cross_entropy

@@ -22,9 +22,22 @@ def smoothness_index(
 
     ``gamma = E[sum_k (1 - y_k) p_k(z / T)] * K / (K - 1) = E[1 - p_y(z / T)] * K / (K - 1)``: the probability mass
     on wrong classes, rescaled so that a uniform-label-smoothing target of strength ``alpha`` has
-    ``gamma = alpha``. Averaged over rows whose label is not ``ignore_index``; returns a float64 scalar tensor.
+    ``gamma = alpha``. Averaged over rows whose label is not ``ignore_index``.
 
-    Example:
+    Args:
+        teacher_logits: ``(..., K)`` the teacher's scores, ``K >= 2``, any float dtype (computed in float32).
+        labels: ``(...)`` the true classes, ``ignore_index`` for rows not counted.
+        temperature: ``T > 0`` dividing the logits before the softmax.
+        ignore_index: label value of rows not counted.
+
+    Returns:
+        ``gamma``, a float64 scalar tensor (0 for a one-hot teacher, ``alpha`` for a smoothed target).
+
+    Raises:
+        ValueError: ``K < 2``, ``temperature`` is not finite and positive, every label is ``ignore_index``, or
+            the logits and labels do not match.
+
+    Examples:
         >>> import torch
         >>> from ls_seq import smoothness_index
         >>> # logits whose softmax is exactly the alpha=0.1 smoothed target of class 0 (K=4)
@@ -67,7 +80,7 @@ def gaussian_mutual_information(samples: torch.Tensor, *, chunk_size: int = 4096
     Returns:
         A float64 scalar tensor (nats).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq import gaussian_mutual_information
         >>> g = torch.Generator().manual_seed(0)

@@ -47,6 +47,25 @@ def smoothing_weights(alpha: float, vocab_size: int, convention: str = "uniform"
     ``"uniform"`` (the paper, ``torch.nn.functional.cross_entropy(label_smoothing=alpha)``): ``w_q = alpha``.
     ``"fairseq"`` (``label_smoothed_nll_loss``): ``1 - eps`` on the true class and ``eps / (V - 1)`` on each
     wrong class, i.e. ``w_q = eps * V / (V - 1)``.
+
+    Args:
+        alpha: the smoothing mass (``eps`` in fairseq's words), already checked to lie in ``[0, 1]``.
+        vocab_size: V, the number of classes.
+        convention: ``"uniform"`` or ``"fairseq"``; any other value is taken as ``"fairseq"`` (unchecked,
+            like ``alpha``: the losses check both at their boundary).
+
+    Returns:
+        ``(w_hot, w_q)`` as Python floats, ``w_hot + w_q = 1``.
+
+    Raises:
+        ValueError: ``convention="fairseq"`` with fewer than 2 classes.
+
+    Examples:
+        >>> smoothing_weights(0.1, 4)
+        (0.9, 0.1)
+        >>> w_hot, w_q = smoothing_weights(0.3, 4, "fairseq")  # 0.7 on the true class, 0.1 on each other
+        >>> round(w_hot + w_q * 0.25, 6), round(w_q * 0.25, 6)
+        (0.7, 0.1)
     """
     if convention == "uniform":
         return 1.0 - alpha, alpha
@@ -159,7 +178,7 @@ def label_smoothed_cross_entropy(
     Per token, with ``(w_hot, w_q)`` from :func:`smoothing_weights`:
     ``loss = lse(z) - w_hot * z_y - w_q * sum_k q_k z_k + z_loss * lse(z)**2``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ls_seq import label_smoothed_cross_entropy
         >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
@@ -279,6 +298,22 @@ def confidence_penalty_loss(
 
     Per token: ``-log p_y(z) - beta * H(p(z))`` with ``H(p) = lse(z) - sum_k p_k z_k``. Computed in float32.
     ``beta`` must be finite and >= 0; ``beta=0`` is the NLL.
+
+    Args:
+        logits: ``(..., V)`` unnormalised scores, any float dtype (computed in float32).
+        labels: ``(...)`` class indices in ``[0, V)``, or ``ignore_index`` for padding.
+        beta: weight of the entropy bonus, finite and >= 0.
+        ignore_index: label value whose positions contribute nothing (loss and gradient 0).
+        reduction: ``"mean"`` over non-ignored tokens (or ``sum / num_items_in_batch`` when given),
+            ``"sum"``, or ``"none"`` (shape of ``labels``, 0 where ignored).
+        num_items_in_batch: divisor for ``"mean"``, as in :func:`label_smoothed_cross_entropy`.
+
+    Returns:
+        The loss (float32): a scalar for ``"mean"``/``"sum"``, else shaped like ``labels``.
+
+    Raises:
+        TypeError: ``beta`` is not a real number, or ``logits`` / ``labels`` have the wrong type.
+        ValueError: ``beta`` is negative or infinite, ``reduction`` is unknown, or the shapes do not match.
     """
     check_logits_labels(logits, labels, ignore_index)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):
@@ -312,12 +347,22 @@ def distillation_loss(
     its gradient equals that of the KL divergence, the teacher receives no gradient.
 
     Args:
-        student_logits, teacher_logits: ``(..., K)``, same shape, any float dtype (computed in float32).
+        student_logits: ``(..., K)`` the student's scores, any float dtype (computed in float32).
+        teacher_logits: ``(..., K)`` the teacher's scores, the shape of ``student_logits``; no gradient.
         labels: ``(...)`` hard labels; required when ``beta < 1``.
         temperature: ``T > 0`` applied to both teacher and student in the distillation term.
         beta: weight of the distillation term in ``[0, 1]``; the paper's experiments use ``beta = 1``.
+        ignore_index: label value of rows that contribute nothing.
         t2_scaling: multiply the distillation term by ``T**2`` (Hinton et al.'s convention, which keeps its
             gradient magnitude independent of ``T``). Off by default, as in the paper's formula.
+
+    Returns:
+        The mean loss over the counted rows, a float32 scalar (0 with a zero gradient when every row is ignored).
+
+    Raises:
+        TypeError: the logits are not floating-point tensors.
+        ValueError: the two logits differ in shape, ``temperature`` or ``beta`` is out of range, or ``labels``
+            is None while ``beta < 1``.
     """
     if not isinstance(student_logits, torch.Tensor) or not isinstance(teacher_logits, torch.Tensor):
         raise TypeError("`student_logits` and `teacher_logits` must be torch.Tensors")

@@ -60,9 +60,13 @@ def fit_temperature(
     logits are read in chunks, so memory stays flat.
 
     Args:
-        logits: ``(..., V)`` held-out scores; labels ``(...)`` with ``ignore_index`` for padding.
+        logits: ``(..., V)`` held-out scores, any float dtype.
+        labels: ``(...)`` class indices, ``ignore_index`` for padding.
+        ignore_index: label value of padding; those positions are not counted.
         bounds: the temperature range searched. If the optimum lies outside it, a ``RuntimeWarning`` says so and
             the nearest bound is returned (a model that is right on every token has its optimum at ``T -> 0``).
+        tol: stop when a step changes ``b = 1/T`` by at most ``tol * b``.
+        max_iter: at most this many Newton (or bisection) steps; the last iterate is returned.
         all_reduce: for logits spread over processes, a function summing a list of floats over all of them
             (e.g. with ``torch.distributed.all_reduce``): every process then takes the same Newton steps on the
             NLL of all tokens, and returns the same temperature.
@@ -70,7 +74,11 @@ def fit_temperature(
     Returns:
         The fitted temperature as a Python float.
 
-    Example:
+    Raises:
+        ValueError: ``bounds`` is not ``0 < low < high < inf``, every label is ``ignore_index``, a counted logit
+            is not finite, or ``logits`` and ``labels`` do not match.
+
+    Examples:
         >>> import torch
         >>> from ls_seq import fit_temperature
         >>> g = torch.Generator().manual_seed(0)

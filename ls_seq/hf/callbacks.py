@@ -75,9 +75,17 @@ class CalibrationCallback(TrainerCallback):
         shift_labels: how logits align with labels, for a model ls-seq cannot place from its class (True: logits
             at t score the label at t + 1); by default from the model, else from its output's class
             (``CausalLMOutput...`` / ``Seq2Seq...Output``), as for :func:`ls_seq.label_smoothing_loss_func`.
-        measures, **options: which measures, and their options (see :class:`ls_seq.calibration.metric.TokenCalibration`).
+        measures: names from :data:`ls_seq.calibration.measures.MEASURES` (default: those of
+            :class:`ls_seq.calibration.metric.TokenCalibration`).
+        **options: the measures' options (``top_k``, ``classes``, ...), as for
+            :class:`ls_seq.calibration.metric.TokenCalibration`.
 
-    Example:
+    Raises:
+        TypeError: an argument has the wrong type (``plot`` not a bool, ``ignore_index`` not an int, ...).
+        ValueError: ``n_bins`` or a temperature is out of range, a measure or option is unknown (checked here,
+            not at the first evaluation), or ``trainer`` has no ``eval_dataset``.
+
+    Examples:
         >>> trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=val,  # doctest: +SKIP
         ...                          callbacks=[CalibrationCallback(temperatures=[0.8, 1.0, 1.25, 1.5])])
         >>> trainer.evaluate()["eval_ece"]  # doctest: +SKIP

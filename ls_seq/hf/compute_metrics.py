@@ -68,10 +68,16 @@ class CalibrationComputeMetrics:
         n_bins: equal-width confidence bins, ``[k/B, (k+1)/B)``, confidence 1 in the last.
         temperatures: optional grid ``T > 0`` (1.0 is added), all measured on the same logits.
         model: the model evaluated, which says how its logits align with the labels (a causal LM's shift);
-            or give ``shift_labels`` (True: logits at t score the label at t + 1). One of the two is required.
+            or give ``shift_labels``. One of the two is required.
+        shift_labels: how the logits align with the labels when ``model`` is not given, or to override it
+            (True: logits at t score the label at t + 1, a causal LM; False: an encoder-decoder).
         ignore_index: label value of padding and masked prompt tokens.
         measures: names from :data:`ls_seq.calibration.measures.MEASURES` (default :data:`PER_SAMPLE_MEASURES`).
         **options: the measures' options (``top_k``, ``classes``, ...), as for :class:`ls_seq.calibration.metric.TokenCalibration`.
+
+    Raises:
+        ValueError: neither ``model`` nor ``shift_labels`` is given, or a bin count, temperature, measure or
+            option is out of range (checked here, not at the first evaluation).
 
     ``compute_metrics`` returns the values of :func:`calibration_log_values` (HF prefixes them with ``eval_``);
     :attr:`last_result` holds the whole :class:`~ls_seq.calibration.result.CalibrationResult` and

@@ -26,10 +26,14 @@ class BeamSearchTemperature(LogitsProcessor):
         temperature: ``T > 0``, finite. ``T > 1`` flattens the distribution, ``T < 1`` sharpens it; ``T = 1``
             returns ``log_softmax(scores)``, the identity on the log-probabilities beam search passes in.
 
+    Raises:
+        TypeError: ``temperature`` is not a real number.
+        ValueError: ``temperature`` is not finite and positive.
+
     ``scores`` may be logits or log-probabilities: both give ``log_softmax(z / T)`` up to the constant that
     ``log_softmax`` removes. Computed in float32 at least; the input is not modified.
 
-    Example:
+    Examples:
         >>> import torch
         >>> scores = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0]]), dim=-1)
         >>> out = BeamSearchTemperature(2.0)(torch.zeros(1, 1, dtype=torch.long), scores)
@@ -61,7 +65,11 @@ def generate_with_temperature(model: Any, temperature: float, **generate_kwargs:
     Returns:
         What ``generate`` returns.
 
-    Example:
+    Raises:
+        TypeError: ``temperature`` is not a real number.
+        ValueError: ``temperature`` is not finite and positive.
+
+    Examples:
         >>> out = generate_with_temperature(model, 1.5, input_ids=ids, num_beams=4)  # doctest: +SKIP
     """
     processor = BeamSearchTemperature(temperature)

@@ -61,7 +61,7 @@ def _tensorboard_dir(args: Any) -> str:
 class TrackerFigures:
     """Sends figures to the running trackers (main process only: call it where the figure is made).
 
-    Example:
+    Examples:
         >>> figures = TrackerFigures()
         >>> figures.log(fig, "eval/reliability_diagram", step, png_path, args, trainer.callback_handler.callbacks)  # doctest: +SKIP
         ['tensorboard', 'wandb', 'mlflow']

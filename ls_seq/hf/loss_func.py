@@ -46,6 +46,25 @@ class LabelSmoothingLossFunc:
 
     The configuration is checked once, here; a step runs no argument check that needs a host sync (labels
     outside ``[0, V)`` are caught on the device).
+
+    Args:
+        alpha: smoothing mass in ``[0, 1)``.
+        convention: ``"uniform"`` (the paper, PyTorch) or ``"fairseq"`` (``alpha / (V - 1)`` on each wrong class).
+        prior: optional length-V probabilities replacing the uniform ``1/V`` (``convention="uniform"`` only).
+        confidence_penalty: ``beta >= 0`` of the confidence penalty ``-beta * H(p)`` (Pereyra et al. 2017).
+        z_loss: weight ``>= 0`` of ``lse(z)**2`` per scored token (PaLM, OLMo).
+        ignore_index: label value of padding and masked prompt tokens.
+        shift_labels: how logits align with labels (True: logits at t score the label at t + 1); by default
+            from ``model``, else from the class of each output (``...CausalLMOutput...`` shifts,
+            ``Seq2Seq...Output`` does not).
+        model: the model being trained: ls-seq then knows its alignment, its output size (checked against
+            ``prior``) and whether the Trainer's ``num_items_in_batch`` counts exactly the scored labels.
+
+    Raises:
+        TypeError: an argument has the wrong type (``shift_labels`` not a bool or None, ``ignore_index`` not
+            an int, ...).
+        ValueError: a value is out of range, ``prior`` is not a distribution over the model's classes or is
+            given with ``convention="fairseq"``, or ``model`` is one whose alignment ls-seq cannot tell.
     """
 
     def __init__(
@@ -302,12 +321,18 @@ def use_label_smoothing(model: nn.Module, alpha: float = 0.1, **options: Any) ->
 
     Args:
         model: the transformers model (peft-wrapped or not) that the Trainer will train.
-        alpha, **options: as for :func:`label_smoothing_loss_func` (``model`` is this one).
+        alpha: smoothing mass in ``[0, 1)``.
+        **options: the other options of :class:`LabelSmoothingLossFunc` (``convention``, ``prior``,
+            ``confidence_penalty``, ``z_loss``, ``ignore_index``, ``shift_labels``); ``model`` is this one.
 
     Returns:
         The installed :class:`LabelSmoothingLossFunc`.
 
-    Example:
+    Raises:
+        ValueError: the model's forward never calls ``self.loss_function`` (the message names the routes that
+            work for it), or an option is out of range as for :class:`LabelSmoothingLossFunc`.
+
+    Examples:
         >>> ls_seq.use_label_smoothing(model, 0.1)  # doctest: +SKIP
         >>> SFTTrainer(model=model, args=config, train_dataset=data).train()  # doctest: +SKIP
     """
@@ -340,8 +365,16 @@ def label_smoothing_loss_func(alpha: float = 0.1, **options: Any) -> LabelSmooth
         alpha: smoothing mass in [0, 1).
         **options: ``model`` (the model being trained: ls-seq then knows its alignment and whether the
             Trainer's ``num_items_in_batch`` counts exactly the scored labels), ``convention`` ("uniform" |
-            "fairseq"), ``prior`` (length-V probabilities), ``confidence_penalty`` (beta >= 0),
-            ``ignore_index`` (-100), ``shift_labels`` (True: logits at t score the label at t + 1).
+            "fairseq"), ``prior`` (length-V probabilities), ``confidence_penalty`` (beta >= 0), ``z_loss``
+            (>= 0), ``ignore_index`` (-100), ``shift_labels`` (True: logits at t score the label at t + 1);
+            each as for :class:`LabelSmoothingLossFunc`.
+
+    Returns:
+        The :class:`LabelSmoothingLossFunc`, to pass as ``compute_loss_func``.
+
+    Raises:
+        TypeError: an option has the wrong type or is not one of the above.
+        ValueError: an option is out of range (see :class:`LabelSmoothingLossFunc`).
 
     The alignment comes from ``shift_labels``, else from ``model``, else from the output's class (a
     ``...CausalLMOutput...`` shifts, a ``Seq2Seq...Output`` does not); anything else is refused. The loss is
@@ -349,7 +382,7 @@ def label_smoothing_loss_func(alpha: float = 0.1, **options: Any) -> LabelSmooth
     ``decoder_input_ids`` in the batch, because the Trainer removes ``labels`` before the forward pass: use
     ``DataCollatorForSeq2Seq(tokenizer, model=model)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from transformers.modeling_outputs import Seq2SeqLMOutput
         >>> loss_func = label_smoothing_loss_func(0.1)

@@ -156,7 +156,9 @@ def _trainer_counts_shifted_labels(model: nn.Module, is_encoder_decoder: bool) -
 class ModelIO:
     """What ls-seq needs to know about one model; build it with :func:`model_io_of`.
 
-    Attributes:
+    A frozen dataclass: each argument is also the attribute of that name.
+
+    Args:
         model: the unwrapped model (no DDP/peft shell).
         is_encoder_decoder: ``config.is_encoder_decoder``.
         shifts_labels: logits at ``t`` score the label at ``t + 1`` (causal LMs).
@@ -296,6 +298,13 @@ def model_io_of(model: nn.Module, *, shift_labels: bool | None = None) -> ModelI
         model: a transformers model, or any ``nn.Module`` with a ``config`` when ``shift_labels`` is given.
         shift_labels: override the alignment (True: logits at t score the label at t + 1). By default it
             comes from the model: encoder-decoders do not shift, causal LMs do, anything else is refused.
+
+    Returns:
+        The model's :class:`ModelIO`, holding the unwrapped model.
+
+    Raises:
+        ValueError: ``shift_labels`` is None and the model is neither an encoder-decoder nor a causal LM that
+            ls-seq can recognise.
     """
     inner = unwrap_model(model)
     config = getattr(inner, "config", None)

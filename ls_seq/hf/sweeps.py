@@ -70,7 +70,11 @@ def teacher_forced_sweep(
         batches: this process's batches (see :func:`shard_indices`), each with ``labels`` (``ignore_index``
             at padding) and ``decoder_input_ids`` (``DataCollatorForSeq2Seq(tokenizer, model=model)``).
         temperatures: ``T > 0``; token ``t`` is scored with ``softmax(z_t / T)``.
-        n_bins, ignore_index, measures: of :class:`ls_seq.calibration.metric.TokenCalibration` (default: its default measures).
+        n_bins: confidence bins, as for :class:`ls_seq.calibration.metric.TokenCalibration`.
+        ignore_index: label value of padding, as there.
+        progress: show a tqdm bar over the batches.
+        desc: the bar's label.
+        measures: as for :class:`ls_seq.calibration.metric.TokenCalibration` (default: its default measures).
 
     Returns:
         The updated ``TokenCalibration``: ``compute()`` gives ``nll``, ``ece``, ``accuracy``, ... of shape

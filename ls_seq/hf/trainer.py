@@ -141,7 +141,31 @@ class LabelSmoothingArgumentsMixin:
 
 @dataclass
 class LabelSmoothingTrainingArguments(LabelSmoothingArgumentsMixin, TrainingArguments):
-    """``TrainingArguments`` plus ls-seq's loss options (see :class:`LabelSmoothingArgumentsMixin`)."""
+    """``TrainingArguments`` plus ls-seq's loss options (see :class:`LabelSmoothingArgumentsMixin`).
+
+    Args:
+        label_smoothing_convention: ``"uniform"``: target ``(1 - a) onehot + a/V`` (the paper, PyTorch);
+            ``"fairseq"``: ``1 - a`` on the true class, ``a/(V - 1)`` on each other class.
+        label_smoothing_prior: where the smoothing mass goes: ``"uniform"``, ``"unigram"`` (estimated from the
+            training labels, :func:`ls_seq.estimate_unigram_prior`) or the path of a JSON list / ``.pt`` tensor
+            of V probabilities. Anything but ``"uniform"`` needs ``label_smoothing_convention="uniform"``.
+        unigram_prior_smoothing: pseudo-count added to every class when estimating the unigram prior.
+        confidence_penalty: ``beta >= 0`` of the confidence penalty ``-beta * H(p)`` (Pereyra et al. 2017).
+        z_loss: ``>= 0``, adds ``z_loss * logsumexp(logits)**2`` per token (PaLM, OLMo), fused or not.
+        fused_linear_loss: compute the output layer and the loss in chunks inside the model's forward
+            (:mod:`ls_seq.hf.fused_head`), so the ``(tokens, V)`` logits are never stored.
+        fused_chunk_size: tokens per chunk of the fused loss (None: its default).
+        stop_on_nonfinite_loss: raise :class:`ls_seq.NonFiniteLossError`, naming the step, when a training loss
+            is NaN or infinite.
+
+    Every field of ``TrainingArguments`` is accepted as well (documented there); alpha is its
+    ``label_smoothing_factor``, in ``[0, 1)``.
+
+    Raises:
+        ValueError: ``label_smoothing_factor`` is outside ``[0, 1)``, the convention is unknown, the prior is
+            neither a choice nor an existing file (or is not uniform under the fairseq convention), a weight is
+            negative, or ``confidence_penalty`` is combined with ``fused_linear_loss`` (it needs the full logits).
+    """
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -150,7 +174,31 @@ class LabelSmoothingTrainingArguments(LabelSmoothingArgumentsMixin, TrainingArgu
 
 @dataclass
 class LabelSmoothingSeq2SeqTrainingArguments(LabelSmoothingArgumentsMixin, Seq2SeqTrainingArguments):
-    """``Seq2SeqTrainingArguments`` plus ls-seq's loss options (see :class:`LabelSmoothingArgumentsMixin`)."""
+    """``Seq2SeqTrainingArguments`` plus ls-seq's loss options (see :class:`LabelSmoothingArgumentsMixin`).
+
+    Args:
+        label_smoothing_convention: ``"uniform"``: target ``(1 - a) onehot + a/V`` (the paper, PyTorch);
+            ``"fairseq"``: ``1 - a`` on the true class, ``a/(V - 1)`` on each other class.
+        label_smoothing_prior: where the smoothing mass goes: ``"uniform"``, ``"unigram"`` (estimated from the
+            training labels, :func:`ls_seq.estimate_unigram_prior`) or the path of a JSON list / ``.pt`` tensor
+            of V probabilities. Anything but ``"uniform"`` needs ``label_smoothing_convention="uniform"``.
+        unigram_prior_smoothing: pseudo-count added to every class when estimating the unigram prior.
+        confidence_penalty: ``beta >= 0`` of the confidence penalty ``-beta * H(p)`` (Pereyra et al. 2017).
+        z_loss: ``>= 0``, adds ``z_loss * logsumexp(logits)**2`` per token (PaLM, OLMo), fused or not.
+        fused_linear_loss: compute the output layer and the loss in chunks inside the model's forward
+            (:mod:`ls_seq.hf.fused_head`), so the ``(tokens, V)`` logits are never stored.
+        fused_chunk_size: tokens per chunk of the fused loss (None: its default).
+        stop_on_nonfinite_loss: raise :class:`ls_seq.NonFiniteLossError`, naming the step, when a training loss
+            is NaN or infinite.
+
+    Every field of ``Seq2SeqTrainingArguments`` is accepted as well (documented there); alpha is its
+    ``label_smoothing_factor``, in ``[0, 1)``.
+
+    Raises:
+        ValueError: ``label_smoothing_factor`` is outside ``[0, 1)``, the convention is unknown, the prior is
+            neither a choice nor an existing file (or is not uniform under the fairseq convention), a weight is
+            negative, or ``confidence_penalty`` is combined with ``fused_linear_loss`` (it needs the full logits).
+    """
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -200,12 +248,12 @@ class LabelSmoothingTrainerMixin:
     :class:`LabelSmoothingSeq2SeqTrainer`; put it before a ``Trainer`` class in the bases of your own.
 
     Args:
-        *args, **kwargs: those of the HF trainer (``compute_loss_func`` is not allowed: this trainer is the
-            loss).
+        *args: those of the HF trainer (``compute_loss_func`` is not allowed: this trainer is the loss).
         prior: an explicit length-V smoothing prior (tensor), for when it does not come from
             ``args.label_smoothing_prior`` (giving both is a ``ValueError``).
         shift_labels: how the logits align with the labels, for a model ls-seq cannot place from its class
             (True: logits at t score the label at t + 1), the same word as every other entry point.
+        **kwargs: the keyword arguments of the HF trainer.
 
     The loss of a micro-batch is ``sum of token losses / N`` with ``N`` the scored labels of the accumulated
     batch on all ranks (:meth:`get_batch_samples`), times the number of processes because DDP averages
@@ -477,7 +525,21 @@ class LabelSmoothingTrainer(LabelSmoothingTrainerMixin, Trainer):
     convention, prior, confidence penalty and fused loss are configurable (plain ``TrainingArguments`` mean
     the uniform convention). See :class:`LabelSmoothingTrainerMixin` and the module docstring.
 
-    Example:
+    Args:
+        *args: those of ``Trainer`` (``model``, ``args``, ``data_collator``, ``train_dataset``, ...);
+            ``compute_loss_func`` is not allowed: this trainer is the loss.
+        prior: an explicit length-V smoothing prior (tensor), for when it does not come from
+            ``args.label_smoothing_prior`` (giving both is a ``ValueError``).
+        shift_labels: how the logits align with the labels, for a model ls-seq cannot place from its class
+            (True: logits at t score the label at t + 1), the same word as every other entry point.
+        **kwargs: the keyword arguments of ``Trainer``.
+
+    Raises:
+        ValueError: ``compute_loss_func`` is given, ``label_names`` does not name exactly one tensor, the prior
+            is given twice, does not match the model's output size or cannot be estimated (no ``train_dataset``),
+            or the model's alignment cannot be told; with ``fused_linear_loss``, a model without a fusable head.
+
+    Examples:
         >>> trainer = LabelSmoothingTrainer(  # doctest: +SKIP
         ...     model=AutoModelForCausalLM.from_pretrained("gpt2"),
         ...     args=LabelSmoothingTrainingArguments("out", label_smoothing_factor=0.1, fused_linear_loss=True),
@@ -492,7 +554,21 @@ class LabelSmoothingSeq2SeqTrainer(LabelSmoothingTrainerMixin, Seq2SeqTrainer):
     Same implementation as :class:`LabelSmoothingTrainer`; ``predict_with_generate`` evaluation scores the
     teacher-forced logits with the same loss. Use ``DataCollatorForSeq2Seq(tokenizer, model=model)``.
 
-    Example:
+    Args:
+        *args: those of ``Seq2SeqTrainer`` (``model``, ``args``, ``data_collator``, ``train_dataset``, ...);
+            ``compute_loss_func`` is not allowed: this trainer is the loss.
+        prior: an explicit length-V smoothing prior (tensor), for when it does not come from
+            ``args.label_smoothing_prior`` (giving both is a ``ValueError``).
+        shift_labels: how the logits align with the labels, for a model ls-seq cannot place from its class
+            (True: logits at t score the label at t + 1), the same word as every other entry point.
+        **kwargs: the keyword arguments of ``Seq2SeqTrainer``.
+
+    Raises:
+        ValueError: ``compute_loss_func`` is given, ``label_names`` does not name exactly one tensor, the prior
+            is given twice, does not match the model's output size or cannot be estimated (no ``train_dataset``),
+            or the model's alignment cannot be told; with ``fused_linear_loss``, a model without a fusable head.
+
+    Examples:
         >>> trainer = LabelSmoothingSeq2SeqTrainer(  # doctest: +SKIP
         ...     model=model, args=LabelSmoothingSeq2SeqTrainingArguments("out", label_smoothing_factor=0.1),
         ...     train_dataset=train, data_collator=DataCollatorForSeq2Seq(tok, model=model))

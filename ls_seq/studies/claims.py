@@ -15,11 +15,12 @@ and :func:`ls_seq.studies.significance.verdict`: *agrees* when the interval lies
 one-sided claim with a ``margin``: "A exceeds B by less than ``margin``", i.e. the interval of
 ``A - B - margin`` lies below 0.
 
->>> c = decide("LS lowers the ECE", "ECE(LS) - ECE(hard)", "lower",
-...            [SeedEvidence(42, -0.05, -0.06, -0.04), SeedEvidence(43, -0.04, -0.05, -0.03),
-...             SeedEvidence(44, -0.045, -0.055, 0.001)])
->>> c.verdict, [s.verdict for s in c.seeds], c.basis
-('agrees', ['agrees', 'agrees', 'inconclusive'], 't-interval over 3 seeds')
+Examples:
+    >>> c = decide("LS lowers the ECE", "ECE(LS) - ECE(hard)", "lower",
+    ...            [SeedEvidence(42, -0.05, -0.06, -0.04), SeedEvidence(43, -0.04, -0.05, -0.03),
+    ...             SeedEvidence(44, -0.045, -0.055, 0.001)])
+    >>> c.verdict, [s.verdict for s in c.seeds], c.basis
+    ('agrees', ['agrees', 'agrees', 'inconclusive'], 't-interval over 3 seeds')
 """
 
 from __future__ import annotations

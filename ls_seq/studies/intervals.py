@@ -7,11 +7,12 @@ and replicate ``r`` of model B are one resample, and ``B_r - A_r`` is a paired b
 It is much narrower than two separate intervals when the models err on the same examples, and it is what a
 claim's per-seed evidence holds (:class:`ls_seq.studies.claims.SeedEvidence`).
 
->>> import torch
->>> a = torch.tensor([0.10, 0.12, 0.11, 0.13], dtype=torch.float64)  # model A's ECE on 4 resamples
->>> b = a - torch.tensor([0.04, 0.05, 0.05, 0.06], dtype=torch.float64)  # model B, better on each
->>> {k: round(v, 4) for k, v in paired_interval(a, b, level=0.5).items()}
-{'low': -0.0525, 'high': -0.0475}
+Examples:
+    >>> import torch
+    >>> a = torch.tensor([0.10, 0.12, 0.11, 0.13], dtype=torch.float64)  # model A's ECE on 4 resamples
+    >>> b = a - torch.tensor([0.04, 0.05, 0.05, 0.06], dtype=torch.float64)  # model B, better on each
+    >>> {k: round(v, 4) for k, v in paired_interval(a, b, level=0.5).items()}
+    {'low': -0.0525, 'high': -0.0475}
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def paired_interval(
     metric's own intervals).
 
     Args:
-        a, b: ``(R,)`` replicates of one statistic of two models on the same resamples (``R >= 2``).
+        a: ``(R,)`` replicates of one statistic of the first model (``R >= 2``).
+        b: ``(R,)`` replicates of the same statistic of the second model, on the same resamples.
         level: two-sided coverage in ``(0, 1)``.
 
     Returns:

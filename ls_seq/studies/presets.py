@@ -5,18 +5,19 @@ and a :class:`PresetRegistry` of named instances. The recipe's flags that share 
 (:func:`apply_overrides`; ``None`` means "keep the preset's"), so every setting has one name from the preset
 table to the command line to ``run_config.json``.
 
->>> from dataclasses import dataclass
->>> @dataclass(frozen=True)
-... class Schedule:
-...     steps: int
-...     temperatures: tuple[float, ...] = (1.0,)
->>> presets = PresetRegistry({"short": Schedule(10), "long": Schedule(1000)})
->>> presets.resolve("short", steps=None, temperatures=[1.0, 2.0])
-Schedule(steps=10, temperatures=(1.0, 2.0))
->>> presets.resolve("huge")
-Traceback (most recent call last):
-    ...
-ValueError: `preset` must be one of 'long', 'short', got 'huge'
+Examples:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Schedule:
+    ...     steps: int
+    ...     temperatures: tuple[float, ...] = (1.0,)
+    >>> presets = PresetRegistry({"short": Schedule(10), "long": Schedule(1000)})
+    >>> presets.resolve("short", steps=None, temperatures=[1.0, 2.0])
+    Schedule(steps=10, temperatures=(1.0, 2.0))
+    >>> presets.resolve("huge")
+    Traceback (most recent call last):
+        ...
+    ValueError: `preset` must be one of 'long', 'short', got 'huge'
 """
 
 from __future__ import annotations

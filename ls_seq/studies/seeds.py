@@ -6,11 +6,12 @@ seeds added on resume, several processes), then summarises each model's metrics 
 standard deviation and 95% Student-t interval, with every seed's value) and reports them
 (:func:`summary_table`); the claims are decided with :mod:`ls_seq.studies.claims`.
 
->>> summary = summarise({42: {"ece": 0.10}, 43: {"ece": 0.14}}, {"ece": ("ece",)})
->>> round(summary["ece"]["mean"], 4), summary["ece"]["values"]
-(0.12, {'42': 0.1, '43': 0.14})
->>> summary_table([("alpha 0", summary)], ["ece"])[2]
-'| alpha 0 | 0.12 ± 0.028 [-0.1341, 0.3741] |'
+Examples:
+    >>> summary = summarise({42: {"ece": 0.10}, 43: {"ece": 0.14}}, {"ece": ("ece",)})
+    >>> round(summary["ece"]["mean"], 4), summary["ece"]["values"]
+    (0.12, {'42': 0.1, '43': 0.14})
+    >>> summary_table([("alpha 0", summary)], ["ece"])[2]
+    '| alpha 0 | 0.12 ± 0.028 [-0.1341, 0.3741] |'
 """
 
 from __future__ import annotations

@@ -9,26 +9,27 @@ by a crash; :meth:`StageStore.save` writes atomically, so only another writer le
 :class:`~ls_seq.errors.InputError` on :meth:`StageStore.load`, for the study to set aside, and a record that
 is there but lacks a field or holds the wrong type is a :class:`StageRecordError` naming the stage and the file.
 
->>> import tempfile
->>> from dataclasses import dataclass
->>> @dataclass(frozen=True)
-... class Bleu(StageRecord):
-...     stage = "bleu"
-...     keys = ("test_bleu",)
-...     bleu: float
-...     def to_json(self):
-...         return {"test_bleu": self.bleu}
-...     @classmethod
-...     def from_json(cls, doc):
-...         return cls(bleu=float(doc["test_bleu"]))
->>> path = Path(tempfile.mkdtemp()) / "evaluation.json"
->>> store = StageStore(path, [Bleu]).load()
->>> store.get(Bleu) is None  # nothing done yet
-True
->>> store.put(Bleu(27.5))
->>> _ = store.save()
->>> StageStore(path, [Bleu]).load().get(Bleu)
-Bleu(bleu=27.5)
+Examples:
+    >>> import tempfile
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Bleu(StageRecord):
+    ...     stage = "bleu"
+    ...     keys = ("test_bleu",)
+    ...     bleu: float
+    ...     def to_json(self):
+    ...         return {"test_bleu": self.bleu}
+    ...     @classmethod
+    ...     def from_json(cls, doc):
+    ...         return cls(bleu=float(doc["test_bleu"]))
+    >>> path = Path(tempfile.mkdtemp()) / "evaluation.json"
+    >>> store = StageStore(path, [Bleu]).load()
+    >>> store.get(Bleu) is None  # nothing done yet
+    True
+    >>> store.put(Bleu(27.5))
+    >>> _ = store.save()
+    >>> StageStore(path, [Bleu]).load().get(Bleu)
+    Bleu(bleu=27.5)
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ Returns:
     every field of TokenCalibration's default measures, as floats (n_tokens and n_sequences as ints); each
     example is one sequence:
 """ + "\n".join(f"    {f.name}: {f.doc}" for m in ("tokens", *DEFAULT_MEASURES) for f in MEASURES[m].fields) + """
-Example:
+Examples:
     >>> import evaluate
     >>> from ls_seq.evaluate_metrics import token_ece_path
     >>> metric = evaluate.load(token_ece_path())
