@@ -44,7 +44,7 @@ def _import_fairseq_quietly() -> None:
 _import_fairseq_quietly()
 
 ROOT = Path(__file__).resolve().parents[2]
-PLUGIN_DIR = ROOT / "ls_seq" / "ls_seq_fairseq"
+PLUGIN_DIR = ROOT / "ls_seq_fairseq"
 
 # A 1+1-layer Transformer of width 32 (about 0.1 M parameters with the ~950-token joint vocabulary).
 TINY_MODEL = [
