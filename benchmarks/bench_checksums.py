@@ -4,9 +4,9 @@ A checkpoint like HF's is written into a fresh directory: ``--shards`` safetenso
 MiB of float32 weights each (``save_file``, as ``save_pretrained`` writes sharded models) and an
 ``optimizer.pt`` twice the weights (Adam's two moments, ``torch.save``). Cases, alternating in every repeat:
 
-* save: the files alone; the files plus :func:`ls_seq.studies.checkpoints.write_checksums` (size and SHA-256 of each
+* save: the files alone; the files plus :func:`ls_seq.checkpoints.write_checksums` (size and SHA-256 of each
   file, shards hashed in parallel threads, the manifest written last);
-* resume check: :func:`ls_seq.studies.checkpoints.verify_checkpoint` on the same files without and with the manifest
+* resume check: :func:`ls_seq.checkpoints.verify_checkpoint` on the same files without and with the manifest
   (without it: the structural checks, safetensors layout, finite weights and zip CRC-32; with it also one
   SHA-256 pass per file).
 
@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from benchmarks.common import fmt_bytes, machine_summary, print_table, time_interleaved
-from ls_seq.studies.checkpoints import CHECKSUMS_NAME, verify_checkpoint, write_checksums
+from ls_seq.checkpoints import CHECKSUMS_NAME, verify_checkpoint, write_checksums
 
 
 def _write_files(directory: Path, shards: list[dict[str, torch.Tensor]], optimizer: dict[str, torch.Tensor]) -> None:

@@ -47,7 +47,6 @@ MOVED_MODULES: dict[str, str] = {
     "ls_seq.sweeps": "ls_seq.hf.sweeps",
     "ls_seq.checkpoint_eval": "ls_seq.cli.evaluate",
     "ls_seq.eval_data": "ls_seq.cli.eval_data",
-    "ls_seq.checkpoints": "ls_seq.studies.checkpoints",
     "ls_seq.significance": "ls_seq.studies.significance",
     "ls_seq.study": "ls_seq.studies",
     "ls_seq.translation": "ls_seq.studies.en_de",

@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from ls_seq.checkpoints import first_verified, set_aside, verify_torch_archive
 from ls_seq.errors import CheckpointError, LsSeqError, LsSeqWarning
 from ls_seq.io import atomic_write_json, read_json
-from ls_seq.studies.checkpoints import first_verified, set_aside, verify_torch_archive
 from ls_seq.studies.en_de.presets import Preset
 from ls_seq.studies.trajectory import TrajectoryPoint
 

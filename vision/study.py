@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 from ls_seq.calibration.plots import plot_reliability_diagram
+from ls_seq.checkpoints import set_aside
 from ls_seq.errors import InputError, LsSeqWarning
 from ls_seq.io import atomic_savefig, atomic_write_files, json_bytes
 from ls_seq.studies import RunDirectory, StageRecord
-from ls_seq.studies.checkpoints import set_aside
 from ls_seq.studies.trajectory import TrajectoryPoint, overconfident_from, plot_trajectory, trajectory_curves
 from vision.calibration import (
     HARD,

@@ -44,6 +44,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ls_seq import distillation_loss, label_smoothed_cross_entropy
+from ls_seq.checkpoints import (
+    SIDECAR_SUFFIX,
+    check_finite_weights,
+    first_non_finite,
+    first_verified,
+    verify_file_checksum,
+    verify_torch_archive,
+    warn_not_checksummed,
+    write_file_checksum,
+)
 from ls_seq.checks import (
     check_alpha,
     check_choice,
@@ -54,16 +64,6 @@ from ls_seq.errors import CheckpointError, NonFiniteLossError
 from ls_seq.functional.mixing import cutmix_box, mix_targets
 from ls_seq.io import atomic_write_bytes
 from ls_seq.rng import isolated_rng
-from ls_seq.studies.checkpoints import (
-    SIDECAR_SUFFIX,
-    check_finite_weights,
-    first_non_finite,
-    first_verified,
-    verify_file_checksum,
-    verify_torch_archive,
-    warn_not_checksummed,
-    write_file_checksum,
-)
 
 __all__ = [
     "CHECKPOINT_NAME",

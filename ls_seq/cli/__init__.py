@@ -1,10 +1,10 @@
 """The ``ls-seq`` command line: ``calibrate`` (saved logits), ``evaluate`` (a checkpoint), ``fairseq-user-dir``.
 
-:mod:`ls_seq.cli.main` (the parser and the commands), :mod:`ls_seq.cli.evaluate` (``ls-seq evaluate``),
+:mod:`ls_seq.cli.commands` (the parser and the commands), :mod:`ls_seq.cli.evaluate` (``ls-seq evaluate``),
 :mod:`ls_seq.cli.eval_data` (its evaluation data), :mod:`ls_seq.cli.runner` (every entry point's fault handler:
 one line and an exit code).
 """
 
-from ls_seq.cli.main import build_parser, main
+from ls_seq.cli.commands import build_parser, main
 
 __all__ = ["build_parser", "main"]

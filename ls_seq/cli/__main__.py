@@ -2,7 +2,7 @@
 
 import sys
 
-from ls_seq.cli.main import main
+from ls_seq.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

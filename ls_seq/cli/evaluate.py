@@ -1,7 +1,7 @@
 """``ls-seq evaluate``: the calibration of a saved checkpoint, measured in one teacher-forced pass.
 
 For a local HF checkpoint (``save_pretrained`` output: a causal LM or an encoder-decoder, told apart by its
-config; verified before its weights load by :func:`ls_seq.studies.checkpoints.verify_checkpoint`, against its
+config; verified before its weights load by :func:`ls_seq.checkpoints.verify_checkpoint`, against its
 ``ls_seq_checksums.json`` when ls-seq wrote one) and evaluation data (:mod:`ls_seq.cli.eval_data`): every field of :class:`ls_seq.calibration.metric.TokenCalibration`
 at every temperature of the grid, from one forward pass per batch; the NLL-optimal temperature
 (:func:`ls_seq.fit_temperature`) on the same tokens or on another split; with ``bleu`` on an encoder-decoder,
@@ -179,9 +179,9 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     """Measure, write the outputs (main process), and return ``calibration.json``'s content."""
     from ls_seq.calibration.metric import TokenCalibration
     from ls_seq.calibration.report import calibration_document, write_calibration_outputs
+    from ls_seq.checkpoints import verify_checkpoint
     from ls_seq.cli.eval_data import read_records, tokenize_records
     from ls_seq.functional.temperature import fit_temperature
-    from ls_seq.studies.checkpoints import verify_checkpoint
 
     cfg.check()
     config, tokenizer = load_config_and_tokenizer(cfg.model, cfg.tokenizer)

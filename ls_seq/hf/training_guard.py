@@ -10,8 +10,8 @@
 * logs at every checkpoint step and at ``max_steps``, so that no logging window spans a checkpoint: a
   run resumed from checkpoint N averages the same steps into each logged loss as an uninterrupted run
   (HF restarts its running loss at the resumed step);
-* records the size and SHA-256 of every file of each checkpoint it saved (:func:`ls_seq.studies.checkpoints.write_checksums`),
-  which :func:`ls_seq.studies.checkpoints.verify_checkpoint` checks before a resume, and gives the files the mode
+* records the size and SHA-256 of every file of each checkpoint it saved (:func:`ls_seq.checkpoints.write_checksums`),
+  which :func:`ls_seq.checkpoints.verify_checkpoint` checks before a resume, and gives the files the mode
   the umask gives ordinary files (transformers leaves ``model.safetensors`` at ``0o600``).
 
 Cost: one ``isfinite`` pass over the parameters per step (one host sync); see docs/reliability.md.
@@ -24,9 +24,9 @@ import os
 
 from transformers import TrainerCallback
 
+from ls_seq.checkpoints import check_finite_weights, write_checksums
 from ls_seq.errors import NonFiniteLossError
 from ls_seq.io import apply_umask_modes
-from ls_seq.studies.checkpoints import check_finite_weights, write_checksums
 
 __all__ = ["TrainingGuard"]
 

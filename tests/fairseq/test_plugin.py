@@ -26,9 +26,9 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 # Python's import first: what ls_seq imports before the plugin (nothing of fairseq), and what the CLI prints.
 _LS_SEQ_FIRST = (
-    "import ls_seq, ls_seq.cli.main, ls_seq.calibration.metric, ls_seq.studies.en_de.study\n"
+    "import ls_seq, ls_seq.cli.commands, ls_seq.calibration.metric, ls_seq.studies.en_de.study\n"
     "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fairseq', 'fairseq_cli', 'ls_seq_fairseq')))\n"
-    "assert ls_seq.cli.main.main(['fairseq-user-dir']) == 0\n"
+    "assert ls_seq.cli.main(['fairseq-user-dir']) == 0\n"
 )
 
 

@@ -10,9 +10,9 @@ from _helpers.tiny import collate, tiny_config, tiny_dataset, training_args
 from transformers import MarianMTModel, Seq2SeqTrainer, TrainerCallback, set_seed
 from transformers.trainer_callback import TrainerControl, TrainerState
 
+from ls_seq.checkpoints import CHECKSUMS_NAME, checkpoint_steps, verify_checkpoint
 from ls_seq.errors import NonFiniteLossError, NonFiniteTrainingError, NonFiniteWeightsError
 from ls_seq.hf.training_guard import TrainingGuard
-from ls_seq.studies.checkpoints import CHECKSUMS_NAME, checkpoint_steps, verify_checkpoint
 
 
 def _trainer(out, callbacks=(), **overrides):

@@ -229,8 +229,8 @@ def test_a_checkpoint_without_a_sidecar_resumes_with_one_warning(tmp_path):
 
 
 def test_nan_weights_in_a_checkpoint_are_caught_before_use(tmp_path):
+    from ls_seq.checkpoints import write_file_checksum
     from ls_seq.errors import LsSeqWarning
-    from ls_seq.studies.checkpoints import write_file_checksum
 
     data, cfg = _toy(), TrainConfig(epochs=1, batch_size=16, lr=0.1, cpu=True)
     train_classifier(_mlp(), data, cfg, checkpoint_dir=tmp_path, progress=False)

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
+from ls_seq.checkpoints import set_aside
 from ls_seq.errors import InputError, LsSeqWarning
 from ls_seq.hf.sweeps import beam_search_sweep, corpus_bleu, distinct_share, teacher_forced_sweep
 from ls_seq.io import atomic_write_text
 from ls_seq.studies import stage_boundary
-from ls_seq.studies.checkpoints import set_aside
 from ls_seq.studies.en_de.data import ParallelCorpus, _batches
 from ls_seq.studies.en_de.presets import Preset
 from ls_seq.studies.en_de.records import (

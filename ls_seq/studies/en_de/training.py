@@ -14,11 +14,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ls_seq.errors import CheckpointError, InputError, LsSeqWarning
-from ls_seq.hf.callbacks import CalibrationCallback
-from ls_seq.io import apply_umask_modes, atomic_write_json, read_json, writing_to
-from ls_seq.studies import stage_boundary
-from ls_seq.studies.checkpoints import (
+from ls_seq.checkpoints import (
     check_finite_weights,
     checkpoint_steps,
     latest_good_checkpoint,
@@ -26,6 +22,10 @@ from ls_seq.studies.checkpoints import (
     verify_checkpoint,
     write_checksums,
 )
+from ls_seq.errors import CheckpointError, InputError, LsSeqWarning
+from ls_seq.hf.callbacks import CalibrationCallback
+from ls_seq.io import apply_umask_modes, atomic_write_json, read_json, writing_to
+from ls_seq.studies import stage_boundary
 from ls_seq.studies.en_de.presets import Preset, build_model_config
 from ls_seq.studies.trajectory import TrajectoryPoint, trajectory_from_log
 
@@ -153,7 +153,7 @@ def train_model(
     for bit the one trained without them.
 
     Checkpoints go to ``model_dir/checkpoints`` every ``preset.save_steps``; with ``resume`` training restarts
-    from the newest checkpoint that passes :func:`ls_seq.studies.checkpoints.verify_checkpoint` (weights, optimizer,
+    from the newest checkpoint that passes :func:`ls_seq.checkpoints.verify_checkpoint` (weights, optimizer,
     scheduler, RNG and data position, HF Trainer's resume); damaged ones are set aside with a warning. A
     checkpoint at ``max_steps`` means training is finished: the model is loaded from it, no step is taken.
     A :class:`~ls_seq.hf.training_guard.TrainingGuard` stops training at the first non-finite weight or loss, naming the

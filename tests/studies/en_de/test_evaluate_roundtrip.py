@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ls_seq.cli.main import main
+from ls_seq.cli import main
 
 pytestmark = pytest.mark.slow
 

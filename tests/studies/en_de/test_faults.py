@@ -28,9 +28,9 @@ from _helpers.faults import FailingWrites, read_only_directory, resize_tmpfs, tm
 from safetensors.torch import load_file, save_file
 
 import ls_seq.io
+from ls_seq.checkpoints import checkpoint_steps, verify_checkpoint, write_checksums
 from ls_seq.cli.runner import run_main
 from ls_seq.io import read_json
-from ls_seq.studies.checkpoints import checkpoint_steps, verify_checkpoint, write_checksums
 from ls_seq.studies.run_dir import LOCK_NAME
 
 PROG = "wmt_en_de.py"
@@ -260,7 +260,7 @@ def _nan_model(path):
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_still_reproduces(reference_run, killed_after_the_last_checkpoint,
                                                                                tmp_path):
     """checkpoint-30 (at max_steps) truncated: named, set aside, training resumes from checkpoint-20 to the
-    same model. (Each kind of damage is detected in tests/studies/test_checkpoints.py; NaN weights at this level in
+    same model. (Each kind of damage is detected in tests/test_checkpoints.py; NaN weights at this level in
     the next test.)"""
     out = tmp_path / "run"
     shutil.copytree(killed_after_the_last_checkpoint, out)

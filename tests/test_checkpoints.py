@@ -15,15 +15,15 @@ from _helpers.tiny import collate, tiny_config, tiny_dataset, training_args
 from safetensors.torch import load_file, save_file
 from transformers import MarianMTModel, Seq2SeqTrainer, set_seed
 
-from ls_seq.errors import CheckpointError, LsSeqWarning
-from ls_seq.hf.training_guard import TrainingGuard
-from ls_seq.studies.checkpoints import (
+from ls_seq.checkpoints import (
     CHECKSUMS_NAME,
     latest_good_checkpoint,
     verify_checkpoint,
     verify_safetensors,
     write_checksums,
 )
+from ls_seq.errors import CheckpointError, LsSeqWarning
+from ls_seq.hf.training_guard import TrainingGuard
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_for_the_previous_one(run):
 
 
 def test_first_non_finite_names_the_tensor_and_ignores_a_sum_that_overflows():
-    from ls_seq.studies.checkpoints import first_non_finite
+    from ls_seq.checkpoints import first_non_finite
 
     overflowing = torch.full((10,), 3e38)  # every value finite, the float32 sum is inf
     half = torch.full((100,), 6e4, dtype=torch.float16)  # likewise in float16
@@ -206,7 +206,7 @@ def test_a_damaged_manifest_is_named(run):
 
 
 def test_a_file_checksum_sidecar_names_the_file_and_goes_with_it_when_set_aside(tmp_path):
-    from ls_seq.studies.checkpoints import SIDECAR_SUFFIX, set_aside, verify_file_checksum, write_file_checksum
+    from ls_seq.checkpoints import SIDECAR_SUFFIX, set_aside, verify_file_checksum, write_file_checksum
 
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"x" * 5000)

@@ -22,7 +22,7 @@ from _helpers.tiny import tiny_tokenizer
 from safetensors.torch import save_file
 
 from ls_seq import fit_temperature
-from ls_seq.cli.main import main
+from ls_seq.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = ["0.8", "1.0", "1.5"]
@@ -328,7 +328,7 @@ def test_evaluate_refuses_weights_that_differ_from_their_manifest_naming_the_fil
 
     from _helpers.faults import zero_inside_the_weights
 
-    from ls_seq.studies.checkpoints import write_checksums
+    from ls_seq.checkpoints import write_checksums
 
     model_dir = save_checkpoint(tmp_path, "marian")
     data = write_jsonl(tmp_path / "data.jsonl", records("pair"))
