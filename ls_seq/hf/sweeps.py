@@ -133,7 +133,7 @@ class _BlockTemperatures(LogitsProcessor):
         self.temperatures = torch.tensor(list(temperatures), dtype=torch.float32, device=device)
         self.t_rows = self.temperatures.repeat_interleave(rows_per_block)[:, None]  # (G * rows_per_block, 1)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if scores.shape[0] != self.t_rows.shape[0]:
             raise RuntimeError(f"expected {self.t_rows.shape[0]} rows of scores (blocks x batch x beams), got {scores.shape[0]}")
         dtype = torch.promote_types(scores.dtype, torch.float32)
