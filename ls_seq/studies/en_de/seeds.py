@@ -60,7 +60,7 @@ def run_seeds(data_args, model_args, study_args, command: str | None = None) -> 
                                   **dataclasses.asdict(study_args)}.items()
                 if k not in ("data_dir", "cache_dir", "output_dir", "resume", "overwrite_output_dir", "seed", "seeds",
                              "cpu_threads")}  # fmt: skip
-    config = {"seeds": seeds, "study": per_seed}
+    config: dict[str, Any] = {"seeds": seeds, "study": per_seed}
     if state.is_main_process:
         config = run.open(config, command=command, resume=study_args.resume, overwrite=study_args.overwrite_output_dir,
                           extendable={"seeds": "append", "study.alphas": "append"})  # fmt: skip
@@ -218,7 +218,7 @@ def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[i
         claims = [Claim(**{**c, "seeds": [SeedEvidence(**e) for e in c["seeds"]]}) for c in summary["claims"]]
         lines += ["## The paper's claims", "", summary["verdict_rule"], "", *claims_table(claims), ""]
     figures: dict[Path, bytes] = {}
-    along = {}
+    along: dict[str, dict[int, list[TrajectoryPoint]]] = {}
     for seed, res in results.items():
         for m in res["models"]:
             points = m.get("calibration_along_training", {}).get("points")
