@@ -340,7 +340,7 @@ def teacher_forced_logits(
     if shifts is None:
         shifts = shift_from_output(outputs)
         if shifts is None:
-            raise refusal  # type: ignore[misc]
+            raise refusal  # type: ignore[misc]  # set: shifts is None only after _shifts refused
         io = ModelIO(inner, is_encoder_decoder, shifts)
     scored = io.scored_labels(labels, batch.get("shift_labels"), ignore_index)
     return logits_of(outputs, where=f"{io.name}'s output"), scored

@@ -98,7 +98,7 @@ def _gather_in_order(sequences: list[list[int]], indices: list[int], n_total: in
         ordered: list[list[int] | None] = [None] * n_total
         for i, seq in zip(indices, sequences):
             ordered[i] = seq
-        return ordered  # type: ignore[return-value]
+        return ordered  # type: ignore[return-value]  # one process: it decoded every index
     # Equal shapes for all_gather: rows = the largest shard, columns = index + the longest sequence; -1 pads
     # (any id, pad included, can be a real token).
     size = torch.tensor([len(indices), max((len(s) for s in sequences), default=0)], device=device)
@@ -117,7 +117,7 @@ def _gather_in_order(sequences: list[list[int]], indices: list[int], n_total: in
             if row[0] >= 0:
                 ordered[row[0]] = [t for t in row[1:] if t >= 0]
     assert all(s is not None for s in ordered), "every sample must be decoded by exactly one process"
-    return ordered  # type: ignore[return-value]
+    return ordered  # type: ignore[return-value]  # no None left (asserted)
 
 
 class _BlockTemperatures(LogitsProcessor):
