@@ -5,7 +5,7 @@ Losses (:func:`label_smoothed_cross_entropy` and friends), the calibration metri
 paper's information measures (:func:`smoothness_index`, :func:`gaussian_mutual_information`).
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ls_seq import _deprecation
 from ls_seq._version import __version__
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from ls_seq.prior import estimate_unigram_prior
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     import importlib
 
     if name in _LAZY:

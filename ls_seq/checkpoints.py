@@ -131,7 +131,9 @@ def _read_manifest(path: Path) -> dict[str, dict[str, int | str]]:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
         if "files" in content:
-            files = {str(k): {"size": int(v["size"]), "sha256": str(v["sha256"])} for k, v in content["files"].items()}
+            files: dict[str, dict[str, int | str]] = {
+                str(k): {"size": int(v["size"]), "sha256": str(v["sha256"])} for k, v in content["files"].items()
+            }
         else:  # format 1, written before sizes were recorded
             files = {str(k): {"sha256": str(v)} for k, v in content["sha256"].items()}
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:

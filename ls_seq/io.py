@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ls_seq.errors import DiskFullError, InputError, LsSeqError
 
@@ -75,7 +75,7 @@ def directory_mode() -> int:
     return 0o777 & ~_umask()
 
 
-def apply_umask_modes(directory: str | os.PathLike) -> None:
+def apply_umask_modes(directory: str | os.PathLike[str]) -> None:
     """Give every file directly in ``directory`` the mode of :func:`file_mode` (libraries that write through
     a temporary file, such as transformers' ``save_pretrained``, leave ``0o600``)."""
     mode = file_mode()
@@ -105,7 +105,10 @@ def _write_temporary(path: Path, data: bytes, mode: int) -> str:
     return tmp
 
 
-def atomic_write_files(files: Mapping[str | os.PathLike, bytes | str]) -> list[Path]:
+_PathT = TypeVar("_PathT", bound="str | os.PathLike[str]")  # the keys of one mapping: all str, all Path, or mixed
+
+
+def atomic_write_files(files: Mapping[_PathT, bytes | str]) -> list[Path]:
     """Write several files as one set: all temporary files first, then the renames, in the order given.
 
     A failure while writing (a full disk, a signal) removes the temporary files and leaves every
@@ -119,8 +122,8 @@ def atomic_write_files(files: Mapping[str | os.PathLike, bytes | str]) -> list[P
     mode = file_mode()
     written: list[tuple[str, Path]] = []
     try:
-        for path, data in files.items():
-            path = Path(path)
+        for name, data in files.items():
+            path = Path(name)
             written.append((_write_temporary(path, data.encode("utf-8") if isinstance(data, str) else data, mode), path))
     except BaseException:
         for tmp, _ in written:

@@ -40,6 +40,8 @@ class LabelSmoothedCrossEntropy(nn.Module):
         True
     """
 
+    prior: torch.Tensor | None  # a buffer (register_buffer in __init__)
+
     def __init__(
         self,
         alpha: float = 0.1,

@@ -22,9 +22,14 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # the mixin goes before a Trainer in the bases; a type checker sees that Trainer as its base
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = object
 
 __all__ = ["IsolatedEvaluationMixin", "isolated_rng"]
 
@@ -58,7 +63,7 @@ def isolated_rng() -> Iterator[None]:
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
-        np = None
+        np = None  # type: ignore[assignment]  # checked below: numpy is optional here
     numpy_state = np.random.get_state() if np is not None else None
     try:
         with torch.random.fork_rng(devices=_cuda_devices()):
@@ -69,7 +74,7 @@ def isolated_rng() -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
-class IsolatedEvaluationMixin:
+class IsolatedEvaluationMixin(_TrainerBase):
     """A ``transformers.Trainer`` mixin whose ``evaluate`` leaves the training random streams untouched.
 
     Put it before the Trainer class: ``class MyTrainer(IsolatedEvaluationMixin, Seq2SeqTrainer)``. The

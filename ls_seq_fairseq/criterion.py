@@ -67,14 +67,15 @@ _LOG2 = math.log(2.0)
 class LsSeqLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
     """fairseq's ``label_smoothed_cross_entropy`` options (``--label-smoothing`` is ``alpha``) and ls-seq's."""
 
-    ls_convention: ChoiceEnum(list(CONVENTIONS)) = field(
+    # fairseq reads its choices from these ChoiceEnum(...) annotations, which are no types to a type checker
+    ls_convention: ChoiceEnum(list(CONVENTIONS)) = field(  # type: ignore[valid-type]
         default="uniform",
         metadata={
             "help": "meaning of --label-smoothing a: 'uniform' (the paper, PyTorch): target (1 - a) onehot + a q; "
             "'fairseq': 1 - a on the true class, a / (V - 1) on each other class (fairseq's own criterion)"
         },
     )
-    ls_kernel: ChoiceEnum(list(KERNELS)) = field(
+    ls_kernel: ChoiceEnum(list(KERNELS)) = field(  # type: ignore[valid-type]
         default="fused",
         metadata={
             "help": "how the loss is computed: 'fused': ls-seq's single pass over the logits (the gradient "

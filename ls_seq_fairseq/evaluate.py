@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ def calibration_sums(
     *,
     n_bins: int = 15,
     max_tokens: int = 4096,
-) -> dict[str, dict[str, list]]:
+) -> dict[str, Any]:
     """Per subset, the summed calibration statistics of the checkpoint's teacher-forced predictions.
 
     Returns ``{subset: {"temperatures": [...], "bin_count": [[...]] (T, n_bins), "bin_confidence",

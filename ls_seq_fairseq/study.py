@@ -71,7 +71,7 @@ def _as_tensors(stats: dict[str, Any]) -> tuple[list[float], dict[str, torch.Ten
 
 
 def evaluation_from_fairseq(
-    calibration: dict[str, dict[str, Any]],
+    calibration: dict[str, Any],
     test: ParallelCorpus,
     test_translations: list[str] | None,
     sweep_translations: dict[float, list[str]],
@@ -100,9 +100,11 @@ def evaluation_from_fairseq(
         temps, stats = _as_tensors(calibration["test"])
         values, rel = metrics_from_sums(stats), reliability_from_sums(stats)
         i1 = temps.index(1.0)
+        measured = ("nll", "ece", "mce", "rms", "accuracy", "mean_confidence")
+        per_temperature: dict[str, Any] = {k: tuple(values[k].tolist()) for k in measured}
         teacher_forced = TeacherForced(
             temperatures=tuple(temps),
-            **{k: tuple(values[k].tolist()) for k in ("nll", "ece", "mce", "rms", "accuracy", "mean_confidence")},
+            **per_temperature,
             n_tokens=int(values["n_tokens"][i1]),
             reliability={k: v[i1].tolist() for k, v in rel.items()},
             intervals={},
@@ -161,7 +163,7 @@ def evaluate_model(
     tf_grid = sorted(set(grid) | {1.0})
     n_bleu = len(test) if preset.max_bleu_samples is None else min(preset.max_bleu_samples, len(test))
     cal_path = model_dir / "calibration.json"
-    calibration = read_json(cal_path) if cal_path.is_file() else {}
+    calibration: dict[str, Any] = read_json(cal_path) if cal_path.is_file() else {}
     test_path = model_dir / "test_translations.txt"
     sweep: dict[float, list[str]] = {}
 

@@ -130,7 +130,7 @@ def train_summary_from_log(log_file: Path, steps: int) -> dict[str, Any]:
             epochs.append(stats)
     if not windows and not epochs:
         raise LsSeqError(f"{str(log_file)!r} holds no training log line: did fairseq-train run?")
-    curve = [
+    curve: list[dict[str, Any]] = [
         {"step": step, "loss": float(s["loss"]) * _LN2, "nll_loss": float(s["nll_loss"]) * _LN2}
         for step, s in sorted(windows.items())
     ]
@@ -170,7 +170,7 @@ def trajectory_from_log(log_file: Path, subset: str = "valid1") -> tuple[list[Tr
     seconds of the validations at those updates.
     """
     points: dict[int, dict[str, Any]] = {}
-    seconds: dict[int, float] = {}
+    seconds: dict[float, float] = {}  # by update (TrajectoryPoint.step is a float)
     epochs_per_update = None
     for stats in _log_objects(log_file):
         if f"{subset}_ece" in stats:

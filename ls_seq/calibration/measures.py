@@ -176,7 +176,9 @@ def _token_sum(values: torch.Tensor, groups: Groups | None) -> torch.Tensor:
     return out.index_add_(-1, groups.of_token, values).movedim(-1, 0)
 
 
-def _bins_state(prefix: str, lead: Callable[[CalibrationConfig], tuple[int, ...]], bins: Callable[[CalibrationConfig], int]):
+def _bins_state(
+    prefix: str, lead: Callable[[CalibrationConfig], tuple[int, ...]], bins: Callable[[CalibrationConfig], int]
+) -> Callable[[CalibrationConfig], dict[str, tuple[int, ...]]]:
     def shapes(config: CalibrationConfig) -> dict[str, tuple[int, ...]]:
         shape = lead(config) + (bins(config),)
         return {f"{prefix}_count": shape, f"{prefix}_confidence": shape, f"{prefix}_correct": shape}
@@ -282,6 +284,7 @@ def _mass_reliability(state: State, config: CalibrationConfig) -> State:
 
 def _brier_update(stats: TokenStatistics, config: CalibrationConfig, groups: Groups | None) -> State:
     # sum_k (p_k - y_k)^2 = sum_k p_k^2 - 2 p_y + 1
+    assert stats.sum_sq is not None  # this measure needs "brier": the schema asked for sum_sq
     per_token = stats.sum_sq.double() - 2 * stats.log_prob.double().exp() + 1  # (T, n)
     return {"brier_sum": _token_sum(per_token, groups)}
 
@@ -329,7 +332,7 @@ def bootstrap_replicates(state: State) -> State:
 def _bootstrap_compute(state: State, config: CalibrationConfig) -> State:
     replicates = bootstrap_replicates(state)
     tail = (1 - config.bootstrap_level) / 2
-    out = {}
+    out: State = {}
     for name, values in replicates.items():
         low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=values.dtype, device=values.device), dim=0)
         out |= {f"{name}_low": low, f"{name}_high": high, f"{name}_std": values.std(dim=0)}
@@ -340,6 +343,7 @@ def _bootstrap_compute(state: State, config: CalibrationConfig) -> State:
 
 
 def _classwise_update(stats: TokenStatistics, config: CalibrationConfig, groups: Groups | None) -> State:
+    assert stats.class_prob is not None and config.classes is not None  # this measure needs "classes"
     prob = stats.class_prob.movedim(1, -1)  # (T, K, n)
     classes = torch.tensor(config.classes, device=prob.device)
     outcome = (stats.label[None, :] == classes[:, None]).expand_as(prob)  # (T, K, n)
@@ -355,6 +359,7 @@ def _classwise_compute(state: State, config: CalibrationConfig) -> State:
 
 
 def _topk_update(stats: TokenStatistics, config: CalibrationConfig, groups: Groups | None) -> State:
+    assert stats.topk_mass is not None and stats.in_topk is not None  # this measure needs "top_k"
     count, conf, correct = _sums(width_bins(stats.topk_mass, config.n_bins), stats.topk_mass, stats.in_topk,
                                  config.n_bins, groups)  # fmt: skip
     return {"topk_count": count, "topk_confidence": conf, "topk_correct": correct,
@@ -460,7 +465,7 @@ MEASURES: dict[str, Measure] = {
         Measure(
             "classwise", "class-wise ECE over the given classes",
             (Field("classwise_ece", "mean over the classes c of the ECE of p_c against [label = c]"),),
-            _bins_state("classwise", lambda c: (c.n_temperatures, len(c.classes)), lambda c: c.n_bins),
+            _bins_state("classwise", lambda c: (c.n_temperatures, len(c.classes or ())), lambda c: c.n_bins),
             _classwise_update, _classwise_compute, needs=frozenset({"classes"}),
         ),
         Measure(

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
+from ls_seq.calibration.measures import CalibrationConfig
 from ls_seq.calibration.result import CalibrationResult
 from ls_seq.calibration.schema import CalibrationSchema, make_config
 from ls_seq.checks import check_logits_labels
@@ -58,6 +59,7 @@ class TokenCalibration(Metric):
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+    tokens_n: torch.Tensor  # one of the states add_state declares in __init__ (the schema's)
 
     _OPTIONS = ("fine_bins", "bootstrap_replicates", "bootstrap_level", "seed", "top_k", "classes")
 
@@ -76,7 +78,7 @@ class TokenCalibration(Metric):
             self.add_state(name, default=default, dist_reduce_fx="sum")
 
     @property
-    def config(self):
+    def config(self) -> CalibrationConfig:
         return self.schema.config
 
     @property
@@ -103,7 +105,8 @@ class TokenCalibration(Metric):
 
     def compute(self) -> CalibrationResult:
         """The fields over every token seen (on every process); a ``RuntimeError`` before any token."""
-        return dict(self.schema.compute(self._states()))  # a plain dict for torchmetrics' wrapper: see below
+        # A plain dict for torchmetrics' wrapper, which the CalibrationResult the caller gets is made from (below).
+        return dict(self.schema.compute(self._states()))  # type: ignore[return-value]
 
     def _wrap_compute(self, compute: Any) -> Any:
         # torchmetrics' compute wrapper (sync, cache) turns mappings into plain dicts and squeezes one-element

@@ -7,9 +7,12 @@ without switching the user's backend; save them with :func:`ls_seq.io.atomic_sav
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_reliability_diagram", "plot_temperature_sweep", "reliability_ece"]
 
@@ -30,7 +33,7 @@ def plot_reliability_diagram(
     title: str | None = None,
     ax: Any = None,
     show_counts: bool = True,
-):
+) -> Figure:
     """Reliability diagram: accuracy against mean confidence per bin, one curve per entry, and under it the
     confidence histogram (the share of tokens in each bin), as in Guo et al. (2017).
 
@@ -99,7 +102,7 @@ def plot_reliability_diagram(
 
 def plot_temperature_sweep(
     points: Sequence[Mapping[str, Any]], *, title: str | None = None, fitted_temperature: float | None = None
-):
+) -> Figure:
     """NLL, ECE (with its bootstrap interval when the points have ``ece_low``/``ece_high``) and, when measured,
     BLEU against the temperature: one panel each.
 

@@ -60,7 +60,7 @@ def calibration_document(
     temps = list(result.temperatures or (1.0,))
     sweep = []
     for t in temps:
-        point = {"temperature": t, **result.at(t)}
+        point: dict[str, float | None] = {"temperature": t, **result.at(t)}
         if bleu is not None:
             point["bleu"] = bleu.get(t)
         sweep.append(point)

@@ -115,7 +115,9 @@ class CalibrationSchema:
         (``(B,)`` without a grid). For equal-mass bins ``lower == upper`` is the bin's mean confidence."""
         if binning not in self.binnings():
             raise ValueError(f"`binning` must be one of {self.binnings()} (the enabled measures with bins), got {binning!r}")
-        curves = MEASURES[binning].reliability(state, self.config)
+        reliability = MEASURES[binning].reliability
+        assert reliability is not None  # binnings() has only the measures with curves
+        curves = reliability(state, self.config)
         return {k: v[0] for k, v in curves.items()} if self.config.temperatures is None else curves
 
 

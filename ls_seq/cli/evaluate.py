@@ -114,7 +114,8 @@ def load_checkpoint(model_dir: str, config: Any, dtype: str, device: str | torch
         raise InputError(
             f"`model` {model_dir!r} ({config.model_type}) cannot be loaded as a {cls.__name__}: {' '.join(str(err).split())[:300]}"
         ) from err
-    return model.to(device).eval()
+    # transformers wraps PreTrainedModel.to in functools.wraps, whose typeshed type loses the bound self
+    return model.to(device).eval()  # type: ignore[arg-type]
 
 
 def _process_state(device: str | None):
@@ -188,7 +189,9 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     causal = not getattr(config, "is_encoder_decoder", False)
     if cfg.bleu and causal:
         raise InputError(f"`--bleu` needs an encoder-decoder (it translates sources); {cfg.model!r} is a causal LM")
-    read = dict(split=cfg.split, source_lang=cfg.source_lang, target_lang=cfg.target_lang, max_samples=cfg.max_samples)
+    read: dict[str, Any] = dict(
+        split=cfg.split, source_lang=cfg.source_lang, target_lang=cfg.target_lang, max_samples=cfg.max_samples
+    )
     data = tokenize_records(read_records(cfg.data, **read), tokenizer, causal=causal, max_length=cfg.max_length, path=cfg.data)
     fit_data = None
     if cfg.fit_split is not None:
@@ -217,7 +220,9 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
         kept = _teacher_forced_pass(model, tokenizer, fit_data, cfg, device, rank, None, keep_logits=True,
                                     desc=f"fit split {cfg.fit_split}")  # fmt: skip
     result = metric.compute()  # every process: the sums of all of them
-    reliability = {b: metric.reliability(b) for b in ("width", "mass") if b in metric.schema.binnings()}
+    reliability: dict[str, dict[str, torch.Tensor]] = {
+        b: metric.reliability(b) for b in ("width", "mass") if b in metric.schema.binnings()
+    }
     i1 = grid.index(1.0)
     reliability = {b: {k: v[i1] for k, v in curves.items()} for b, curves in reliability.items()}
     fitted = fit_temperature(*kept, all_reduce=_all_reduce_sum if world > 1 else None)
@@ -226,6 +231,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.bleu:
         from ls_seq.hf.sweeps import beam_search_sweep, corpus_bleu
 
+        assert data.sources is not None and data.targets is not None  # seq2seq data: --bleu refused a causal LM
         translations = beam_search_sweep(
             model, tokenizer, data.sources, grid, num_beams=cfg.num_beams, batch_size=cfg.generate_batch_size,
             max_source_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens or cfg.max_length, progress=rank == 0,

@@ -137,7 +137,9 @@ def run_main(
     except KeyboardInterrupt as exc:
         if debug:
             traceback.print_exc()
-        _report(prog, describe_fault(exc)[1])
+        fault = describe_fault(exc)
+        assert fault is not None  # describe_fault describes every KeyboardInterrupt
+        _report(prog, fault[1])
         return 128 + signal.SIGINT
     finally:
         warnings.showwarning = show_warning

@@ -192,11 +192,12 @@ def _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype, z_loss)
     scratch = None if direct else torch.empty(min(chunk_rows, n_rows), vocab, dtype=cdtype, device=z.device)
     for start in range(0, n_rows, chunk_rows):
         stop = min(start + chunk_rows, n_rows)
-        work = grad[start:stop] if direct else scratch[: stop - start]  # (c, V)
+        # (c, V): the gradient's rows when direct (grad exists), else the scratch (which exists then)
+        work = grad[start:stop] if direct else scratch[: stop - start]  # type: ignore[index]
         lse, z_y, q_z = softmax_target_chunk_(
             z[start:stop], y[start:stop], w_hot, w_q, q, work, 1.0 if need_grad else None, z_loss
         )
-        if need_grad and not direct:
+        if grad is not None and not direct:  # grad exists iff need_grad
             grad[start:stop].copy_(work)  # one rounding to the logits' dtype
         nll[start:stop] = lse - z_y
         loss[start:stop] = lse - w_hot * z_y - w_q * q_z
@@ -205,7 +206,7 @@ def _rows_pass(z, y, mask, w_hot, w_q, q, chunk_rows, need_grad, cdtype, z_loss)
     zero = loss.new_zeros(())
     loss = torch.where(mask, loss, zero)
     nll = torch.where(mask, nll, zero)
-    if need_grad:
+    if grad is not None:
         ignored = (~mask).nonzero().squeeze(1)  # (n_ignored,)
         if ignored.numel():
             grad.index_fill_(0, ignored, 0.0)  # touches only the ignored rows

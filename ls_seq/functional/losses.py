@@ -111,7 +111,7 @@ def _reduce(
     return total / denom.to(total.dtype)
 
 
-def _flatten(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
+def _flatten(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     vocab = logits.shape[-1]
     z = logits.reshape(-1, vocab)  # (N, V), a view when possible
     y = labels.reshape(-1)  # (N,)
@@ -120,7 +120,10 @@ def _flatten(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
     return z, y_safe, mask
 
 
-def _validate_loss_args(logits, labels, alpha, ignore_index, prior, convention, reduction, num_items_in_batch):
+def _validate_loss_args(
+    logits: torch.Tensor, labels: torch.Tensor, alpha: float, ignore_index: int, prior: torch.Tensor | None,
+    convention: str, reduction: str, num_items_in_batch: int | torch.Tensor | None,
+) -> tuple[float, torch.Tensor | None]:
     check_logits_labels(logits, labels, ignore_index)
     alpha = check_alpha(alpha)
     check_choice(convention, "convention", CONVENTIONS)
@@ -209,7 +212,10 @@ def label_smoothed_cross_entropy(
     return loss, _reduce(nll_tok, mask, reduction, num_items_in_batch, labels.shape)
 
 
-def _soft_target_cross_entropy(logits, targets, alpha, prior, convention, reduction, num_items_in_batch, return_nll, z_loss):
+def _soft_target_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float, prior: torch.Tensor | None, convention: str, reduction: str,
+    num_items_in_batch: int | torch.Tensor | None, return_nll: bool, z_loss: float,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The smoothed loss against ``(..., V)`` target distributions (dense: the targets are dense already)."""
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError("`logits` must be a floating-point tensor")

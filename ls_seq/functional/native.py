@@ -37,6 +37,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def _build(compiler: str, directory: Path) -> Path:
 
 
 @functools.cache
-def _library():
+def _library() -> ctypes.CDLL | None:
     """The loaded kernels' library, or None (with one warning saying why)."""
     if os.environ.get(_ENV_SWITCH, "1") == "0":
         return None
@@ -213,7 +214,7 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _split(rows: int, terms: int, call) -> None:
+def _split(rows: int, terms: int, call: Callable[[int, int], object]) -> None:
     """``call(r0, r1)`` over the rows, split across ``torch.get_num_threads()`` threads when worth it."""
     workers = min(torch.get_num_threads(), rows)
     if workers <= 1 or terms < _SPLIT_MIN_TERMS:
@@ -240,7 +241,9 @@ def exp_sums(
     ``c`` and the same stride along ``T`` (columns of larger ``(T, n)`` buffers are fine); ``out_finite``
     ``(c,)`` contiguous bool. Requires :func:`exp_sums_available`.
     """
-    fn = _library().ls_seq_exp_sums
+    lib = _library()
+    assert lib is not None, "exp_sums needs exp_sums_available()"
+    fn = lib.ls_seq_exp_sums
     rows, vocab = z.shape
     n_t = scales.numel()
     sq_ptr = 0 if out_sq is None else out_sq.data_ptr()
@@ -266,7 +269,9 @@ def native_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         ``values (c, k)`` float32 and ``indices (c, k)`` int64.
     """
-    fn = _library().ls_seq_row_topk
+    lib = _library()
+    assert lib is not None, "native_topk needs exp_sums_available()"
+    fn = lib.ls_seq_row_topk
     rows, vocab = z.shape
     values = torch.empty(rows, k, dtype=torch.float32)
     indices = torch.empty(rows, k, dtype=torch.int64)

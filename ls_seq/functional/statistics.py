@@ -170,10 +170,10 @@ def token_statistics(
         row_max[start:stop] = m[:, 0]
         correct[start:stop] = top_index[:, 0] == y
         label_logit[start:stop] = z.gather(1, y[:, None]).squeeze(1).float()
-        if top_k:
+        if top_logits is not None and in_topk is not None:  # top_k given
             top_logits[start:stop] = top_value.float()
             in_topk[start:stop] = (top_index == y[:, None]).any(-1)
-        if classes is not None:
+        if classes is not None and class_logits is not None:
             class_logits[start:stop] = z.index_select(1, classes).float()
         if native:
             sq = None if exp_norm is None else exp_norm[:, start:stop]
@@ -181,11 +181,12 @@ def token_statistics(
             if sq is not None:
                 sq.sqrt_()
             continue
+        assert work is not None  # the ATen path always has its scratch
         for i, s in enumerate(scales):
             # s * z - s * m in float32 (half logits are upcast exactly on the way), then 2^x in place.
             torch.add(m * -s, z, alpha=s, out=work).exp2_()
             torch.sum(work, 1, out=exp_sum[i, start:stop])
-            if brier:
+            if exp_norm is not None:  # brier
                 torch.linalg.vector_norm(work, 2, dim=1, out=exp_norm[i, start:stop])
 
     # Only scored rows are read: padding may hold anything.
@@ -297,7 +298,7 @@ def binned_sums(
         index = flat.reshape(-1)
         count = torch.bincount(index, minlength=size).double()
         sums = (count, torch.bincount(index, conf.reshape(-1), minlength=size), torch.bincount(index, out.reshape(-1), minlength=size))
-        return tuple(s.reshape(shape) for s in sums)  # type: ignore[return-value]
+        return tuple(s.reshape(shape) for s in sums)  # type: ignore[return-value]  # tuple() of 3: length unknown
     replicates = weights.shape[0]
     if group is None:
         # One matmul: the (R, n) weights times each token's one-hot bin, confidence and outcome, (n, L * 3 * B);
@@ -307,11 +308,12 @@ def binned_sums(
         features = torch.stack([onehot, onehot * conf[..., None], onehot * out[..., None]], dim=2)  # (L, n, 3, B)
         summed = weights.double() @ features.permute(1, 0, 2, 3).reshape(conf.shape[1], n_lead * 3 * n_bins)  # (R, L * 3 * B)
         summed = summed.reshape(replicates, n_lead, 3, n_bins)
+        # tuple() of a generator of 3: a type checker sees tuple[Tensor, ...] (the same ignore above and below)
         return tuple(summed[:, :, i].reshape((replicates,) + shape) for i in range(3))  # type: ignore[return-value]
     index = (flat[None] + (torch.arange(replicates, device=bins.device) * size)[:, None, None]).reshape(-1)  # (R*L*n,)
     w = weights.double()[:, None, :]  # (R, 1, n)
-    sums = tuple(
+    weighted = tuple(
         torch.bincount(index, (w * v[None]).reshape(-1), minlength=replicates * size).reshape((replicates,) + shape)
         for v in (torch.ones_like(conf), conf, out)
     )
-    return sums  # type: ignore[return-value]
+    return weighted  # type: ignore[return-value]  # tuple() of 3: length unknown

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ls_seq.calibration.metric import TokenCalibration
 from ls_seq.checks import check_positive_int, check_temperatures
@@ -191,7 +191,16 @@ class CalibrationCallback(TrainerCallback):
 
     # ---- TrainerCallback ----------------------------------------------------------------------------------
 
-    def on_evaluate(self, args, state, control, model=None, eval_dataloader=None, metrics=None, **kwargs):
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        eval_dataloader: Any = None,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         prefix = _metric_prefix(metrics)
         done, self._in_loop = self._in_loop, None
         if done is not None and done["prefix"] == prefix and done["step"] == state.global_step:
@@ -220,7 +229,14 @@ class CalibrationCallback(TrainerCallback):
                 state.log_history.append({**logs, "step": state.global_step})
         return control
 
-    def on_predict(self, args, state, control, metrics=None, **kwargs):
+    def on_predict(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         """``predict()``: ls-seq's trainers measured the test set in their loop (``test_ece``, ...); a plain
         Trainer's ``predict`` hands callbacks no test data, so there the route is :class:`CalibrationComputeMetrics`."""
         done, self._in_loop = self._in_loop, None
@@ -237,20 +253,25 @@ class CalibrationCallback(TrainerCallback):
             self._plot(args, state, done["prefix"], reliability, i1, best)
         return control
 
-    def _plot(self, args, state, prefix, reliability, i1, best) -> None:
+    def _plot(
+        self, args: TrainingArguments, state: TrainerState, prefix: str, reliability: dict[str, torch.Tensor], i1: int, best: int
+    ) -> None:
         from ls_seq.calibration.plots import plot_reliability_diagram
         from ls_seq.io import atomic_savefig
 
         curves = {"T=1": {k: v[i1] for k, v in reliability.items()}}
-        if best != i1:
+        if self.temperatures is not None and best != i1:  # best is i1 without a grid
             curves[f"T={self.temperatures[best]:g}, best NLL"] = {k: v[best] for k, v in reliability.items()}
         fig = plot_reliability_diagram(curves, title=f"{prefix}, step {state.global_step}")
+        assert args.output_dir is not None  # TrainingArguments sets a default
         path = os.path.join(args.output_dir, f"{prefix}_reliability_step{state.global_step}.png")
         atomic_savefig(fig, path, dpi=120)
         self.last_plot_path = path
         callbacks = None if self.trainer is None else self.trainer.callback_handler.callbacks
         self._trackers.log(fig, f"{prefix}/reliability_diagram", state.global_step, path, args, callbacks)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
         self._trackers.close()  # the TensorBoard writer of its own, if it opened one
         return control

@@ -26,7 +26,7 @@ loss graph once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -94,7 +94,7 @@ class FusedHead:
                     "turn the model's term off and use ls-seq's z_loss, which the fused kernel computes"
                 )
             seen.add(node)
-            stack.extend(fn for fn, _ in node.next_functions)
+            stack.extend(fn for fn, _ in node.next_functions if fn is not None)
 
 
 @contextlib.contextmanager
@@ -110,7 +110,7 @@ def fused_output_layer(owner: ModelLoss, record: TokenLossRecord, chunk_size: in
     head, _ = io.output_layer()  # refuses a model without a plain nn.Linear head, before any work
     fused = FusedHead(owner, chunk_size)
 
-    def keep_input(module: torch.nn.Module, args: tuple, kwargs: dict):
+    def keep_input(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         hidden = _head_input(args, kwargs)  # (..., T, d)
         if fused.hidden is not None:
             raise RuntimeError(f"{io.name} called its output layer twice in one forward; the fused loss cannot be used")
@@ -118,19 +118,19 @@ def fused_output_layer(owner: ModelLoss, record: TokenLossRecord, chunk_size: in
         empty = hidden[..., :0, :]  # (..., 0, d): the head, and what follows it, computes nothing
         return ((empty, *args[1:]), kwargs) if args else ((), {**kwargs, "input": empty})
 
-    def keep_output(module: torch.nn.Module, args: tuple, kwargs: dict, output: torch.Tensor):
+    def keep_output(module: torch.nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
         fused.head_output = output
 
-    def attach_loss(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
+    def attach_loss(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         if fused.hidden is None:
             raise RuntimeError(f"{io.name}'s forward never called its output layer {type(head).__name__}")
-        if not isinstance(output, Mapping):
+        if not isinstance(output, MutableMapping):
             raise TypeError(f"the fused loss needs {io.name} to return a ModelOutput (return_dict=True), got {type(output).__name__}")
         if record.calls == 0:  # a model that computes its own cross-entropy: the token term is ours alone
             output["loss"] = owner.token_loss(record, output["logits"], record.labels)
         return output
 
-    def keep_loss(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
+    def keep_loss(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         # DDP passes every output tensor through one autograd node, which would join the loss to the logits.
         fused.model_loss = output.get("loss") if isinstance(output, Mapping) else None
 

@@ -44,7 +44,7 @@ class BeamSearchTemperature(LogitsProcessor):
     def __init__(self, temperature: float) -> None:
         self.temperature = check_temperature(temperature)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         dtype = torch.promote_types(scores.dtype, torch.float32)
         return torch.log_softmax(scores.to(dtype) / self.temperature, dim=-1).to(scores.dtype)  # (batch*beams, V)
 

@@ -78,7 +78,7 @@ class TrackerFigures:
         Returns the trackers it logged to. A tracker that fails is a warning naming it, never a failed evaluation.
         The figure is closed afterwards.
         """
-        logged = []
+        logged: list[str] = []
         enabled = enabled_trackers(args, callbacks)
         for name in ("wandb", "mlflow", "tensorboard"):  # tensorboard last: add_figure closes the figure
             if name not in enabled:
@@ -95,7 +95,7 @@ class TrackerFigures:
         plt.close(figure)
         return logged
 
-    def _wandb(self, figure, tag, step, png_path, args, callbacks) -> bool:
+    def _wandb(self, figure: Any, tag: str, step: int, png_path: str, args: Any, callbacks: list[Any] | None) -> bool:
         import wandb
 
         if wandb.run is None:  # WandbCallback sets the run up at the first log; nothing to log into before that
@@ -104,7 +104,7 @@ class TrackerFigures:
         wandb.run.log({tag: wandb.Image(png_path), "train/global_step": step})
         return True
 
-    def _mlflow(self, figure, tag, step, png_path, args, callbacks) -> bool:
+    def _mlflow(self, figure: Any, tag: str, step: int, png_path: str, args: Any, callbacks: list[Any] | None) -> bool:
         import mlflow
 
         if mlflow.active_run() is None:  # MLflowCallback starts the run at its setup
@@ -112,7 +112,7 @@ class TrackerFigures:
         mlflow.log_artifact(png_path, artifact_path=os.path.dirname(tag) or None)
         return True
 
-    def _tensorboard(self, figure, tag, step, png_path, args, callbacks) -> bool:
+    def _tensorboard(self, figure: Any, tag: str, step: int, png_path: str, args: Any, callbacks: list[Any] | None) -> bool:
         writers = [cb.tb_writer for cb in callbacks or [] if hasattr(getattr(cb, "tb_writer", None), "add_figure")]
         if callbacks is None:
             if self._own_writer is None:

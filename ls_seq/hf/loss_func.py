@@ -344,7 +344,8 @@ def use_label_smoothing(model: nn.Module, alpha: float = 0.1, **options: Any) ->
             "would ignore ls-seq as its loss_function: use ls_seq.LabelSmoothingSeq2SeqTrainer / LabelSmoothingTrainer, "
             "or Trainer(compute_loss_func=ls_seq.label_smoothing_loss_func(..., model=model))"
         )
-    loss_fn.io.model.loss_function = loss_fn
+    unwrapped: Any = loss_fn.io.model  # nn.Module types attributes as Tensor | Module; HF's loss_function is a callable
+    unwrapped.loss_function = loss_fn
     return loss_fn
 
 

@@ -149,7 +149,8 @@ def _trainer_counts_shifted_labels(model: nn.Module, is_encoder_decoder: bool) -
         return False
     from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
 
-    return LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not is_encoder_decoder
+    loss_type = getattr(model, "loss_type", None)
+    return loss_type is not None and LOSS_MAPPING.get(loss_type) is ForCausalLMLoss and not is_encoder_decoder
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,7 +259,7 @@ class ModelIO:
                 "torch.nn.Linear (a LoRA'd, quantised or custom head): its logits are not weight @ h + bias, so "
                 "the fused loss cannot be used; set fused_linear_loss=False"
             )
-        bias = head.bias
+        bias: torch.Tensor | None = head.bias
         final = getattr(self.model, "final_logits_bias", None)  # Marian/BART/Pegasus: a (1, V) buffer
         if isinstance(final, torch.Tensor):
             bias = final.reshape(-1) if bias is None else bias + final.reshape(-1)
@@ -272,7 +273,8 @@ class ModelIO:
         weight = getattr(head, "weight", None)
         if isinstance(weight, torch.Tensor):
             return int(weight.shape[0])
-        return int(self.model.config.vocab_size)
+        config: Any = self.model.config  # a PreTrainedModel's (nn.Module types unknown attributes as Tensor | Module)
+        return int(config.vocab_size)
 
 
 def scored_labels(
@@ -347,7 +349,7 @@ def teacher_forced_logits(
     if shifts is None:
         shifts = shift_from_output(outputs)
         if shifts is None:
-            raise refusal  # type: ignore[misc]
+            raise refusal  # type: ignore[misc]  # set: shifts is None only after _shifts refused
         io = ModelIO(inner, is_encoder_decoder, shifts)
     scored = io.scored_labels(labels, batch.get("shift_labels"), ignore_index)
     return logits_of(outputs, where=f"{io.name}'s output"), scored
@@ -357,7 +359,7 @@ def teacher_forced_logits(
 
 
 @functools.cache
-def _forward_names(cls: type) -> frozenset[str]:
+def _forward_names(cls: type[Any]) -> frozenset[str]:
     import inspect
 
     forward = inspect.unwrap(cls.forward)
@@ -467,7 +469,9 @@ def logit_transform(logits: torch.Tensor, head_output: torch.Tensor, io: ModelIO
             ops.append("tanh")
         elif name == "AddBackward0":
             final = getattr(io.model, "final_logits_bias", None)
-            own = all(type(fn).__name__ == "AccumulateGrad" and fn.variable is final for fn in inputs[1:])
+            # an AccumulateGrad node holds its leaf in .variable, which torch's stub of Node does not declare
+            own = all(type(fn).__name__ == "AccumulateGrad" and fn.variable is final  # type: ignore[attr-defined]
+                      for fn in inputs[1:])
             if not isinstance(final, torch.Tensor) or not own:
                 return "it adds a tensor to its logits after the output layer (AddBackward0)"
             biased = True

@@ -26,7 +26,7 @@ for its loss, with the logit transform read from the autograd graph of the model
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,7 +219,7 @@ class ModelLoss:
         else:
             loss = token
         record.extras = (loss - token).detach()
-        if isinstance(outputs, Mapping):
+        if isinstance(outputs, MutableMapping):
             outputs["loss"] = loss
         return loss
 

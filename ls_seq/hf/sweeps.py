@@ -102,7 +102,7 @@ def _gather_in_order(sequences: list[list[int]], indices: list[int], n_total: in
         ordered: list[list[int] | None] = [None] * n_total
         for i, seq in zip(indices, sequences):
             ordered[i] = seq
-        return ordered  # type: ignore[return-value]
+        return ordered  # type: ignore[return-value]  # one process: it decoded every index
     # Equal shapes for all_gather: rows = the largest shard, columns = index + the longest sequence; -1 pads
     # (any id, pad included, can be a real token).
     size = torch.tensor([len(indices), max((len(s) for s in sequences), default=0)], device=device)
@@ -121,7 +121,7 @@ def _gather_in_order(sequences: list[list[int]], indices: list[int], n_total: in
             if row[0] >= 0:
                 ordered[row[0]] = [t for t in row[1:] if t >= 0]
     assert all(s is not None for s in ordered), "every sample must be decoded by exactly one process"
-    return ordered  # type: ignore[return-value]
+    return ordered  # type: ignore[return-value]  # no None left (asserted)
 
 
 class _BlockTemperatures(LogitsProcessor):
@@ -137,7 +137,7 @@ class _BlockTemperatures(LogitsProcessor):
         self.temperatures = torch.tensor(list(temperatures), dtype=torch.float32, device=device)
         self.t_rows = self.temperatures.repeat_interleave(rows_per_block)[:, None]  # (G * rows_per_block, 1)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if scores.shape[0] != self.t_rows.shape[0]:
             raise RuntimeError(f"expected {self.t_rows.shape[0]} rows of scores (blocks x batch x beams), got {scores.shape[0]}")
         dtype = torch.promote_types(scores.dtype, torch.float32)

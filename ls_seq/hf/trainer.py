@@ -30,7 +30,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils import DistributedType
@@ -68,12 +68,21 @@ _DDP_TYPES = {
 }
 
 
+# The mixins are used before an HF class in the bases; a type checker sees that class as their base, so that
+# `self.args`, `super().evaluate()`, ... are checked against it (at run time the base is `object`).
+if TYPE_CHECKING:
+    _ArgumentsBase = TrainingArguments
+    _TrainerBase = Trainer
+else:
+    _ArgumentsBase = _TrainerBase = object
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Arguments
 
 
 @dataclass
-class LabelSmoothingArgumentsMixin:
+class LabelSmoothingArgumentsMixin(_ArgumentsBase):
     """The ls-seq fields of :class:`LabelSmoothingTrainingArguments` and :class:`LabelSmoothingSeq2SeqTrainingArguments`."""
 
     label_smoothing_convention: str = field(
@@ -230,7 +239,7 @@ class _GenerateEvalLoss:
         logits = logits_of(outputs)
         scored = trainer.io.scored_labels(labels, None, trainer.loss_fn.ignore_index)
         scored = drop_rows(scored, real_rows(scored.shape[0], scored.device), trainer.loss_fn.ignore_index)
-        loss_sum, _, n_tokens = trainer.loss_fn.sums(logits, scored)
+        loss_sum, _nll_sum, n_tokens = trainer.loss_fn.sums(logits, scored)
         loss = loss_sum / n_tokens.clamp_min(1).to(loss_sum.dtype)
         own = outputs.get("loss") if isinstance(outputs, Mapping) else None
         extras = torch.zeros((), device=loss.device)
@@ -243,7 +252,7 @@ class _GenerateEvalLoss:
         return loss + extras
 
 
-class LabelSmoothingTrainerMixin:
+class LabelSmoothingTrainerMixin(_TrainerBase):
     """The label-smoothing implementation shared by :class:`LabelSmoothingTrainer` and
     :class:`LabelSmoothingSeq2SeqTrainer`; put it before a ``Trainer`` class in the bases of your own.
 
@@ -280,6 +289,7 @@ class LabelSmoothingTrainerMixin:
         self.model_accepts_loss_kwargs = True
         a = self.args
         alpha = check_alpha(a.label_smoothing_factor, "label_smoothing_factor", allow_one=False)
+        assert self.model is not None  # Trainer.__init__ built it (or model_init did), or raised
         self.io = model_io_of(self.model, shift_labels=shift_labels)
         self.loss_fn = LabelSmoothingLossFunc(
             alpha,
@@ -297,7 +307,7 @@ class LabelSmoothingTrainerMixin:
         # Inside evaluation_loop: (loss sum, tokens, batches) over the evaluation set so far, float64; else None.
         self._eval_sums: torch.Tensor | None = None
         # Replaces HF's LabelSmoother, which Seq2SeqTrainer.prediction_step calls when it generates.
-        self.label_smoother = _GenerateEvalLoss(self)
+        self.label_smoother = _GenerateEvalLoss(self)  # type: ignore[assignment]  # called like a LabelSmoother, not one
         # Sum over the micro-batches since the last training log of nll_sum / (the loss's own divisor): the NLL
         # term of the logged loss, averaged the same way as HF averages `loss` (see `log`).
         self._nll_share: torch.Tensor | None = None
@@ -387,6 +397,7 @@ class LabelSmoothingTrainerMixin:
                                      fused=fused, chunk_size=chunk_size) as record:  # fmt: skip
             outputs = model(**self.model_loss.model_inputs(forward_inputs, record))
         loss = self.model_loss.total(outputs, record)
+        assert record.loss_sum is not None and record.nll_sum is not None and record.n_tokens is not None  # total() scored
         if training:
             denom = torch.as_tensor(record.n_tokens if denominator is None else denominator, device=loss.device)
             share = record.nll_sum.float() / denom.clamp_min(1).float()
@@ -396,6 +407,7 @@ class LabelSmoothingTrainerMixin:
                 self._nll_share = self._nll_share + share
             self._nll_share_is_global = self.args.average_tokens_across_devices and num_items_in_batch is not None
         if in_eval_loop:
+            assert record.logits is not None and record.scored is not None  # evaluation is never fused
             self._feed_calibration(record.logits, record.scored)
             self._add_eval_sums(record.loss_sum, record.extras, record.n_tokens)
         elif self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -487,6 +499,7 @@ class LabelSmoothingTrainerMixin:
         finally:
             meters, self._calibration_meters = self._calibration_meters, []
             sums, self._eval_sums = self._eval_sums, None
+        assert output.metrics is not None  # HF's evaluation_loop always returns a metrics dict
         if self.args.world_size > 1:  # every process runs the loop: a collective
             sums = self.accelerator.reduce(sums, reduction="sum")
         loss_sum, n_tokens, batches = (float(v) for v in sums.cpu())

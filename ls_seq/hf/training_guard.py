@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
-from transformers import TrainerCallback
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ls_seq.checkpoints import check_finite_weights, write_checksums
 from ls_seq.errors import NonFiniteLossError
@@ -34,7 +36,14 @@ __all__ = ["TrainingGuard"]
 class TrainingGuard(TrainerCallback):
     """Stop on non-finite weights or loss, log at checkpoint steps, checksum each checkpoint (module docstring)."""
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         step = state.global_step
         if model is not None:
             check_finite_weights(model, f"after optimizer step {step}", step=step)
@@ -43,7 +52,14 @@ class TrainingGuard(TrainerCallback):
             control.should_log = True
         return control
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         loss = (logs or {}).get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             raise NonFiniteLossError(
@@ -53,7 +69,8 @@ class TrainingGuard(TrainerCallback):
             )
         return control
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
+        assert args.output_dir is not None  # TrainingArguments sets a default
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if state.is_world_process_zero and os.path.isdir(checkpoint):
             apply_umask_modes(checkpoint)

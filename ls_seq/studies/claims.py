@@ -104,6 +104,7 @@ def decide(
     if len(seeds) >= 2:
         over = seed_interval([e.difference for e in seeds])
         low, high, basis = over["low"], over["high"], f"t-interval over {len(seeds)} seeds"
+        assert low is not None and high is not None  # seed_interval gives an interval for 2 or more values
         decided = verdict(low - margin, high - margin, expected)
     else:
         (one,) = seeds

@@ -24,19 +24,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ls_seq.checks import check_choice
 
 __all__ = ["PresetRegistry", "apply_overrides", "preset_dict"]
 
-P = TypeVar("P")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+P = TypeVar("P", bound="DataclassInstance")
 
 
 def _check_preset(preset: Any) -> None:
     if not (dataclasses.is_dataclass(preset) and not isinstance(preset, type)):
         raise TypeError(f"a preset must be a dataclass instance, got {type(preset).__name__}")
-    if not type(preset).__dataclass_params__.frozen:
+    if not type(preset).__dataclass_params__.frozen:  # type: ignore[attr-defined]  # typeshed's DataclassInstance omits it
         raise TypeError(f"a preset must be a frozen dataclass (its values are shared), got {type(preset).__name__}")
 
 

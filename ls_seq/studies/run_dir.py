@@ -38,7 +38,7 @@ from ls_seq.io import atomic_write_json, check_output_dir, read_json
 try:
     import fcntl
 except ImportError:  # Windows: the pid in the lock file is all there is
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # checked before each use
 
 __all__ = ["LOCK_NAME", "RUN_CONFIG_NAME", "RunDirectory", "RunLock", "config_differences", "extend_config"]
 

@@ -67,7 +67,7 @@ def run_seed_loop(
     extendable: Mapping[str, str],
     run_seed: Callable[[int, Path, bool, Mapping[str, Any]], dict[str, Any]],
     aggregate: Callable[[dict[int, dict[str, Any]], list[str]], dict[str, Any]],
-    write_report: Callable[[Path, dict[str, Any], dict[str, dict[str, Any]]], None],
+    write_report: Callable[[Path, dict[str, Any], dict[int, dict[str, Any]]], None],
     processes: Processes | None = None,
 ) -> dict[str, Any]:
     """Run a study once per seed of ``config["seeds"]`` in ``output_dir/seed_<s>/``, then summarise and report.

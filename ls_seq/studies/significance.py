@@ -54,7 +54,7 @@ def paired_bootstrap_bleu(
     import os
 
     from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
+    from sacrebleu.significance import PairedTest, Result
 
     if not (len(baseline) == len(system) == len(references)):
         raise ValueError(
@@ -74,6 +74,7 @@ def paired_bootstrap_bleu(
         else:
             os.environ["SACREBLEU_SEED"] = previous
     base, sys_ = scores["BLEU"]
+    assert isinstance(base, Result) and isinstance(sys_, Result)  # only the "System" column holds names
     return {
         "baseline_bleu": base.score,
         "system_bleu": sys_.score,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from ls_seq.checks import (
     check_alpha,
@@ -156,7 +156,18 @@ class StudyArguments:
 
 
 
-def resolve_preset(model_args: ModelArguments, study_args: StudyArguments, data_args: DataArguments) -> Preset:
+class StudyOptions(Protocol):
+    """What :func:`resolve_preset` and the run configuration read of the study arguments: a dataclass with these
+    fields, :class:`StudyArguments` or the fairseq study's ``FairseqStudyArguments``."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    alphas: list[float]
+    seed: int
+    n_bins: int
+    logging_steps: int
+
+
+def resolve_preset(model_args: ModelArguments, study_args: StudyOptions, data_args: DataArguments) -> Preset:
     """The preset named by ``model_args.preset`` with every flag that was given applied on top.
 
     A flag overrides the preset field of the same name, whichever argument dataclass declares it.

@@ -177,7 +177,7 @@ def evaluate_model(
         else:
             save(ShuffledSources(nll=None, skipped=skipped), "shuffled_sources")
 
-    gen = {
+    gen: dict[str, Any] = {
         "num_beams": preset.num_beams, "batch_size": preset.generate_batch_size,
         "max_source_length": preset.max_length, "max_new_tokens": preset.max_length,
     }  # fmt: skip

@@ -129,7 +129,9 @@ def build_model_config(preset: Preset, vocab_size: int, pad_token_id: int, eos_t
         raise ValueError(
             f"`d_model` ({preset.d_model}) must be divisible by `attention_heads` ({preset.attention_heads})"
         )
-    return MarianConfig(
+    # The ignore: num_beams and max_length are generation defaults that transformers 4.x's configs take
+    # and 5.x's no longer declare (it drops them; the study passes both to generate() itself).
+    return MarianConfig(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         decoder_vocab_size=vocab_size,
         d_model=preset.d_model,

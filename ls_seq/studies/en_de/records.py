@@ -226,12 +226,14 @@ class Evaluation:
 
     @classmethod
     def from_store(cls, store: StageStore) -> Evaluation:
-        return cls(**{name: store.get(record_type) for name, record_type in _FIELDS.items()})
+        records: dict[str, Any] = {name: store.get(record_type) for name, record_type in _FIELDS.items()}
+        return cls(**records)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], source: str = "the evaluation record") -> Evaluation:
         """From the content of an ``evaluation.json`` (the fairseq study builds one in memory)."""
-        return cls(**{name: read_record(record_type, doc, source) for name, record_type in _FIELDS.items()})
+        records: dict[str, Any] = {name: read_record(record_type, doc, source) for name, record_type in _FIELDS.items()}
+        return cls(**records)
 
 
 # Evaluation's fields and the record each holds.

@@ -213,7 +213,7 @@ def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[i
         claims = [Claim(**{**c, "seeds": [SeedEvidence(**e) for e in c["seeds"]]}) for c in summary["claims"]]
         lines += ["## The paper's claims", "", summary["verdict_rule"], "", *claims_table(claims), ""]
     figures: dict[Path, bytes] = {}
-    along = {}
+    along: dict[str, dict[int, list[TrajectoryPoint]]] = {}
     for seed, res in results.items():
         for m in res["models"]:
             points = m.get("calibration_along_training", {}).get("points")

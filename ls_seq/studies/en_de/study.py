@@ -34,7 +34,7 @@ import torch
 from ls_seq.errors import InputError, LsSeqWarning
 from ls_seq.io import atomic_write_json, read_json
 from ls_seq.studies import RunDirectory, stage_boundary
-from ls_seq.studies.en_de.arguments import DataArguments, ModelArguments, StudyArguments, resolve_preset
+from ls_seq.studies.en_de.arguments import DataArguments, ModelArguments, StudyArguments, StudyOptions, resolve_preset
 from ls_seq.studies.en_de.data import ParallelCorpus, _tokenize, load_corpora
 from ls_seq.studies.en_de.evaluation import evaluate_model
 from ls_seq.studies.en_de.presets import Preset
@@ -59,7 +59,7 @@ def _corpora_digest(corpora: dict[str, ParallelCorpus]) -> str:
 
 
 def run_config(
-    data_args: DataArguments, model_args: ModelArguments, study_args: StudyArguments, preset: Preset,
+    data_args: DataArguments, model_args: ModelArguments, study_args: StudyOptions, preset: Preset,
     corpora: dict[str, ParallelCorpus], *, bf16: bool, num_processes: int,
 ) -> dict[str, Any]:
     """Everything that decides ``results.json``: what ``run_config.json`` holds and ``--resume`` compares.

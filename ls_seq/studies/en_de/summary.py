@@ -75,6 +75,7 @@ def summarize_model(
     if shuffled is not None and shuffled.skipped is not None:
         entry["source_check"] = {"skipped": shuffled.skipped}
     elif shuffled is not None and evaluation.test_bleu is not None:
+        assert shuffled.nll is not None  # measured: it is None only when skipped
         entry["source_check"] = check_source_use(entry["test"]["nll"], shuffled.nll, evaluation.test_bleu.share_distinct_outputs)
     entry["reliability"] = tf.reliability
     return entry
