@@ -76,7 +76,7 @@ def read_records(
         rows = loaded if max_samples is None else loaded.select(range(min(max_samples, len(loaded))))
         records = [{**row, "_line": i + 1} for i, row in enumerate(rows)]
     elif path.is_dir():
-        from ls_seq.studies.en_de.data import read_parallel_split
+        from ls_seq.parallel_text import read_parallel_split
 
         try:
             corpus = read_parallel_split(path, split, source_lang, target_lang)
