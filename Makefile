@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: each creates or reuses the virtual environment $(VENV), installs what is missing
-# (.ci/setup-venv: the CPU torch where no GPU torch is present, the project, for the tests also the [dev] extras and
-# fairseq) and then runs. A second call finds its stamp and goes straight to the run.
+# (.ci/setup-venv: the CPU torch where no GPU torch is present, the project with the [studies] extra, for the tests
+# also the [dev] extras, which hold every other extra, and fairseq) and then runs. A second call finds its stamp and
+# goes straight to the run.
 #
 #   make study                                  the EN-DE study on its small default (`tiny`)
 #   make study ARGS="--preset tiny-lowdata"     ARGS come last, so they override the defaults below
@@ -9,6 +10,7 @@
 #   make lint / make typecheck                  ruff / mypy (strictness: [tool.mypy] in pyproject.toml)
 #   make compat                                 the oldest supported versions' environment and its tests (.ci/compat)
 #   make docs                                   the documentation site and API reference into site/ (mkdocs.yml)
+#   make core-install                           `pip install ls-seq` with no extra, in a fresh environment, and its checks
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -22,7 +24,7 @@ PYTEST_ARGS ?=
 # Offline-friendly defaults for the tests: nothing in them reaches a hub, and plots render without a display.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg WANDB_MODE=offline
 
-.PHONY: study test lint typecheck setup setup-dev compat
+.PHONY: study test lint typecheck setup setup-dev compat core-install
 
 setup:
 	@PYTHON=$(PYTHON) .ci/setup-venv $(VENV) base
@@ -58,3 +60,6 @@ compat:
 .PHONY: docs
 docs: setup-dev
 	$(BIN)/mkdocs build --strict
+
+core-install:
+	.ci/core-install

@@ -2,9 +2,10 @@
 
 An *expected* fault is one a user can act on: bad input (a wrong argument, an unreadable corpus, a run
 directory that holds another configuration) or the environment (a full disk, a run directory locked by
-another process, a damaged checkpoint, training that diverged). Raise the class below where the fault is
-detected, with a message that names the file or argument; a ``ValueError``/``TypeError`` (the project's
-argument checks, :mod:`ls_seq.checks`) counts as bad input, an ``OSError`` is reported with its file name.
+another process, a damaged checkpoint, training that diverged, a library of an ls-seq extra that is not
+installed). Raise the class below where the fault is detected, with a message that names the file or argument;
+a ``ValueError``/``TypeError`` (the project's argument checks, :mod:`ls_seq.checks`) counts as bad input, an
+``OSError`` is reported with its file name.
 
 Each class carries its exit code: ``2`` (:data:`EXIT_BAD_INPUT`) for bad input, ``1`` (:data:`EXIT_FAULT`) for a
 fault of the environment or of the run. The command-line runner (:func:`ls_seq.cli.runner.run_main`) turns
@@ -23,6 +24,7 @@ __all__ = [
     "InputError",
     "LsSeqError",
     "LsSeqWarning",
+    "MissingExtraError",
     "NonFiniteLossError",
     "NonFiniteTrainingError",
     "NonFiniteWeightsError",
@@ -73,6 +75,15 @@ class DiskFullError(LsSeqError, OSError):
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
+
+
+class MissingExtraError(LsSeqError, ImportError):
+    """A feature needs a library of an ls-seq extra that is not installed (exit 1); the message names the extra:
+    ``the reliability diagram needs matplotlib, which is not installed: pip install 'ls-seq[plots]'``.
+
+    An ``ImportError``, so code that tries an optional import and falls back catches it too. Raised by
+    :func:`ls_seq._extras.require` and :func:`ls_seq._extras.require_extra`.
+    """
 
 
 class NonFiniteTrainingError(LsSeqError, FloatingPointError):

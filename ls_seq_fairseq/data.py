@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ls_seq.studies.en_de.data import ParallelCorpus
+from ls_seq.parallel_text import ParallelCorpus
 
 __all__ = ["SUBSETS", "binarize", "is_binarized", "write_token_files"]
 

@@ -1,7 +1,8 @@
 """Figures shared by the translation and vision studies.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (not ``pyplot``), so they render headless
-without switching the user's backend; save them with :func:`ls_seq.io.atomic_savefig`.
+without switching the user's backend; save them with :func:`ls_seq.io.atomic_savefig`. matplotlib comes with
+``pip install 'ls-seq[plots]'``; without it a plot function raises :class:`ls_seq.errors.MissingExtraError`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from ls_seq._extras import require
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -49,7 +52,7 @@ def plot_reliability_diagram(
     Returns:
         The matplotlib ``Figure``.
     """
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", extra="plots", feature="the reliability diagram").Figure
 
     if not reliabilities:
         raise ValueError("`reliabilities` must hold at least one curve, got an empty mapping")
@@ -115,7 +118,7 @@ def plot_temperature_sweep(
     Returns:
         The matplotlib ``Figure``.
     """
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", extra="plots", feature="the temperature sweep figure").Figure
 
     if not points:
         raise ValueError("`points` must hold at least one temperature, got none")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ls_seq._extras import require
 from ls_seq.calibration.result import CalibrationResult
+from ls_seq.errors import LsSeqWarning, MissingExtraError
 from ls_seq.io import atomic_write_files, figure_bytes, json_bytes
 
 __all__ = ["calibration_document", "versions", "write_calibration_outputs"]
@@ -115,15 +118,26 @@ def _report(doc: dict[str, Any], figures: list[str]) -> str:
 
 def write_calibration_outputs(output_dir: str | Path, doc: dict[str, Any], *, title: str) -> list[Path]:
     """Write ``reliability.png`` (each binning at T = 1), ``temperature_sweep.png`` (with a grid), ``report.md``
-    and ``calibration.json`` into ``output_dir`` as one set; returns the paths written."""
+    and ``calibration.json`` into ``output_dir`` as one set; returns the paths written.
+
+    Without matplotlib (a core install, no ``ls-seq[plots]``) the figures are left out with one
+    :class:`~ls_seq.errors.LsSeqWarning` that says so: the numbers do not need them.
+    """
     from ls_seq.calibration.plots import plot_reliability_diagram, plot_temperature_sweep
 
     out = Path(output_dir)
     files: dict[Path, bytes | str] = {}
+    figures = ["reliability.png"] + (["temperature_sweep.png"] if len(doc["sweep"]) > 1 else [])
+    try:
+        require("matplotlib", extra="plots", feature=f"drawing {' and '.join(figures)}")
+    except MissingExtraError as err:
+        warnings.warn(f"{err}; writing calibration.json and report.md without them", LsSeqWarning, stacklevel=2)
+        figures = []
     names = {"width": "equal-width bins", "mass": "equal-mass bins"}
     curves = {names[k]: v for k, v in doc["reliability"].items() if k in names}
-    files[out / "reliability.png"] = figure_bytes(plot_reliability_diagram(curves, title=f"{title}, T = 1"), dpi=150)
-    if len(doc["sweep"]) > 1:
+    if "reliability.png" in figures:
+        files[out / "reliability.png"] = figure_bytes(plot_reliability_diagram(curves, title=f"{title}, T = 1"), dpi=150)
+    if "temperature_sweep.png" in figures:
         fig = plot_temperature_sweep(doc["sweep"], title=title, fitted_temperature=doc["nll_optimal_temperature"])
         files[out / "temperature_sweep.png"] = figure_bytes(fig, dpi=150)
     files[out / "report.md"] = _report(doc, [p.name for p in files])

@@ -16,6 +16,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from ls_seq._extras import installed
 from ls_seq.cli.runner import run_main
 from ls_seq.errors import InputError
 
@@ -67,8 +68,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         reliability = {b: {k: v[grid.index(1.0)] for k, v in metric.reliability(b).items()} for b in ("width", "mass")}
         about = {"command": args.command_line, "data": str(path), "n_bins": args.n_bins}
         doc = calibration_document(result, reliability, fitted_temperature=fitted, fit_on="the same tokens", about=about)
-        write_calibration_outputs(out, doc, title=path.name)
-        print(f"wrote {out / 'calibration.json'}, {out / 'report.md'} and the figures")
+        written = write_calibration_outputs(out, doc, title=path.name)
+        print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -81,7 +82,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     point = doc["at_temperature_1"]
     print(f"{doc['n_tokens']} tokens of {doc['n_examples']} examples: ECE {point['ece']:.4f}, NLL {point['nll']:.4f}, "
           f"accuracy {point['accuracy']:.4f}; NLL-optimal temperature {doc['nll_optimal_temperature']:.4f}")  # fmt: skip
-    print(f"wrote {Path(cfg.output_dir) / 'calibration.json'}, report.md and the figures")
+    out = Path(cfg.output_dir)
+    figures = " and the figures" if installed("matplotlib") else ""  # without: a warning said so
+    print(f"wrote {out / 'calibration.json'}, report.md{figures}")
     return 0
 
 

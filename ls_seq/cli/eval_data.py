@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ls_seq._extras import require
 from ls_seq.errors import InputError
 
 __all__ = ["EvalData", "read_records", "tokenize_records"]
@@ -66,7 +67,7 @@ def read_records(
     if not path.exists():
         raise InputError(f"`data`: no such file or directory: {str(path)!r}")
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
-        import datasets
+        datasets = require("datasets", extra="datasets", feature=f"`data` {str(path)!r} (a datasets.save_to_disk directory)")
 
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
@@ -76,7 +77,7 @@ def read_records(
         rows = loaded if max_samples is None else loaded.select(range(min(max_samples, len(loaded))))
         records = [{**row, "_line": i + 1} for i, row in enumerate(rows)]
     elif path.is_dir():
-        from ls_seq.studies.en_de.data import read_parallel_split
+        from ls_seq.parallel_text import read_parallel_split
 
         try:
             corpus = read_parallel_split(path, split, source_lang, target_lang)

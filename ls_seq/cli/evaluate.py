@@ -70,6 +70,10 @@ class EvaluateConfig:
                 check_positive_int(getattr(self, name), f"--{name}")
         if not self.fit_max_gib > 0:
             raise InputError(f"`--fit_max_gib` must be > 0, got {self.fit_max_gib}")
+        if self.bleu:
+            from ls_seq._extras import require_extra
+
+            require_extra("bleu", feature="`--bleu`")  # before any work, not after the teacher-forced pass
 
 
 def load_config_and_tokenizer(model_dir: str, tokenizer_dir: str | None):

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ls_seq._extras import installed, require_extra
 from ls_seq.calibration.metric import TokenCalibration
 from ls_seq.checks import check_positive_int, check_temperatures
 from ls_seq.hf.compute_metrics import calibration_log_values, require_tokens
@@ -70,6 +71,9 @@ class CalibrationCallback(TrainerCallback):
         plot: save a reliability diagram ``<output_dir>/<prefix>_reliability_step<N>.png`` (main process)
             and log it as an image, ``<prefix>/reliability_diagram``, to each of TensorBoard, Weights & Biases
             and MLflow that ``report_to`` enables (:mod:`ls_seq.hf.loggers`; no :meth:`attach` needed).
+            ``None`` (default): when matplotlib is installed (``pip install 'ls-seq[plots]'``), so a core install
+            measures without figures; ``True``: always, a :class:`~ls_seq.errors.MissingExtraError` here
+            without matplotlib; ``False``: never.
         trainer: the trainer to log through; same as calling :meth:`attach`.
         ignore_index: label value of padding.
         shift_labels: how logits align with labels, for a model ls-seq cannot place from its class (True: logits
@@ -95,7 +99,7 @@ class CalibrationCallback(TrainerCallback):
         self,
         n_bins: int = 15,
         temperatures: list[float] | None = None,
-        plot: bool = True,
+        plot: bool | None = None,
         *,
         trainer: Any = None,
         ignore_index: int = -100,
@@ -105,8 +109,12 @@ class CalibrationCallback(TrainerCallback):
     ) -> None:
         self.n_bins = check_positive_int(n_bins, "n_bins")
         self.temperatures = None if temperatures is None else sorted(set(check_temperatures(temperatures)) | {1.0})
-        if not isinstance(plot, bool):
-            raise TypeError(f"`plot` must be a bool, got {type(plot).__name__}")
+        if plot is not None and not isinstance(plot, bool):
+            raise TypeError(f"`plot` must be True, False or None, got {type(plot).__name__}")
+        if plot:
+            require_extra("plots", feature="CalibrationCallback(plot=True)")  # now, not at the first evaluation
+        elif plot is None:
+            plot = installed("matplotlib")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}")
         if shift_labels is not None and not isinstance(shift_labels, bool):

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
 
+from ls_seq._extras import require
 from ls_seq.calibration.metric import TokenCalibration
 from ls_seq.checks import check_positive_int, check_temperatures
 from ls_seq.hf.distributed import dist_info
@@ -256,7 +257,8 @@ def beam_search_sweep(
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """SacreBLEU (13a tokenization, as reported in papers) of detokenized ``hypotheses`` against ``references``."""
-    import sacrebleu  # `evaluate.load("sacrebleu")` needs the hub; the library itself does not
+    # the library itself: `evaluate.load("sacrebleu")` would need the hub
+    sacrebleu = require("sacrebleu", extra="bleu", feature="BLEU")
 
     if len(hypotheses) != len(references):
         raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} references")

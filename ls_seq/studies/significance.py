@@ -16,6 +16,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ls_seq._extras import require
+
 __all__ = ["DIRECTIONS", "paired_bootstrap_bleu", "seed_interval", "verdict"]
 
 DIRECTIONS = ("lower", "higher")
@@ -35,7 +37,7 @@ def seed_interval(values: Sequence[float], level: float = 0.95) -> dict[str, flo
     mean = sum(values) / n
     if n == 1:
         return {"mean": mean, "std": None, "n": 1, "low": None, "high": None}
-    from scipy.stats import t
+    t = require("scipy.stats", extra="studies", feature="the t-interval over seeds").t
 
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(t.ppf(0.5 + level / 2, df=n - 1)) * std / math.sqrt(n)
@@ -53,8 +55,9 @@ def paired_bootstrap_bleu(
     """
     import os
 
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest, Result
+    BLEU = require("sacrebleu.metrics", extra="studies", feature="the paired bootstrap test of BLEU").BLEU
+    significance = require("sacrebleu.significance", extra="studies", feature="the paired bootstrap test of BLEU")
+    PairedTest, Result = significance.PairedTest, significance.Result
 
     if not (len(baseline) == len(system) == len(references)):
         raise ValueError(

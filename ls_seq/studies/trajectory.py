@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ls_seq._extras import require
+
 __all__ = [
     "TrajectoryCurve",
     "TrajectoryPoint",
@@ -109,7 +111,7 @@ def trajectory_curves(runs: Mapping[str, Mapping[int, Sequence[TrajectoryPoint]]
 def plot_trajectory(curves: Sequence[TrajectoryCurve], *, x_label: str = "optimizer step", title: str | None = None):
     """Two panels: validation ECE against the step, and the best-ECE temperature against the step with T = 1
     marked (above: over-confident); per curve the mean over seeds, shaded between the seeds' extremes."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", extra="plots", feature="the calibration trajectory figure").Figure
 
     if not curves:
         raise ValueError("`curves` must hold at least one trajectory")
