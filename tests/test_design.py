@@ -25,6 +25,8 @@ LAYERS = {
     "ls_seq.io": 0,
     "ls_seq.rng": 0,
     "ls_seq.checkpoints": 0,
+    "ls_seq.parallel_text": 0,
+    "ls_seq._extras": 0,
     "ls_seq.functional": 1,
     "ls_seq.losses": 2,
     "ls_seq.prior": 2,
