@@ -45,8 +45,11 @@ else
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 endif
 
+# The lint rules and the formatter (both configured in pyproject.toml's [tool.ruff]): a finding or an unformatted
+# file fails; `ruff format .` formats.
 lint: setup-dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # ls_seq and ls_seq_fairseq, as configured in pyproject.toml's [tool.mypy]. A cold run (no .mypy_cache) took 70-80 s
 # on 2 busy cores and 2.2 GB of memory (most of it reading torch and transformers), a warm one 2 s.

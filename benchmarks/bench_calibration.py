@@ -110,8 +110,13 @@ def main() -> None:
         if not args.no_memory:
             row["extra peak"] = common.fmt_bytes(
                 common.peak_extra_memory(
-                    "benchmarks.bench_calibration", "build_case", name=name, n=args.n, v=args.v,
-                    dtype=args.dtype, device=args.device,
+                    "benchmarks.bench_calibration",
+                    "build_case",
+                    name=name,
+                    n=args.n,
+                    v=args.v,
+                    dtype=args.dtype,
+                    device=args.device,
                 )
             )
         rows.append(row)

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_checksums.", dir=args.dir))
     counter = iter(range(10**6))
     try:
+
         def fresh() -> Path:
             return root / f"ckpt-{next(counter)}"
 
@@ -101,16 +102,22 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     print(machine_summary())
-    print(f"checkpoint: {args.shards} shards x {args.shard_mib} MiB + optimizer.pt, {fmt_bytes(total)} in all; "
-          f"torch threads {torch.get_num_threads()}, cpu_count {os.cpu_count()}")  # fmt: skip
-    print_table("checkpoint save and resume check", [{"case": k, "median s": f"{t:.3f}"} for k, t in times.items()],
-                ["case", "median s"])  # fmt: skip
-    print(f"manifest on save: {times['save: files + manifest'] - times['save: files']:+.3f} s "
-          f"({times['save: files + manifest'] / times['save: files'] - 1:+.1%}); "
-          f"on the resume check: {times['resume check: structure + manifest'] - times['resume check: structure only']:+.3f} s "
-          f"({times['resume check: structure + manifest'] / times['resume check: structure only'] - 1:+.1%})")  # fmt: skip
-    print(f"write_checksums alone: {hash_s:.3f} s ({total / hash_s / 2**30:.2f} GiB/s), peak extra Python memory "
-          f"{fmt_bytes(peak)}")  # fmt: skip
+    print(
+        f"checkpoint: {args.shards} shards x {args.shard_mib} MiB + optimizer.pt, {fmt_bytes(total)} in all; "
+        f"torch threads {torch.get_num_threads()}, cpu_count {os.cpu_count()}"
+    )
+    print_table(
+        "checkpoint save and resume check", [{"case": k, "median s": f"{t:.3f}"} for k, t in times.items()], ["case", "median s"]
+    )
+    print(
+        f"manifest on save: {times['save: files + manifest'] - times['save: files']:+.3f} s "
+        f"({times['save: files + manifest'] / times['save: files'] - 1:+.1%}); "
+        f"on the resume check: {times['resume check: structure + manifest'] - times['resume check: structure only']:+.3f} s "
+        f"({times['resume check: structure + manifest'] / times['resume check: structure only'] - 1:+.1%})"
+    )
+    print(
+        f"write_checksums alone: {hash_s:.3f} s ({total / hash_s / 2**30:.2f} GiB/s), peak extra Python memory {fmt_bytes(peak)}"
+    )
 
 
 if __name__ == "__main__":

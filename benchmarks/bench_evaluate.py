@@ -69,8 +69,18 @@ def _model(kind: str, tok):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_embd=192, n_layer=3, n_head=4, n_positions=256, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=192,
+        n_layer=3,
+        n_head=4,
+        n_positions=256,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -102,20 +112,39 @@ def build_trainer(case: str, kind: str, pairs: int, batch_size: int):
         data = [{"input_ids": row["input_ids"]} for row in data]
     else:
         collator = DataCollatorForSeq2Seq(tok, model=model)
-    common_args = dict(output_dir=tempfile.mkdtemp(prefix="ls_seq_bench_"), per_device_eval_batch_size=batch_size,
-                       report_to=[], use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
-                       label_smoothing_factor=0.1)  # fmt: skip
+    common_args = dict(
+        output_dir=tempfile.mkdtemp(prefix="ls_seq_bench_"),
+        per_device_eval_batch_size=batch_size,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        label_smoothing_factor=0.1,
+    )
     callback = CalibrationCallback(temperatures=GRID, plot=False)
     if case in (REFERENCE, "in-loop"):
-        cls, args_cls = (LabelSmoothingTrainer, LabelSmoothingTrainingArguments) if causal else (
-            LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments)  # fmt: skip
-        return cls(model=model, args=args_cls(**common_args), eval_dataset=data, data_collator=collator,
-                   callbacks=[callback] if case == "in-loop" else None)
+        cls, args_cls = (
+            (LabelSmoothingTrainer, LabelSmoothingTrainingArguments)
+            if causal
+            else (LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments)
+        )
+        return cls(
+            model=model,
+            args=args_cls(**common_args),
+            eval_dataset=data,
+            data_collator=collator,
+            callbacks=[callback] if case == "in-loop" else None,
+        )
     cls, args_cls = (Trainer, Seq2SeqTrainingArguments) if causal else (Seq2SeqTrainer, Seq2SeqTrainingArguments)
     if case == "CalibrationComputeMetrics":
         pair = CalibrationComputeMetrics(temperatures=GRID, model=model)
-        return cls(model=model, args=args_cls(**common_args, batch_eval_metrics=True), eval_dataset=data,
-                   data_collator=collator, **pair.trainer_kwargs())
+        return cls(
+            model=model,
+            args=args_cls(**common_args, batch_eval_metrics=True),
+            eval_dataset=data,
+            data_collator=collator,
+            **pair.trainer_kwargs(),
+        )
     return cls(model=model, args=args_cls(**common_args), eval_dataset=data, data_collator=collator, callbacks=[callback])
 
 
@@ -142,16 +171,22 @@ def main() -> None:
     medians = {case: statistics.median(ts) for case, ts in times.items()}
     cpu_medians = {case: statistics.median(ts) for case, ts in cpu.items()}
     rows = [
-        {"case": case, "evaluate() (s)": f"{medians[case]:.2f}", "time / no calibration": f"{medians[case] / medians[REFERENCE]:.2f}x",
-         "CPU time (s)": f"{cpu_medians[case]:.2f}", "CPU / no calibration": f"{cpu_medians[case] / cpu_medians[REFERENCE]:.2f}x",
-         "eval_ece": "-" if ece[case] is None else f"{ece[case]:.6f}"}
+        {
+            "case": case,
+            "evaluate() (s)": f"{medians[case]:.2f}",
+            "time / no calibration": f"{medians[case] / medians[REFERENCE]:.2f}x",
+            "CPU time (s)": f"{cpu_medians[case]:.2f}",
+            "CPU / no calibration": f"{cpu_medians[case] / cpu_medians[REFERENCE]:.2f}x",
+            "eval_ece": "-" if ece[case] is None else f"{ece[case]:.6f}",
+        }
         for case in CASES
-    ]  # fmt: skip
+    ]
     print(f"machine: {common.machine_summary()}")
     common.print_table(
         f"evaluate(), {args.kind}, {args.pairs} sequences, batch {args.batch_size}, 5 temperatures, median of {args.repeats}",
-        rows, ["case", "evaluate() (s)", "time / no calibration", "CPU time (s)", "CPU / no calibration", "eval_ece"],
-    )  # fmt: skip
+        rows,
+        ["case", "evaluate() (s)", "time / no calibration", "CPU time (s)", "CPU / no calibration", "eval_ece"],
+    )
     print("\ntarget: in-loop <= 1.1x no calibration")
 
 

@@ -55,9 +55,7 @@ def make_step(name, hidden, weight, bias, labels, alpha):
     elif name == "hidden @ W.T + ls-seq":
         loss_fn = lambda: label_smoothed_cross_entropy(hidden @ weight.T + bias, labels, alpha)
     elif name == "ls-seq fused":
-        loss_fn = lambda: fused_linear_label_smoothed_cross_entropy(
-            hidden, weight, labels, alpha, bias=bias
-        )
+        loss_fn = lambda: fused_linear_label_smoothed_cross_entropy(hidden, weight, labels, alpha, bias=bias)
     elif name == "Liger fused":
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
@@ -103,8 +101,15 @@ def main() -> None:
     if not args.no_memory:
         for name in cases:
             mems[name] = common.peak_extra_memory(
-                "benchmarks.bench_fused", "build_case", name=name, n=args.n, d=args.d, v=args.v,
-                dtype=args.dtype, alpha=args.alpha, device=args.device,
+                "benchmarks.bench_fused",
+                "build_case",
+                name=name,
+                n=args.n,
+                d=args.d,
+                v=args.v,
+                dtype=args.dtype,
+                alpha=args.alpha,
+                device=args.device,
             )
     rows = common.ratio_rows(list(cases), times, REFERENCE, "ref", mems=mems, losses=losses)
     print(f"machine: {common.machine_summary()}")

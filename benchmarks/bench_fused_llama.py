@@ -40,12 +40,21 @@ def build_case(name: str, batch: int, seq: int, hidden: int, vocab: int, device:
     from ls_seq.hf.trainer import LabelSmoothingTrainer, LabelSmoothingTrainingArguments
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=seq, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=seq,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config).to(device=device, dtype=getattr(torch, dtype)).train()
     ids = torch.randint(0, vocab, (batch, seq), device=device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     if name == "HF model loss":
+
         def hf_step():
             model(**inputs).loss.backward()
             model.zero_grad(set_to_none=False)
@@ -53,9 +62,13 @@ def build_case(name: str, batch: int, seq: int, hidden: int, vocab: int, device:
         hf_step()
         return hf_step
     args = LabelSmoothingTrainingArguments(
-        tempfile.mkdtemp(prefix="ls_seq_bench_"), label_smoothing_factor=0.1, fused_linear_loss=name == "fused",
-        report_to=[], use_cpu=device == "cpu", disable_tqdm=True,
-    )  # fmt: skip
+        tempfile.mkdtemp(prefix="ls_seq_bench_"),
+        label_smoothing_factor=0.1,
+        fused_linear_loss=name == "fused",
+        report_to=[],
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+    )
     trainer = LabelSmoothingTrainer(model=model, args=args)
     n_items = trainer.io.count(ids).to(device)
 
@@ -81,12 +94,16 @@ def main() -> None:
     sizes = dict(batch=args.batch, seq=args.seq, hidden=args.hidden, vocab=args.vocab, device=args.device, dtype=args.dtype)
     cases = {name: build_case(name, **sizes) for name in CASES}
     times = common.time_interleaved(cases, repeats=args.repeats, device=args.device)
-    mems = None if args.no_memory else {
-        name: common.peak_extra_memory("benchmarks.bench_fused_llama", "build_case", name=name, **sizes) for name in CASES
-    }  # fmt: skip
+    mems = (
+        None
+        if args.no_memory
+        else {name: common.peak_extra_memory("benchmarks.bench_fused_llama", "build_case", name=name, **sizes) for name in CASES}
+    )
     print(f"machine: {common.machine_summary()}")
-    title = (f"one training step, tiny Llama (hidden {args.hidden}, 2 layers, V = {args.vocab}), "
-             f"{args.batch} x {args.seq} tokens, {args.dtype}, median of {args.repeats}")  # fmt: skip
+    title = (
+        f"one training step, tiny Llama (hidden {args.hidden}, 2 layers, V = {args.vocab}), "
+        f"{args.batch} x {args.seq} tokens, {args.dtype}, median of {args.repeats}"
+    )
     rows = common.ratio_rows(CASES, times, REFERENCE, "unfused", mems)
     cols = ["case", "time (s)", "time / unfused"] + ([] if mems is None else ["extra peak", "peak / unfused"])
     common.print_table(title, rows, cols)

@@ -24,19 +24,32 @@ import statistics
 import subprocess
 import sys
 
-CASES = {"torch": ("import torch", None), "ls_seq": ("import ls_seq", None),
-         "ls_seq after torch": ("import torch, ls_seq", "ls_seq"),
-         "transformers after torch": ("import torch, transformers", "transformers"),
-         "torchmetrics after torch": ("import torch, torchmetrics", "torchmetrics")}  # fmt: skip
+CASES = {
+    "torch": ("import torch", None),
+    "ls_seq": ("import ls_seq", None),
+    "ls_seq after torch": ("import torch, ls_seq", "ls_seq"),
+    "transformers after torch": ("import torch, transformers", "transformers"),
+    "torchmetrics after torch": ("import torch, torchmetrics", "torchmetrics"),
+}
 HEAVY = ("torchmetrics", "transformers", "datasets", "matplotlib", "evaluate", "accelerate")
 
 
 def import_seconds(statement: str, module: str | None = None, path: str | None = None) -> float:
     """Cumulative import time of the statement's top-level modules (their sum; only ``module``'s when given), in s;
     ``path`` first on ``PYTHONPATH`` (another checkout of ls-seq)."""
-    env = dict(os.environ) if path is None else {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", statement], capture_output=True, text=True, check=True,
-                          env=env, cwd=path or None)  # fmt: skip
+    env = (
+        dict(os.environ)
+        if path is None
+        else {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", statement],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=path or None,
+    )
     total = 0
     for line in proc.stderr.splitlines():
         parts = line.split("|")
@@ -58,11 +71,17 @@ def main() -> None:
             here.append(import_seconds("import torch, ls_seq", "ls_seq"))
             there.append(import_seconds("import torch, ls_seq", "ls_seq", path=args.baseline))
         this, base = statistics.median(here), statistics.median(there)
-        print(f"ls_seq after torch: this tree {this:.3f} s, {args.baseline} {base:.3f} s (medians of {args.repeats}, "
-              f"alternating): ratio {this / base:.2f}")
+        print(
+            f"ls_seq after torch: this tree {this:.3f} s, {args.baseline} {base:.3f} s (medians of {args.repeats}, "
+            f"alternating): ratio {this / base:.2f}"
+        )
     medians = {name: statistics.median(import_seconds(*case) for _ in range(args.repeats)) for name, case in CASES.items()}
-    loaded = subprocess.run([sys.executable, "-c", f"import sys, ls_seq; print([m for m in {HEAVY!r} if m in sys.modules])"],
-                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys, ls_seq; print([m for m in {HEAVY!r} if m in sys.modules])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     print("| import | seconds (median) |")
     print("|---|---|")
     for name, seconds in medians.items():

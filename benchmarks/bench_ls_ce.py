@@ -110,8 +110,14 @@ def main() -> None:
     if not args.no_memory:
         for name in CASES:
             mems[name] = common.peak_extra_memory(
-                "benchmarks.bench_ls_ce", "build_case", name=name, n=args.n, v=args.v, dtype=args.dtype,
-                alpha=args.alpha, device=args.device,
+                "benchmarks.bench_ls_ce",
+                "build_case",
+                name=name,
+                n=args.n,
+                v=args.v,
+                dtype=args.dtype,
+                alpha=args.alpha,
+                device=args.device,
             )
     rows = common.ratio_rows(list(CASES), times, ref, "native", mems=mems, losses=losses)
     print(f"machine: {common.machine_summary()}")

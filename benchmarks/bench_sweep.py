@@ -92,12 +92,14 @@ def teacher_forced_batches(model, n_batches: int, batch_size: int, src_len: int,
         labels = torch.randint(2, vocab, (batch_size, tgt_len), generator=g)  # (B, L)
         labels[torch.rand(batch_size, tgt_len, generator=g) < 0.1] = -100
         decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels.clamp_min(0))
-        out.append({
-            "input_ids": torch.randint(2, vocab, (batch_size, src_len), generator=g),  # (B, S)
-            "attention_mask": torch.ones(batch_size, src_len, dtype=torch.long),
-            "decoder_input_ids": decoder_input_ids,
-            "labels": labels,
-        })
+        out.append(
+            {
+                "input_ids": torch.randint(2, vocab, (batch_size, src_len), generator=g),  # (B, S)
+                "attention_mask": torch.ones(batch_size, src_len, dtype=torch.long),
+                "decoder_input_ids": decoder_input_ids,
+                "labels": labels,
+            }
+        )
     return out
 
 
@@ -117,7 +119,10 @@ def separate_generate_calls(model, tok, sources, temperatures, num_beams, batch_
             rows = order[start : start + batch_size]
             enc = tok([sources[i] for i in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
             out = model.generate(
-                **enc, num_beams=num_beams, do_sample=False, max_new_tokens=max_new_tokens,
+                **enc,
+                num_beams=num_beams,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
                 logits_processor=LogitsProcessorList([BeamSearchTemperature(temperature)]),
             )
             for i, text in zip(rows, tok.batch_decode(out, skip_special_tokens=True)):
@@ -135,11 +140,20 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=64, help="sentences beam-searched per temperature")
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--bleu-temperatures", type=float, nargs="+", default=[0.8, 1.2, 1.5, 2.0],
-                        help="the tiny preset's BLEU grid without T=1 (the study reuses its T=1 test translations)")
+    parser.add_argument(
+        "--bleu-temperatures",
+        type=float,
+        nargs="+",
+        default=[0.8, 1.2, 1.5, 2.0],
+        help="the tiny preset's BLEU grid without T=1 (the study reuses its T=1 test translations)",
+    )
     parser.add_argument("--small-batch-size", type=int, default=16, help="a second batch size for both methods")
-    parser.add_argument("--grouped-batch-size", type=int, default=32,
-                        help="sequences per call when all temperatures share it (the tiny preset's 32)")
+    parser.add_argument(
+        "--grouped-batch-size",
+        type=int,
+        default=32,
+        help="sequences per call when all temperatures share it (the tiny preset's 32)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default=None, help="a trained MarianMTModel directory (default: random tiny)")
     parser.add_argument("--skip-teacher-forced", action="store_true", help="only the BLEU sweep")
@@ -150,15 +164,11 @@ def main() -> None:
     tf_cases = {
         "one pass, T=1": lambda: teacher_forced_sweep(model, batches, [1.0], progress=False),
         "sweep, 13 temperatures": lambda: teacher_forced_sweep(model, batches, SWEEP_TEMPERATURES, progress=False),
-        "13 separate passes": lambda: [
-            teacher_forced_sweep(model, batches, [t], progress=False) for t in SWEEP_TEMPERATURES
-        ],
+        "13 separate passes": lambda: [teacher_forced_sweep(model, batches, [t], progress=False) for t in SWEEP_TEMPERATURES],
     }
     tf_times = {} if args.skip_teacher_forced else common.time_interleaved(tf_cases, repeats=args.repeats)
     ref = tf_times.get("one pass, T=1")
-    tf_rows = [
-        {"case": name, "time (s)": f"{t:.3f}", "time / one pass": f"{t / ref:.2f}x"} for name, t in tf_times.items()
-    ]
+    tf_rows = [{"case": name, "time (s)": f"{t:.3f}", "time / one pass": f"{t / ref:.2f}x"} for name, t in tf_times.items()]
 
     srcs = sources[: args.sources]
     temps = args.bleu_temperatures
@@ -169,7 +179,14 @@ def main() -> None:
 
     def sweep(batch_size, **options):
         return lambda: beam_search_sweep(
-            model, tok, srcs, temps, num_beams=beams, batch_size=batch_size, max_new_tokens=new, progress=False,
+            model,
+            tok,
+            srcs,
+            temps,
+            num_beams=beams,
+            batch_size=batch_size,
+            max_new_tokens=new,
+            progress=False,
             **options,
         )
 
@@ -182,9 +199,7 @@ def main() -> None:
         f"beam_search_sweep, batch {big}, input order (encoder reuse only)": sweep(big, sort_by_length=False),
         f"beam_search_sweep, batch {big} (length-sorted)": sweep(big),
         f"beam_search_sweep, batch {small} (length-sorted)": sweep(small),
-        f"beam_search_sweep, {grouped // k} sentences x {k} T per call (length-sorted)": sweep(
-            grouped, temperatures_per_call=k
-        ),
+        f"beam_search_sweep, {grouped // k} sentences x {k} T per call (length-sorted)": sweep(grouped, temperatures_per_call=k),
     }
     outputs = {name: fn() for name, fn in bleu_cases.items()}
     baseline_out = outputs[reference]
@@ -197,10 +212,14 @@ def main() -> None:
     base = bleu_times[reference]
     best = min(t for name, t in bleu_times.items() if "separate" in name)  # the best-tuned separate calls
     bleu_rows = [
-        {"case": name, "time (s)": f"{t:.3f}", f"speed-up vs batch {big}": f"{base / t:.2f}x",
-         "vs best separate": f"{best / t:.2f}x"}
+        {
+            "case": name,
+            "time (s)": f"{t:.3f}",
+            f"speed-up vs batch {big}": f"{base / t:.2f}x",
+            "vs best separate": f"{best / t:.2f}x",
+        }
         for name, t in bleu_times.items()
-    ]  # fmt: skip
+    ]
 
     print(f"machine: {common.machine_summary()}")
     trained = f"trained ({args.model})" if args.model else "random tiny-preset"
@@ -208,11 +227,13 @@ def main() -> None:
     if tf_times:
         common.print_table(
             f"NLL/ECE sweep, {args.batches} batches x {args.batch_size} x {args.tgt_len} target tokens (forward included)",
-            tf_rows, ["case", "time (s)", "time / one pass"],
+            tf_rows,
+            ["case", "time (s)", "time / one pass"],
         )
     common.print_table(
         f"BLEU sweep, {len(srcs)} sentences, {args.beams} beams, {args.max_new_tokens} new tokens, T={temps}",
-        bleu_rows, ["case", "time (s)", f"speed-up vs batch {big}", "vs best separate"],
+        bleu_rows,
+        ["case", "time (s)", f"speed-up vs batch {big}", "vs best separate"],
     )
     print("\nshare of (sentence, T) translations that differ from the reference's:")
     for name, share in same.items():

@@ -75,8 +75,10 @@ def _dataset(tok, pairs: int, kind: str = "marian"):
         rows = [tok(t, truncation=True, max_length=128)["input_ids"] for t in tgt[:pairs]]
         return [{"input_ids": ids, "labels": ids} for ids in rows]
     return [
-        {"input_ids": tok(s, truncation=True, max_length=128)["input_ids"],
-         "labels": tok(t, truncation=True, max_length=128)["input_ids"]}
+        {
+            "input_ids": tok(s, truncation=True, max_length=128)["input_ids"],
+            "labels": tok(t, truncation=True, max_length=128)["input_ids"],
+        }
         for s, t in zip(src[:pairs], tgt[:pairs])
     ]
 
@@ -85,8 +87,18 @@ def _causal_lm(tok, dropout: float):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_embd=192, n_layer=6, n_head=4, n_positions=256, resid_pdrop=dropout,
-                        embd_pdrop=dropout, attn_pdrop=dropout, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=192,
+        n_layer=6,
+        n_head=4,
+        n_positions=256,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -98,17 +110,28 @@ def build_trainer(name: str, steps: int, batch_size: int, pairs: int, alpha: flo
     model.train()
     train = _dataset(tok, pairs, kind)
     common_args = {
-        "output_dir": tempfile.mkdtemp(prefix="ls_seq_bench_"), "max_steps": steps,
-        "per_device_train_batch_size": batch_size, "learning_rate": 6e-4, "warmup_steps": 0,
-        "label_smoothing_factor": alpha, "save_strategy": "no", "report_to": [], "logging_steps": 10_000,
-        "seed": 0, "data_seed": 0, "use_cpu": True, "dataloader_num_workers": 0, "disable_tqdm": True,
+        "output_dir": tempfile.mkdtemp(prefix="ls_seq_bench_"),
+        "max_steps": steps,
+        "per_device_train_batch_size": batch_size,
+        "learning_rate": 6e-4,
+        "warmup_steps": 0,
+        "label_smoothing_factor": alpha,
+        "save_strategy": "no",
+        "report_to": [],
+        "logging_steps": 10_000,
+        "seed": 0,
+        "data_seed": 0,
+        "use_cpu": True,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
     }
     collator = DataCollatorForSeq2Seq(tok, model=model if kind == "marian" else None)  # pads labels with -100
     hf, ls = (Trainer, LabelSmoothingTrainer) if kind == "gpt2" else (Seq2SeqTrainer, LabelSmoothingSeq2SeqTrainer)
     hf_args, ls_args = (
-        (TrainingArguments, LabelSmoothingTrainingArguments) if kind == "gpt2"
+        (TrainingArguments, LabelSmoothingTrainingArguments)
+        if kind == "gpt2"
         else (Seq2SeqTrainingArguments, LabelSmoothingSeq2SeqTrainingArguments)
-    )  # fmt: skip
+    )
     if name == REFERENCE:
         return hf(model=model, args=hf_args(**common_args), train_dataset=train, data_collator=collator)
     args = ls_args(**common_args, fused_linear_loss=name.endswith("fused"))
@@ -161,8 +184,13 @@ def main() -> None:
         }
         if not args.no_memory:
             peak = common.peak_extra_memory(
-                "benchmarks.bench_trainer", "build_case", name=name, steps=args.steps, batch_size=args.batch_size,
-                pairs=args.pairs, kind=args.kind,
+                "benchmarks.bench_trainer",
+                "build_case",
+                name=name,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                pairs=args.pairs,
+                kind=args.kind,
             )
             row["extra peak (train)"] = common.fmt_bytes(peak)
         rows.append(row)

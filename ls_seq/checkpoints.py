@@ -70,9 +70,22 @@ _MANIFEST_FORMAT = 2  # 1 (no "format" key): {"sha256": {name: hex}}; 2: {"files
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # bytes per element of the safetensors dtypes (https://github.com/huggingface/safetensors, format spec)
 _DTYPE_SIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 _TORCH_ARCHIVES = (".pt", ".pth", ".bin")
 T = TypeVar("T")
 
@@ -177,7 +190,9 @@ def write_file_checksum(path: str | os.PathLike, digest: str | None = None) -> P
     whole); ``digest`` skips re-reading a file whose bytes were just hashed in memory."""
     path = Path(path)
     record = {"size": path.stat().st_size, "sha256": digest or sha256_file(path)}
-    return atomic_write_json(path.with_name(path.name + SIDECAR_SUFFIX), {"format": _MANIFEST_FORMAT, "files": {path.name: record}})
+    return atomic_write_json(
+        path.with_name(path.name + SIDECAR_SUFFIX), {"format": _MANIFEST_FORMAT, "files": {path.name: record}}
+    )
 
 
 def verify_file_checksum(path: str | os.PathLike) -> bool:

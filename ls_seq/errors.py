@@ -12,7 +12,6 @@ fault of the environment or of the run. The command-line runner (:func:`ls_seq.c
 them into one line on stderr and that exit code.
 """
 
-
 from __future__ import annotations
 
 __all__ = [
@@ -114,5 +113,6 @@ class NonFiniteWeightsError(NonFiniteTrainingError):
 # disk-full guard to ls_seq.io.
 from ls_seq._deprecation import moved_attributes  # noqa: E402
 
-__getattr__ = moved_attributes(__name__, {"describe_fault": "ls_seq.cli.runner", "run_main": "ls_seq.cli.runner",
-                                          "writing_to": "ls_seq.io"})  # fmt: skip
+__getattr__ = moved_attributes(
+    __name__, {"describe_fault": "ls_seq.cli.runner", "run_main": "ls_seq.cli.runner", "writing_to": "ls_seq.io"}
+)

@@ -181,9 +181,7 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{os.fspath(path)!r} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
 
 
-def atomic_write_csv(
-    path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
-) -> Path:
+def atomic_write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
     """Write dict rows as CSV atomically; columns are ``fieldnames`` or the keys in first-seen order."""
     return atomic_write_bytes(path, csv_bytes(rows, fieldnames))
 

@@ -80,9 +80,7 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
-def read_parallel_split(
-    data_dir: str | os.PathLike, split: str, src_lang: str = "en", tgt_lang: str = "de"
-) -> ParallelCorpus:
+def read_parallel_split(data_dir: str | os.PathLike, split: str, src_lang: str = "en", tgt_lang: str = "de") -> ParallelCorpus:
     """Read ``{split}.{src_lang}[.gz]`` and ``{split}.{tgt_lang}[.gz]`` from ``data_dir``.
 
     Raises:

@@ -44,8 +44,10 @@ class FairseqStudyArguments:
     n_bins: int = field(default=15, metadata={"help": "Calibration bins (the paper: 15)."})
     calibration_every: int | None = field(
         default=None,
-        metadata={"help": "Calibration along training: validation ECE/NLL/best temperature every n updates, in "
-                  "fairseq-train's validation (0: off; default: the preset's)."},
+        metadata={
+            "help": "Calibration along training: validation ECE/NLL/best temperature every n updates, in "
+            "fairseq-train's validation (0: off; default: the preset's)."
+        },
     )
     calibration_samples: int | None = field(
         default=None, metadata={"help": "Calibration along training on the first n validation pairs (default: the preset's)."}
@@ -73,8 +75,17 @@ class FairseqStudyArguments:
         _check_optional_ints(self, ("calibration_every",), minimum=0)
         # warm-up >= 1: fairseq's inverse_sqrt schedule divides by it
         _check_optional_ints(
-            self, ("num_beams", "max_steps", "batch_size", "save_steps", "generate_batch_size", "cpu_threads", "warmup_steps",
-                   "calibration_samples")
+            self,
+            (
+                "num_beams",
+                "max_steps",
+                "batch_size",
+                "save_steps",
+                "generate_batch_size",
+                "cpu_threads",
+                "warmup_steps",
+                "calibration_samples",
+            ),
         )
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")

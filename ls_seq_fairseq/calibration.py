@@ -16,8 +16,14 @@ __all__ = ["STAT_NAMES", "batch_sums", "metrics_from_sums", "reliability_from_su
 
 STAT_NAMES = ("bin_count", "bin_confidence", "bin_correct", "nll_sum", "n_tokens", "n_correct")
 # The plugin's names for the schema's states of the `tokens` and `width` measures.
-_SCHEMA_NAMES = {"bin_count": "width_count", "bin_confidence": "width_confidence", "bin_correct": "width_correct",
-                 "nll_sum": "tokens_nll", "n_tokens": "tokens_n", "n_correct": "tokens_correct"}  # fmt: skip
+_SCHEMA_NAMES = {
+    "bin_count": "width_count",
+    "bin_confidence": "width_confidence",
+    "bin_correct": "width_correct",
+    "nll_sum": "tokens_nll",
+    "n_tokens": "tokens_n",
+    "n_correct": "tokens_correct",
+}
 
 
 def _schema(n_bins: int, n_temperatures: int, ignore_index: int = -100, temperatures=None) -> CalibrationSchema:

@@ -266,9 +266,12 @@ class LsSeqLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion
             if lprobs is None:
                 lprobs = fairseq_utils.log_softmax(logits, dim=-1)
             loss, nll = label_smoothed_nll_loss(
-                lprobs.view(-1, lprobs.size(-1)), target.reshape(-1), self._fairseq_eps,
-                ignore_index=self.padding_idx, reduce=reduce,
-            )  # fmt: skip
+                lprobs.view(-1, lprobs.size(-1)),
+                target.reshape(-1),
+                self._fairseq_eps,
+                ignore_index=self.padding_idx,
+                reduce=reduce,
+            )
             if not reduce:
                 loss, nll = loss.view(target.shape), nll.view(target.shape)
         else:

@@ -25,9 +25,13 @@ __all__ = ["SUBSETS", "binarize", "is_binarized", "write_token_files"]
 SRC, TGT = "en", "de"
 # fairseq subset name -> what it holds
 SUBSETS = {
-    "train": "train", "valid": "validation", "valid1": "calibration along training", "test": "test",
-    "test1": "test, sources deranged", "test2": "BLEU subset",
-}  # fmt: skip
+    "train": "train",
+    "valid": "validation",
+    "valid1": "calibration along training",
+    "test": "test",
+    "test1": "test, sources deranged",
+    "test2": "BLEU subset",
+}
 
 
 def is_binarized(dest_dir: Path) -> bool:
@@ -69,10 +73,22 @@ def binarize(text_dir: Path, dest_dir: Path, *, workers: int = 1) -> Path:
         valids = ",".join(str(text_dir / name) for name in ("valid", "valid1"))
         tests = ",".join(str(text_dir / name) for name in ("test", "test1", "test2"))
         argv = [
-            "--source-lang", SRC, "--target-lang", TGT, "--joined-dictionary", "--workers", str(workers),
-            "--trainpref", str(text_dir / "train"), "--validpref", valids, "--testpref", tests,
-            "--destdir", str(tmp),
-        ]  # fmt: skip
+            "--source-lang",
+            SRC,
+            "--target-lang",
+            TGT,
+            "--joined-dictionary",
+            "--workers",
+            str(workers),
+            "--trainpref",
+            str(text_dir / "train"),
+            "--validpref",
+            valids,
+            "--testpref",
+            tests,
+            "--destdir",
+            str(tmp),
+        ]
         preprocess.main(options.get_preprocessing_parser().parse_args(argv))
         if dest_dir.exists():  # an incomplete directory from an older run
             shutil.rmtree(dest_dir)

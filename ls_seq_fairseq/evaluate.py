@@ -130,10 +130,22 @@ def generate(
     from fairseq_cli import generate as fairseq_generate
 
     argv = [
-        str(data_dir), "--path", str(checkpoint), "--gen-subset", subset, "--beam", str(beam),
-        "--max-len-a", "0", "--max-len-b", str(max_len_b), "--batch-size", str(batch_size),
-        "--results-path", str(results_dir),
-    ]  # fmt: skip
+        str(data_dir),
+        "--path",
+        str(checkpoint),
+        "--gen-subset",
+        subset,
+        "--beam",
+        str(beam),
+        "--max-len-a",
+        "0",
+        "--max-len-b",
+        str(max_len_b),
+        "--batch-size",
+        str(batch_size),
+        "--results-path",
+        str(results_dir),
+    ]
     if temperature is not None:
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"`temperature` must be finite and > 0, got {temperature!r}")

@@ -269,9 +269,12 @@ def run_study(
         "fairseq_train_args": study_args.fairseq_train_args,
     }
     config = run.open(
-        config, command=command or " ".join(sys.argv), resume=study_args.resume,
-        overwrite=study_args.overwrite_output_dir, extendable=RESUME_EXTENDABLE,
-    )  # fmt: skip
+        config,
+        command=command or " ".join(sys.argv),
+        resume=study_args.resume,
+        overwrite=study_args.overwrite_output_dir,
+        extendable=RESUME_EXTENDABLE,
+    )
     try:
         return _run(run, config, preset, model_args.preset, corpora, study_args, start=study_start)
     finally:
@@ -335,9 +338,16 @@ def _run(run, config, preset, preset_name, corpora, study_args, *, start) -> dic
 
         t1 = time.time()
         evaluate_model(
-            model_dir / "checkpoints" / "checkpoint_last.pt", data_dir, tokenizer, test, preset, model_dir, study_args,
-            on_progress, source_check_skip=source_check_skipped(sources, perm),
-        )  # fmt: skip
+            model_dir / "checkpoints" / "checkpoint_last.pt",
+            data_dir,
+            tokenizer,
+            test,
+            preset,
+            model_dir,
+            study_args,
+            on_progress,
+            source_check_skip=source_check_skipped(sources, perm),
+        )
         timings[f"alpha_{alpha}"]["eval_seconds_this_run"] = round(time.time() - t1, 1)
         timings[f"alpha_{alpha}"]["train_and_eval_seconds_this_run"] = round(time.time() - t0, 1)
         atomic_write_json(timings_path, timings)

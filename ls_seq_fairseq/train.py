@@ -76,27 +76,100 @@ def train_arguments(
     along = preset.calibration_every > 0
     grid = ",".join(repr(float(t)) for t in (preset.calibration_temperatures if along else preset.temperatures))
     flags = [
-        str(data_dir), "--user-dir", PLUGIN_DIR, "--task", "translation", "--source-lang", "en", "--target-lang", "de",
-        "--arch", ARCHITECTURES.get(preset_name, "transformer"), "--share-all-embeddings",
-        "--encoder-layers", str(preset.encoder_layers), "--decoder-layers", str(preset.decoder_layers),
-        "--encoder-embed-dim", str(preset.d_model), "--decoder-embed-dim", str(preset.d_model),
-        "--encoder-ffn-embed-dim", str(preset.ffn_dim), "--decoder-ffn-embed-dim", str(preset.ffn_dim),
-        "--encoder-attention-heads", str(preset.attention_heads), "--decoder-attention-heads", str(preset.attention_heads),
-        "--dropout", repr(preset.dropout), "--attention-dropout", "0.0", "--activation-dropout", "0.0",
-        "--criterion", CRITERION_NAME, "--label-smoothing", repr(alpha), "--ls-convention", args.ls_convention,
-        "--calibration-bins", str(args.n_bins), "--calibration-temperatures", grid,
-        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--adam-eps", "1e-09", "--weight-decay", "0.0",
-        "--clip-norm", "1.0", "--lr", repr(preset.learning_rate), "--lr-scheduler", "inverse_sqrt",
-        "--warmup-updates", str(preset.warmup_steps), "--warmup-init-lr", "0.0",
-        "--batch-size", str(max(1, preset.batch_size // max(1, gpus))), "--max-update", str(preset.max_steps),
-        "--seed", str(args.seed), "--save-dir", str(save_dir), "--save-interval-updates", str(preset.save_steps),
-        "--keep-interval-updates", "1", "--no-epoch-checkpoints",
-        "--log-format", "json", "--log-interval", str(args.logging_steps), "--log-file", str(save_dir / "train.log"),
-        "--num-workers", "0", "--ignore-unused-valid-subsets",  # valid or valid1: the other one is there unused
-    ]  # fmt: skip
+        str(data_dir),
+        "--user-dir",
+        PLUGIN_DIR,
+        "--task",
+        "translation",
+        "--source-lang",
+        "en",
+        "--target-lang",
+        "de",
+        "--arch",
+        ARCHITECTURES.get(preset_name, "transformer"),
+        "--share-all-embeddings",
+        "--encoder-layers",
+        str(preset.encoder_layers),
+        "--decoder-layers",
+        str(preset.decoder_layers),
+        "--encoder-embed-dim",
+        str(preset.d_model),
+        "--decoder-embed-dim",
+        str(preset.d_model),
+        "--encoder-ffn-embed-dim",
+        str(preset.ffn_dim),
+        "--decoder-ffn-embed-dim",
+        str(preset.ffn_dim),
+        "--encoder-attention-heads",
+        str(preset.attention_heads),
+        "--decoder-attention-heads",
+        str(preset.attention_heads),
+        "--dropout",
+        repr(preset.dropout),
+        "--attention-dropout",
+        "0.0",
+        "--activation-dropout",
+        "0.0",
+        "--criterion",
+        CRITERION_NAME,
+        "--label-smoothing",
+        repr(alpha),
+        "--ls-convention",
+        args.ls_convention,
+        "--calibration-bins",
+        str(args.n_bins),
+        "--calibration-temperatures",
+        grid,
+        "--optimizer",
+        "adam",
+        "--adam-betas",
+        "(0.9, 0.98)",
+        "--adam-eps",
+        "1e-09",
+        "--weight-decay",
+        "0.0",
+        "--clip-norm",
+        "1.0",
+        "--lr",
+        repr(preset.learning_rate),
+        "--lr-scheduler",
+        "inverse_sqrt",
+        "--warmup-updates",
+        str(preset.warmup_steps),
+        "--warmup-init-lr",
+        "0.0",
+        "--batch-size",
+        str(max(1, preset.batch_size // max(1, gpus))),
+        "--max-update",
+        str(preset.max_steps),
+        "--seed",
+        str(args.seed),
+        "--save-dir",
+        str(save_dir),
+        "--save-interval-updates",
+        str(preset.save_steps),
+        "--keep-interval-updates",
+        "1",
+        "--no-epoch-checkpoints",
+        "--log-format",
+        "json",
+        "--log-interval",
+        str(args.logging_steps),
+        "--log-file",
+        str(save_dir / "train.log"),
+        "--num-workers",
+        "0",
+        "--ignore-unused-valid-subsets",  # valid or valid1: the other one is there unused
+    ]
     if along:  # not at epoch ends; fairseq also validates at the last update and at mid-epoch checkpoints
-        flags += ["--valid-subset", "valid1", "--validate-interval-updates", str(preset.calibration_every),
-                  "--validate-interval", str(_NEVER)]  # fmt: skip
+        flags += [
+            "--valid-subset",
+            "valid1",
+            "--validate-interval-updates",
+            str(preset.calibration_every),
+            "--validate-interval",
+            str(_NEVER),
+        ]
     if gpus == 0:
         flags.append("--cpu")
     if fp16:
@@ -181,13 +254,18 @@ def trajectory_from_log(log_file: Path, subset: str = "valid1") -> tuple[list[Tr
             epochs_per_update = float(stats["update"]) / int(stats["num_updates"])
     out = []
     for step, s in sorted(points.items()):
-        out.append(TrajectoryPoint(
-            step=step, epoch=round(step * (epochs_per_update or 0.0), 4), ece=float(s[f"{subset}_ece"]),
-            nll=float(s[f"{subset}_nll_T1"]) * _LN2, accuracy=float(s[f"{subset}_token_accuracy"]),
-            mean_confidence=float(s[f"{subset}_mean_confidence"]),
-            best_ece_temperature=float(s.get(f"{subset}_best_ece_T", 1.0)),
-            best_nll_temperature=float(s.get(f"{subset}_best_nll_T", 1.0)),
-        ))  # fmt: skip
+        out.append(
+            TrajectoryPoint(
+                step=step,
+                epoch=round(step * (epochs_per_update or 0.0), 4),
+                ece=float(s[f"{subset}_ece"]),
+                nll=float(s[f"{subset}_nll_T1"]) * _LN2,
+                accuracy=float(s[f"{subset}_token_accuracy"]),
+                mean_confidence=float(s[f"{subset}_mean_confidence"]),
+                best_ece_temperature=float(s.get(f"{subset}_best_ece_T", 1.0)),
+                best_nll_temperature=float(s.get(f"{subset}_best_nll_T", 1.0)),
+            )
+        )
     return out, round(sum(seconds.get(p.step, 0.0) for p in out), 2)
 
 
@@ -246,10 +324,11 @@ def restore_point(save_dir: Path, finished_at: int | None = None) -> int | None:
             earlier = first_verified(rest, _resume_state)
         warnings.warn(
             f"{str(path)!r} was saved at the end of an epoch (update {updates}), from which fairseq does not resume "
-            "bit for bit; " + (f"resuming from update {earlier[1][0]} ({earlier[0].name}) instead"
-                               if earlier else "training starts over"),
-            LsSeqWarning, stacklevel=2,
-        )  # fmt: skip
+            "bit for bit; "
+            + (f"resuming from update {earlier[1][0]} ({earlier[0].name}) instead" if earlier else "training starts over"),
+            LsSeqWarning,
+            stacklevel=2,
+        )
         if earlier is None:
             if last.exists():
                 set_aside(last)
@@ -291,9 +370,11 @@ def train_model(alpha: float, preset: Preset, flags: list[str], model_dir: Path,
             env["OMP_NUM_THREADS"] = str(args.cpu_threads)
         linux = sys.platform.startswith("linux")
         proc = subprocess.run(
-            [sys.executable, "-m", "ls_seq_fairseq.timed_train", *flags], env=env, check=False,
+            [sys.executable, "-m", "ls_seq_fairseq.timed_train", *flags],
+            env=env,
+            check=False,
             preexec_fn=_die_with_parent if linux else None,
-        )  # fmt: skip
+        )
         if proc.returncode != 0:
             raise LsSeqError(
                 f"fairseq-train of the alpha={alpha} model exited with {proc.returncode} (its log: "

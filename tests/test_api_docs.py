@@ -124,7 +124,9 @@ def test_args_name_every_parameter(name):
 def test_returns_is_documented(name):
     obj = getattr(ls_seq, name)
     if returns_something(obj):
-        assert section(inspect.getdoc(obj) or "", "Returns", named=False), f"ls_seq.{name} returns a value and has no Returns: section"
+        assert section(inspect.getdoc(obj) or "", "Returns", named=False), (
+            f"ls_seq.{name} returns a value and has no Returns: section"
+        )
 
 
 def test_the_stable_surface_page_lists_exactly_all():

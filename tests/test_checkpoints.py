@@ -31,10 +31,22 @@ def trained(tmp_path_factory):
     """checkpoint-2 and checkpoint-4 of a tiny Marian model, saved by HF's Trainer with the guard's checksums."""
     out = tmp_path_factory.mktemp("ckpt") / "run"
     set_seed(0)
-    args = training_args(str(out), optim="adamw_torch", learning_rate=1e-2, max_steps=4, save_strategy="steps",
-                         save_steps=2, logging_nan_inf_filter=False)
-    Seq2SeqTrainer(model=MarianMTModel(tiny_config("marian")), args=args, train_dataset=tiny_dataset(40),
-                   data_collator=collate, callbacks=[TrainingGuard()]).train()
+    args = training_args(
+        str(out),
+        optim="adamw_torch",
+        learning_rate=1e-2,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        logging_nan_inf_filter=False,
+    )
+    Seq2SeqTrainer(
+        model=MarianMTModel(tiny_config("marian")),
+        args=args,
+        train_dataset=tiny_dataset(40),
+        data_collator=collate,
+        callbacks=[TrainingGuard()],
+    ).train()
     return out
 
 
@@ -65,8 +77,11 @@ def _global_step(path):
 DAMAGE = {
     "truncated safetensors": ("model.safetensors", truncate, r"model\.safetensors' is damaged"),
     "zeroed safetensors": ("model.safetensors", _zero, r"model\.safetensors' is damaged: header length 0"),
-    "garbled tensor bytes": ("model.safetensors", lambda p: garble(p, offset=p.stat().st_size - 200),
-                             r"model\.safetensors' is damaged: its SHA-256 is [0-9a-f]{64}, not [0-9a-f]{64} as recorded"),
+    "garbled tensor bytes": (
+        "model.safetensors",
+        lambda p: garble(p, offset=p.stat().st_size - 200),
+        r"model\.safetensors' is damaged: its SHA-256 is [0-9a-f]{64}, not [0-9a-f]{64} as recorded",
+    ),
     "NaN weights": ("model.safetensors", _nan_weights, r"model\.safetensors' is damaged: tensor .* holds NaN"),
     "truncated optimizer": ("optimizer.pt", truncate, r"optimizer\.pt' is damaged"),
     "truncated trainer state": ("trainer_state.json", truncate, r"trainer_state\.json' is damaged"),
@@ -162,8 +177,9 @@ def test_zeroed_weights_with_an_intact_header_are_named_with_the_recorded_and_fo
     verify_safetensors(path)  # structure intact and every value finite: only the checksum can see the change
     with pytest.raises(CheckpointError) as caught:
         verify_checkpoint(checkpoint)
-    assert str(caught.value) == (f"{str(path)!r} is damaged: its SHA-256 is {found}, not {recorded} as recorded when it "
-                                 f"was saved ({CHECKSUMS_NAME})")  # fmt: skip
+    assert str(caught.value) == (
+        f"{str(path)!r} is damaged: its SHA-256 is {found}, not {recorded} as recorded when it was saved ({CHECKSUMS_NAME})"
+    )
     with pytest.warns(LsSeqWarning, match=rf"checkpoint-4/model\.safetensors' is damaged: its SHA-256 is {found}.*set aside"):
         assert latest_good_checkpoint(run) == run / "checkpoint-2"  # the previous good one, as for a truncated file
     assert (run / "damaged-checkpoint-4").is_dir()
@@ -190,7 +206,9 @@ def test_a_checkpoint_without_a_manifest_is_verified_structurally_and_said_not_c
 def test_a_manifest_of_the_first_format_is_still_checked(run):
     checkpoint = run / "checkpoint-4"
     files = [p for p in checkpoint.iterdir() if p.name != CHECKSUMS_NAME]
-    (checkpoint / CHECKSUMS_NAME).write_text(json.dumps({"sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}}))
+    (checkpoint / CHECKSUMS_NAME).write_text(
+        json.dumps({"sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}})
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # checksummed: no warning
         assert verify_checkpoint(checkpoint) is True
@@ -214,7 +232,9 @@ def test_a_file_checksum_sidecar_names_the_file_and_goes_with_it_when_set_aside(
     write_file_checksum(path)
     assert verify_file_checksum(path) is True
     path.write_bytes(b"x" * 2000 + b"\0" + b"x" * 2999)
-    with pytest.raises(CheckpointError, match=rf"checkpoint\.pt' is damaged: its SHA-256 is {hashlib.sha256(path.read_bytes()).hexdigest()}"):
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint\.pt' is damaged: its SHA-256 is {hashlib.sha256(path.read_bytes()).hexdigest()}"
+    ):
         verify_file_checksum(path)
     set_aside(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged-checkpoint.pt", f"damaged-checkpoint.pt{SIDECAR_SUFFIX}"]

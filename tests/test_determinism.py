@@ -20,8 +20,13 @@ def _hf_run(tmp_path, seed: int):
     config.dropout = 0.2  # dropout draws random numbers on every step: the seed must govern them too
     model = MarianMTModel(config)
     args = training_args(
-        str(tmp_path / f"run{seed}"), cls=LabelSmoothingSeq2SeqTrainingArguments, optim="adamw_torch",
-        learning_rate=1e-2, max_steps=6, label_smoothing_factor=0.1, seed=seed,
+        str(tmp_path / f"run{seed}"),
+        cls=LabelSmoothingSeq2SeqTrainingArguments,
+        optim="adamw_torch",
+        learning_rate=1e-2,
+        max_steps=6,
+        label_smoothing_factor=0.1,
+        seed=seed,
     )
     trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(40), data_collator=collate)
     trainer.train()

@@ -31,7 +31,11 @@ _spec.loader.exec_module(hooks)
         ("docs/DESIGN.md", "[the loss](../ls_seq/functional/losses.py)", "the loss (`ls_seq/functional/losses.py`)"),
         ("docs/DESIGN.md", "[`LICENSE`](../LICENSE)", "`LICENSE`"),
         # left alone: other sites, anchors on the page, code blocks
-        ("docs/DESIGN.md", "[p](https://arxiv.org/abs/1906.02629) [s](#layers)", "[p](https://arxiv.org/abs/1906.02629) [s](#layers)"),
+        (
+            "docs/DESIGN.md",
+            "[p](https://arxiv.org/abs/1906.02629) [s](#layers)",
+            "[p](https://arxiv.org/abs/1906.02629) [s](#layers)",
+        ),
         ("docs/DESIGN.md", "```\n[x](../nothere.md)\n```\n", "```\n[x](../nothere.md)\n```\n"),
     ],
 )

@@ -41,8 +41,13 @@ from ls_seq.io import writing_to
         (OSError(errno.ENOSPC, "No space left on device", "out/x.png"), EXIT_FAULT, "writing 'out/x.png'"),
         (PermissionError(errno.EACCES, "Permission denied", "/ro/out"), EXIT_FAULT, "'/ro/out': Permission denied"),
         # safetensors reports a full disk from Rust, without an errno
-        (RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'),
-         EXIT_FAULT, "no space left on device"),
+        (
+            RuntimeError(
+                'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+            ),
+            EXIT_FAULT,
+            "no space left on device",
+        ),
     ],
 )
 def test_expected_faults_are_one_line_with_their_exit_code(exc, code, text):
@@ -56,10 +61,13 @@ def test_bugs_are_not_expected_faults():
 
 
 def test_writing_to_names_the_path_of_a_failed_write():
-    with pytest.raises(DiskFullError, match=r"write checkpoint 'out/checkpoint-10'") as info, writing_to(
-        "out/checkpoint-10", "checkpoint"
+    with (
+        pytest.raises(DiskFullError, match=r"write checkpoint 'out/checkpoint-10'") as info,
+        writing_to("out/checkpoint-10", "checkpoint"),
     ):
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"
+        )
     assert describe_fault(info.value)[0] == EXIT_FAULT
     with pytest.raises(KeyError), writing_to("out"):  # anything else passes unchanged
         raise KeyError("x")
@@ -125,8 +133,13 @@ def test_a_signal_unwinds_runs_finally_blocks_and_says_so_in_one_line(tmp_path, 
                 os.unlink({str(marker)!r})
         sys.exit(run_main(main, [], prog="job"))
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "LS_SEQ_DEBUG": "0"}, preexec_fn=interruptible)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LS_SEQ_DEBUG": "0"},
+        preexec_fn=interruptible,
+    )
     deadline = time.monotonic() + 300  # importing torch on a loaded machine can take a while
     while not ready.exists():
         assert proc.poll() is None, proc.stderr.read()

@@ -89,7 +89,9 @@ def test_require_extra_lists_every_missing_library_in_one_line(monkeypatch):
     with pytest.raises(MissingExtraError) as info:
         require_extra("studies", feature="the EN-DE study")
     assert str(info.value) == "the EN-DE study needs sacrebleu and scipy, which are not installed: pip install 'ls-seq[studies]'"
-    with pytest.raises(MissingExtraError, match=r"needs scikit-learn and scipy, which are not installed: pip install 'ls-seq\[vision\]'"):
+    with pytest.raises(
+        MissingExtraError, match=r"needs scikit-learn and scipy, which are not installed: pip install 'ls-seq\[vision\]'"
+    ):
         require_extra("vision", feature="v")
 
 
@@ -107,7 +109,11 @@ def test_the_runner_prints_a_missing_extra_as_one_line_with_exit_1(capsys):
 
     assert run_main(main, [], prog="prog") == 1
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prog: error: the EN-DE study needs sacrebleu") and "'ls-seq[studies]'" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("prog: error: the EN-DE study needs sacrebleu")
+        and "'ls-seq[studies]'" in lines[0]
+    )
 
 
 # ---- pyproject.toml and the table agree ----------------------------------------------------------------------
@@ -141,8 +147,12 @@ def test_nothing_optional_is_imported_without_require():
         if rel.startswith(("ls_seq/studies/en_de/", "ls_seq/evaluate_metrics/token_ece/")):
             continue  # the EN-DE study checks its extra at import; the metric script runs inside `evaluate`
         tree = ast.parse(path.read_text())
-        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
-                       for n in ast.walk(block)}  # fmt: skip  # annotations only: never executed
+        typing_only = {
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+            for n in ast.walk(block)
+        }  # annotations only: never executed
         for node in ast.walk(tree):
             if id(node) in typing_only:
                 continue
@@ -262,7 +272,9 @@ def test_a_saved_dataset_needs_datasets(tmp_path, monkeypatch):
 
     (tmp_path / "dataset_info.json").write_text("{}")
     hide(monkeypatch, "datasets")
-    with pytest.raises(MissingExtraError, match=r"\(a datasets\.save_to_disk directory\) needs datasets, .*'ls-seq\[datasets\]'$"):
+    with pytest.raises(
+        MissingExtraError, match=r"\(a datasets\.save_to_disk directory\) needs datasets, .*'ls-seq\[datasets\]'$"
+    ):
         read_records(tmp_path)
 
 
@@ -304,14 +316,25 @@ def test_the_seed_statistics_need_studies(monkeypatch):
 @pytest.mark.parametrize(
     ("package", "hidden", "message"),
     [
-        ("ls_seq.studies.en_de", ("datasets",), "the EN-DE study needs datasets, which is not installed: pip install 'ls-seq[studies]'"),
-        ("vision", ("sklearn",), "the image studies' package `vision` needs scikit-learn, which is not installed: "
-                                 "pip install 'ls-seq[vision]'"),
-        ("ls_seq_fairseq", ("fairseq",), "the fairseq plugin (ls_seq_fairseq) needs fairseq-fixed, which is not installed: "
-                                         "pip install 'ls-seq[fairseq]'; then fairseq itself: pip install --no-deps "
-                                         "--no-build-isolation fairseq-fixed==0.12.3.1 (docs/fairseq.md says why)"),
+        (
+            "ls_seq.studies.en_de",
+            ("datasets",),
+            "the EN-DE study needs datasets, which is not installed: pip install 'ls-seq[studies]'",
+        ),
+        (
+            "vision",
+            ("sklearn",),
+            "the image studies' package `vision` needs scikit-learn, which is not installed: pip install 'ls-seq[vision]'",
+        ),
+        (
+            "ls_seq_fairseq",
+            ("fairseq",),
+            "the fairseq plugin (ls_seq_fairseq) needs fairseq-fixed, which is not installed: "
+            "pip install 'ls-seq[fairseq]'; then fairseq itself: pip install --no-deps "
+            "--no-build-isolation fairseq-fixed==0.12.3.1 (docs/fairseq.md says why)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_study_package_checks_its_extra_when_imported(monkeypatch, package, hidden, message):
     hide(monkeypatch, *hidden)
     fresh(monkeypatch, package)

@@ -108,8 +108,9 @@ def test_unusable_output_directories_are_refused_without_creating_anything(tmp_p
 
 
 def test_a_read_only_directory_is_refused(tmp_path):
-    with read_only_directory(tmp_path / "ro") as ro, pytest.raises(
-        InputError, match=r"`out`='.*ro/run' cannot be written: creating a file in '.*ro' failed \(.*\)"
+    with (
+        read_only_directory(tmp_path / "ro") as ro,
+        pytest.raises(InputError, match=r"`out`='.*ro/run' cannot be written: creating a file in '.*ro' failed \(.*\)"),
     ):
         check_output_dir(ro / "run", argument="out")
 

@@ -87,8 +87,11 @@ def _declared_elsewhere(name: str, value: object) -> bool:
 def _new_public_modules() -> list[str]:
     import pkgutil
 
-    return [m.name for m in pkgutil.walk_packages(ls_seq.__path__, "ls_seq.")
-            if not any(p.startswith("_") for p in m.name.split(".")[1:]) and "token_ece" not in m.name]  # fmt: skip
+    return [
+        m.name
+        for m in pkgutil.walk_packages(ls_seq.__path__, "ls_seq.")
+        if not any(p.startswith("_") for p in m.name.split(".")[1:]) and "token_ece" not in m.name
+    ]
 
 
 def test_the_deprecation_table_covers_every_moved_module():
@@ -113,6 +116,12 @@ def test_ls_seq_uses_no_deprecated_path():
         "            importlib.import_module(m.name)\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

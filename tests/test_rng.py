@@ -60,17 +60,28 @@ def _train(tmp_path, name, *, evaluate, trainer_cls):
     config = tiny_config("marian")
     config.dropout = 0.2  # dropout masks come from torch's global generator: what an evaluation used to shift
     evaluation = {"eval_strategy": "steps", "eval_steps": 2} if evaluate else {}
-    args = training_args(str(tmp_path / name), cls=LabelSmoothingSeq2SeqTrainingArguments, label_smoothing_factor=0.1,
-                         max_steps=6, learning_rate=0.1, **evaluation)  # fmt: skip
+    args = training_args(
+        str(tmp_path / name),
+        cls=LabelSmoothingSeq2SeqTrainingArguments,
+        label_smoothing_factor=0.1,
+        max_steps=6,
+        learning_rate=0.1,
+        **evaluation,
+    )
     model = MarianMTModel(config)
 
     def collate_with_decoder_inputs(features):  # HF's own trainer needs them with this tiny Marian (5.25)
         batch = collate(features)
         return {**batch, "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])}
 
-    trainer = cls(model=model, args=args, train_dataset=tiny_dataset(48), data_collator=collate_with_decoder_inputs,
-                  eval_dataset=tiny_dataset(8, seed=1) if evaluate else None,
-                  callbacks=[CalibrationCallback(plot=False)] if evaluate else [])  # fmt: skip
+    trainer = cls(
+        model=model,
+        args=args,
+        train_dataset=tiny_dataset(48),
+        data_collator=collate_with_decoder_inputs,
+        eval_dataset=tiny_dataset(8, seed=1) if evaluate else None,
+        callbacks=[CalibrationCallback(plot=False)] if evaluate else [],
+    )
     trainer.train()
     if evaluate:
         assert [h["step"] for h in trainer.state.log_history if "eval_ece" in h] == [2, 4, 6]  # it did measure

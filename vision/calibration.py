@@ -121,8 +121,9 @@ class CalibrationAlongTraining:
     :attr:`seconds` adds up its wall-clock in this process (the history holds only deterministic numbers).
     """
 
-    def __init__(self, dataset: Any, every: int, *, n_bins: int = 15,
-                 temperatures: Sequence[float] = TRAJECTORY_TEMPERATURES) -> None:  # fmt: skip
+    def __init__(
+        self, dataset: Any, every: int, *, n_bins: int = 15, temperatures: Sequence[float] = TRAJECTORY_TEMPERATURES
+    ) -> None:
         from ls_seq.checks import check_positive_int, check_temperatures
 
         self.dataset = dataset

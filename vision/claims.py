@@ -61,43 +61,76 @@ def comparisons(results: dict[str, Any]) -> list[Comparison]:
         t = results["projection"]["tightness"]
         for split in ("train", "validation"):
             h, s = t[HARD][split]["plane"], t[SMOOTHED][split]["plane"]
-            out.append(Comparison(f"Fig. 1: label smoothing makes the clusters tighter ({split}, template plane)",
-                                  "tightness(LS) - tightness(hard)", "lower", s - h, BAND_SHARE * (h + s),
-                                  f"tightness hard {h:.3f} vs LS {s:.3f} (lower = tighter)"))  # fmt: skip
+            out.append(
+                Comparison(
+                    f"Fig. 1: label smoothing makes the clusters tighter ({split}, template plane)",
+                    "tightness(LS) - tightness(hard)",
+                    "lower",
+                    s - h,
+                    BAND_SHARE * (h + s),
+                    f"tightness hard {h:.3f} vs LS {s:.3f} (lower = tighter)",
+                )
+            )
     if "distillation" in results:
         pts = [DistillationPoint(**p) for p in results["distillation"]["points"]]
         n = results["data"]["n_test"]
 
         def best(curve: str, exclude_alpha0: bool = False) -> DistillationPoint:
-            return max((p for p in pts if p.curve == curve and not (exclude_alpha0 and p.alpha == 0)),
-                       key=lambda p: p.accuracy)  # fmt: skip
+            return max((p for p in pts if p.curve == curve and not (exclude_alpha0 and p.alpha == 0)), key=lambda p: p.accuracy)
 
         def higher(claim: str, quantity: str, better: DistillationPoint, other: DistillationPoint, measured: str) -> None:
-            out.append(Comparison(claim, quantity, "higher", better.accuracy - other.accuracy,
-                                  _accuracy_band(better.accuracy, other.accuracy, n), measured))  # fmt: skip
+            out.append(
+                Comparison(
+                    claim,
+                    quantity,
+                    "higher",
+                    better.accuracy - other.accuracy,
+                    _accuracy_band(better.accuracy, other.accuracy, n),
+                    measured,
+                )
+            )
 
         hard_teacher = next(p for p in pts if p.curve == TEACHER and p.alpha == 0.0)
         ls_teacher = best(TEACHER, exclude_alpha0=True)
-        higher("Fig. 5: label smoothing improves the teacher's accuracy", "accuracy(best LS teacher) - accuracy(hard teacher)",
-               ls_teacher, hard_teacher,
-               f"teacher alpha=0 {hard_teacher.accuracy:.4f} vs best alpha={ls_teacher.alpha:g} {ls_teacher.accuracy:.4f}")  # fmt: skip
+        higher(
+            "Fig. 5: label smoothing improves the teacher's accuracy",
+            "accuracy(best LS teacher) - accuracy(hard teacher)",
+            ls_teacher,
+            hard_teacher,
+            f"teacher alpha=0 {hard_teacher.accuracy:.4f} vs best alpha={ls_teacher.alpha:g} {ls_teacher.accuracy:.4f}",
+        )
         fh = best(FROM_HARD)
         if any(p.curve == FROM_LS for p in pts):
             fl = best(FROM_LS)
-            higher("Fig. 5: students of a hard-target teacher (best T) beat students of LS teachers",
-                   "accuracy(best student of the hard teacher) - accuracy(best student of an LS teacher)", fh, fl,
-                   f"best from hard teacher {fh.accuracy:.4f} (T={fh.temperature:g}) vs best from LS teacher "
-                   f"{fl.accuracy:.4f} (alpha={fl.alpha:g})")  # fmt: skip
+            higher(
+                "Fig. 5: students of a hard-target teacher (best T) beat students of LS teachers",
+                "accuracy(best student of the hard teacher) - accuracy(best student of an LS teacher)",
+                fh,
+                fl,
+                f"best from hard teacher {fh.accuracy:.4f} (T={fh.temperature:g}) vs best from LS teacher "
+                f"{fl.accuracy:.4f} (alpha={fl.alpha:g})",
+            )
         st = best(STUDENT)  # over the student's whole alpha grid, 0 included: distillation must beat every one
-        higher("Fig. 5: distillation from the hard teacher beats training the student with label smoothing",
-               "accuracy(best distilled student) - accuracy(best label-trained student)", fh, st,
-               f"best distilled {fh.accuracy:.4f} vs best label-trained student {st.accuracy:.4f} (alpha={st.alpha:g})")  # fmt: skip
+        higher(
+            "Fig. 5: distillation from the hard teacher beats training the student with label smoothing",
+            "accuracy(best distilled student) - accuracy(best label-trained student)",
+            fh,
+            st,
+            f"best distilled {fh.accuracy:.4f} vs best label-trained student {st.accuracy:.4f} (alpha={st.alpha:g})",
+        )
     if "mutual_info" in results:
         c = results["mutual_info"]["curves"]
         h, s = c[HARD][-1][1], c[SMOOTHED][-1][1]
-        out.append(Comparison("Fig. 6: label smoothing lowers the mutual information between example and logits late in training",
-                              "I(X;Y)(LS) - I(X;Y)(hard)", "lower", s - h, BAND_SHARE * (h + s),
-                              f"final I(X;Y) hard {h:.3f} vs LS {s:.3f} nats (log N = {results['mutual_info']['log_n']:.3f})"))  # fmt: skip
+        out.append(
+            Comparison(
+                "Fig. 6: label smoothing lowers the mutual information between example and logits late in training",
+                "I(X;Y)(LS) - I(X;Y)(hard)",
+                "lower",
+                s - h,
+                BAND_SHARE * (h + s),
+                f"final I(X;Y) hard {h:.3f} vs LS {s:.3f} nats (log N = {results['mutual_info']['log_n']:.3f})",
+            )
+        )
     return out
 
 
@@ -112,17 +145,42 @@ def _calibration_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     ts, ls = r[HARD_TS], r[SMOOTHED]
     t_ls, t_hard = ls["fitted_temperature"], r[HARD]["fitted_temperature"]
     decided = [
-        decide("Fig. 2 / Table 3: label smoothing lowers the ECE of hard targets", "ECE(LS) - ECE(hard)", "lower",
-               [paired_evidence(r, HARD, SMOOTHED, "ece", seed)], measured=f"ECE hard {r[HARD]['ece']:.4f} vs LS {ls['ece']:.4f}"),
-        decide("Table 3: label smoothing calibrates about as well as temperature scaling",
-               "ECE(LS) - ECE(hard, fitted T)", "lower", [paired_evidence(r, HARD_TS, SMOOTHED, "ece", seed)], margin=0.01,
-               measured=f"ECE temperature scaling {ts['ece']:.4f} (T={ts['temperature']:.2f}) vs LS {ls['ece']:.4f}"),
-        decide("Sec. 3: a label-smoothed network needs less temperature scaling (fitted T nearer 1)",
-               "|log T(LS)| - |log T(hard)|", "lower", [SeedEvidence(seed, abs(math.log(t_ls)) - abs(math.log(t_hard)))],
-               measured=f"T fitted to LS {t_ls:.2f} vs hard {t_hard:.2f}"),
-    ]  # fmt: skip
-    return [{"claim": c.claim, "measured": c.measured, "verdict": c.verdict, "quantity": c.quantity,
-             "difference": c.difference, "low": c.low, "high": c.high, "basis": c.basis} for c in decided]  # fmt: skip
+        decide(
+            "Fig. 2 / Table 3: label smoothing lowers the ECE of hard targets",
+            "ECE(LS) - ECE(hard)",
+            "lower",
+            [paired_evidence(r, HARD, SMOOTHED, "ece", seed)],
+            measured=f"ECE hard {r[HARD]['ece']:.4f} vs LS {ls['ece']:.4f}",
+        ),
+        decide(
+            "Table 3: label smoothing calibrates about as well as temperature scaling",
+            "ECE(LS) - ECE(hard, fitted T)",
+            "lower",
+            [paired_evidence(r, HARD_TS, SMOOTHED, "ece", seed)],
+            margin=0.01,
+            measured=f"ECE temperature scaling {ts['ece']:.4f} (T={ts['temperature']:.2f}) vs LS {ls['ece']:.4f}",
+        ),
+        decide(
+            "Sec. 3: a label-smoothed network needs less temperature scaling (fitted T nearer 1)",
+            "|log T(LS)| - |log T(hard)|",
+            "lower",
+            [SeedEvidence(seed, abs(math.log(t_ls)) - abs(math.log(t_hard)))],
+            measured=f"T fitted to LS {t_ls:.2f} vs hard {t_hard:.2f}",
+        ),
+    ]
+    return [
+        {
+            "claim": c.claim,
+            "measured": c.measured,
+            "verdict": c.verdict,
+            "quantity": c.quantity,
+            "difference": c.difference,
+            "low": c.low,
+            "high": c.high,
+            "basis": c.basis,
+        }
+        for c in decided
+    ]
 
 
 def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -147,8 +205,8 @@ def seed_comparison_claims(results: dict[int, dict[str, Any]]) -> list[dict[str,
     for claim, measured in by_claim.items():
         first = measured[0][1]
         evidence = [SeedEvidence(seed, c.difference, *c.evidence_band) for seed, c in measured]
-        decided = decide(claim, first.quantity, first.expected, evidence,
-                         measured="; ".join(f"{seed}: {c.measured}" for seed, c in measured))  # fmt: skip
+        decided = decide(
+            claim, first.quantity, first.expected, evidence, measured="; ".join(f"{seed}: {c.measured}" for seed, c in measured)
+        )
         out.append(dataclasses.asdict(decided))
     return out
-

@@ -23,6 +23,7 @@ __all__ = ["PRESETS", "STUDIES", "VisionPreset", "VisionStudyConfig"]
 
 STUDIES = ("projection", "calibration", "distillation", "mutual_info", "all")
 
+
 @dataclass(frozen=True)
 class VisionPreset:
     """A named setting of the vision study: the dataset, its networks and SGD schedule (flags override each).
@@ -47,19 +48,61 @@ class VisionPreset:
 
 # Per-dataset defaults: the paper's architectures (AlexNet on CIFAR-10, ResNet-56 on CIFAR-100,
 # Inception-v4 on ImageNet, a ResNet-56 teacher for an AlexNet student) and standard SGD schedules.
-_DIGITS = VisionPreset("digits", "digits_cnn", "digits_cnn", "digits_mlp", epochs=30, batch_size=64, lr=0.05,
-                       weight_decay=5e-4, num_classes=10, calibration_every=3)  # fmt: skip
-PRESETS: PresetRegistry[VisionPreset] = PresetRegistry({
-    "digits": _DIGITS,
-    "cifar10": VisionPreset("cifar10", "alexnet_cifar", "resnet56", "alexnet_cifar", epochs=160, batch_size=128,
-                            lr=0.05, weight_decay=5e-4, num_classes=10, calibration_every=10),
-    "cifar100": VisionPreset("cifar100", "resnet56", "resnet56", "alexnet_cifar", epochs=160, batch_size=128, lr=0.1,
-                             weight_decay=1e-4, num_classes=100, calibration_every=10),
-    "imagenet": VisionPreset("imagenet", "inception_v4", "inception_v4", "resnet56", epochs=90, batch_size=256, lr=0.1,
-                             weight_decay=1e-4, num_classes=None, calibration_every=5),
-    # The over-confident regime on a CPU (docs/vision.md): few training images, long training, no weight decay.
-    "digits-lowdata": dataclasses.replace(_DIGITS, epochs=60, weight_decay=0.0, max_train_samples=200, calibration_every=5),
-})  # fmt: skip
+_DIGITS = VisionPreset(
+    "digits",
+    "digits_cnn",
+    "digits_cnn",
+    "digits_mlp",
+    epochs=30,
+    batch_size=64,
+    lr=0.05,
+    weight_decay=5e-4,
+    num_classes=10,
+    calibration_every=3,
+)
+PRESETS: PresetRegistry[VisionPreset] = PresetRegistry(
+    {
+        "digits": _DIGITS,
+        "cifar10": VisionPreset(
+            "cifar10",
+            "alexnet_cifar",
+            "resnet56",
+            "alexnet_cifar",
+            epochs=160,
+            batch_size=128,
+            lr=0.05,
+            weight_decay=5e-4,
+            num_classes=10,
+            calibration_every=10,
+        ),
+        "cifar100": VisionPreset(
+            "cifar100",
+            "resnet56",
+            "resnet56",
+            "alexnet_cifar",
+            epochs=160,
+            batch_size=128,
+            lr=0.1,
+            weight_decay=1e-4,
+            num_classes=100,
+            calibration_every=10,
+        ),
+        "imagenet": VisionPreset(
+            "imagenet",
+            "inception_v4",
+            "inception_v4",
+            "resnet56",
+            epochs=90,
+            batch_size=256,
+            lr=0.1,
+            weight_decay=1e-4,
+            num_classes=None,
+            calibration_every=5,
+        ),
+        # The over-confident regime on a CPU (docs/vision.md): few training images, long training, no weight decay.
+        "digits-lowdata": dataclasses.replace(_DIGITS, epochs=60, weight_decay=0.0, max_train_samples=200, calibration_every=5),
+    }
+)
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -96,22 +139,27 @@ class VisionStudyConfig:
     n_bins: int = _help("confidence bins of ECE and reliability diagrams (paper: 15)", default=15)
     preset: str | None = _help(
         f"named setting, one of {', '.join(PRESETS)} (default: the dataset's; digits-lowdata: 200 training images, "
-        "60 epochs, no weight decay, where the hard-target network is over-confident)", default=None,
+        "60 epochs, no weight decay, where the hard-target network is over-confident)",
+        default=None,
     )
     mixup: float = _help("MixUp Beta(a, a) parameter for the two base networks (0: off; Zhang et al. 2018)", default=0.0)
-    cutmix: float = _help("CutMix Beta(a, a) parameter for the two base networks (0: off; with --mixup: one per batch)", default=0.0)
+    cutmix: float = _help(
+        "CutMix Beta(a, a) parameter for the two base networks (0: off; with --mixup: one per batch)", default=0.0
+    )
     calibration_every: int | None = _help(
         "validation ECE/NLL/best temperature of the base networks every n epochs (0: off; preset: digits 5)", default=None
     )
     max_train_samples: int | None = _help("train on a stratified subset of this size (quick runs)", default=None)
     val_size: int | None = _help("held-out training images for temperature fitting (CIFAR 5000, ImageNet 10000)", default=None)
     max_plot_points: int = _help("examples per projection panel", default=1500)
-    data_dir: str | None = _help("local data: a CIFAR save_to_disk/parquet folder, or the ImageNet train/ val/ tree", default=None)
+    data_dir: str | None = _help(
+        "local data: a CIFAR save_to_disk/parquet folder, or the ImageNet train/ val/ tree", default=None
+    )
     cache_dir: str | None = _help("datasets cache directory", default=None)
     seed: int = _help("seed of splits, initialisation, shuffling and augmentation", default=0)
     seeds: list[int] | None = _help(
-        "run the whole study once per seed in output_dir/seed_<s>/ and summarise over seeds (vision.seeds); "
-        "replaces --seed", default=None,
+        "run the whole study once per seed in output_dir/seed_<s>/ and summarise over seeds (vision.seeds); replaces --seed",
+        default=None,
     )
     mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", default="no")
     cpu: bool = _help("train on the CPU even when a GPU is present", default=False)
@@ -131,8 +179,17 @@ class VisionStudyConfig:
         preset = PRESETS[self.preset]  # a ValueError naming the presets for an unknown name
         if preset.dataset != self.dataset:
             raise ValueError(f"`preset` {self.preset!r} is a {preset.dataset} setting, got dataset={self.dataset!r}")
-        for name in ("epochs", "batch_size", "lr", "weight_decay", "model", "teacher_model", "student_model",
-                     "max_train_samples", "calibration_every"):  # fmt: skip
+        for name in (
+            "epochs",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "model",
+            "teacher_model",
+            "student_model",
+            "max_train_samples",
+            "calibration_every",
+        ):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(preset, name))
         for name in ("model", "teacher_model", "student_model"):
@@ -167,8 +224,15 @@ class VisionStudyConfig:
 
     def train_config(self, alpha: float, **overrides: Any) -> TrainConfig:
         return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, alpha=alpha,
-            seed=self.seed, mixed_precision=self.mixed_precision, cpu=self.cpu, **overrides,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            alpha=alpha,
+            seed=self.seed,
+            mixed_precision=self.mixed_precision,
+            cpu=self.cpu,
+            **overrides,
         )
 
 

@@ -190,9 +190,7 @@ class VisionData:
     class_names: list[str]
 
 
-def stratified_split(
-    labels: torch.Tensor, fractions: Sequence[float], generator: torch.Generator
-) -> list[torch.Tensor]:
+def stratified_split(labels: torch.Tensor, fractions: Sequence[float], generator: torch.Generator) -> list[torch.Tensor]:
     """Split indices ``0..N-1`` into ``len(fractions)`` parts with every class in the given proportions.
 
     Per class, the shuffled indices are cut at the cumulative fractions (rounded), so each part holds
@@ -425,6 +423,4 @@ def load_vision_data(
     extra = {} if val_size is None else {"val_size": val_size}
     if name == "imagenet":
         return load_imagenet(data_dir, cache_dir=cache_dir, seed=seed, max_train_samples=max_train_samples, **extra)
-    return load_cifar(
-        name, data_dir=data_dir, cache_dir=cache_dir, seed=seed, max_train_samples=max_train_samples, **extra
-    )
+    return load_cifar(name, data_dir=data_dir, cache_dir=cache_dir, seed=seed, max_train_samples=max_train_samples, **extra)

@@ -92,7 +92,11 @@ def distillation_study(
     for alpha in alphas:
         cfg = replace(teacher_config, alpha=alpha)
         teacher = train_model(
-            teacher_model, data, cfg, run_dir=run_dir(f"teacher_alpha{alpha:g}"), progress=progress,
+            teacher_model,
+            data,
+            cfg,
+            run_dir=run_dir(f"teacher_alpha{alpha:g}"),
+            progress=progress,
             description=f"teacher alpha={alpha:g}",
         ).model
         teachers[alpha] = teacher
@@ -102,7 +106,11 @@ def distillation_study(
 
         cfg = replace(student_config, alpha=alpha)
         student = train_model(
-            student_model, data, cfg, run_dir=run_dir(f"student_alpha{alpha:g}"), progress=progress,
+            student_model,
+            data,
+            cfg,
+            run_dir=run_dir(f"student_alpha{alpha:g}"),
+            progress=progress,
             description=f"student alpha={alpha:g}",
         ).model
         points.append(DistillationPoint(STUDENT, alpha, 1.0, alpha, _accuracy(student, data.test, bs)))
@@ -117,8 +125,13 @@ def distillation_study(
             gamma = teacher_gamma[alpha]
         cfg = replace(student_config, alpha=0.0, temperature=temperature)
         student = train_model(
-            student_model, data, cfg, run_dir=run_dir(f"distilled_alpha{alpha:g}_T{temperature:g}"), teacher=teacher,
-            progress=progress, description=f"distil alpha={alpha:g} T={temperature:g}",
+            student_model,
+            data,
+            cfg,
+            run_dir=run_dir(f"distilled_alpha{alpha:g}_T{temperature:g}"),
+            teacher=teacher,
+            progress=progress,
+            description=f"distil alpha={alpha:g} T={temperature:g}",
         ).model
         points.append(DistillationPoint(curve, alpha, temperature, gamma, _accuracy(student, data.test, bs)))
     return points

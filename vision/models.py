@@ -200,9 +200,7 @@ MODELS: dict[str, Callable[..., ImageClassifier]] = {
     "digits_mlp": DigitsMLP,
     "alexnet_cifar": AlexNetCifar,
     "resnet56": lambda num_classes, in_channels=3, image_size=32: ResNetCifar(num_classes, in_channels, image_size, 56),
-    "inception_v4": lambda num_classes, in_channels=3, image_size=299: TimmClassifier(
-        "inception_v4", num_classes, in_channels
-    ),
+    "inception_v4": lambda num_classes, in_channels=3, image_size=299: TimmClassifier("inception_v4", num_classes, in_channels),
 }
 
 

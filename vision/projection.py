@@ -91,9 +91,7 @@ def template_plane_projection(
     if not isinstance(features, torch.Tensor) or features.dim() != 2:
         raise ValueError(f"`features` must be an (N, D) tensor, got {getattr(features, 'shape', type(features).__name__)}")
     if isinstance(weight, torch.Tensor) and weight.dim() == 2 and features.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"`features` must have D={weight.shape[1]} columns to match `weight`, got {features.shape[1]}"
-        )
+        raise ValueError(f"`features` must have D={weight.shape[1]} columns to match `weight`, got {features.shape[1]}")
     origin, basis = template_plane_basis(weight, bias, classes)
     x = torch.cat([features.double(), features.new_ones(features.shape[0], 1).double()], dim=1)  # (N, D+1)
     return (x - origin) @ basis  # (N, 2)

@@ -25,7 +25,12 @@ def study_report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> st
             lines.append(f"| {name} | {last['train_accuracy']:.4f} | {last['eval_accuracy']:.4f} | {last['eval_nll']:.4f} |")
         lines.append("")
     if "calibration" in results:
-        lines += ["## Calibration (test split)", "", "| | accuracy | ECE | NLL | T applied | T fitted on val |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Calibration (test split)",
+            "",
+            "| | accuracy | ECE | NLL | T applied | T fitted on val |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, r in results["calibration"]["rows"].items():
             lines.append(
                 f"| {name} | {r['accuracy']:.4f} | {r['ece']:.4f} | {r['nll']:.4f} | {r['temperature']:.2f} | "
@@ -34,20 +39,39 @@ def study_report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> st
         lines += ["", "![reliability](reliability.png)", ""]
         along = results["calibration"].get("along_training")
         if along:
-            lines += ["## Calibration along training (validation)", "",
-                      f"Every {along['every']} epochs. A lowest-ECE temperature above 1: over-confident there.", ""]
-            lines += [f"- {name}: " + (f"over-confident from epoch {r['overconfident_from_epoch']}"
-                                       if r["overconfident_from_epoch"] is not None else "not over-confident at the last point")
-                      for name, r in along["runs"].items()]  # fmt: skip
+            lines += [
+                "## Calibration along training (validation)",
+                "",
+                f"Every {along['every']} epochs. A lowest-ECE temperature above 1: over-confident there.",
+                "",
+            ]
+            lines += [
+                f"- {name}: "
+                + (
+                    f"over-confident from epoch {r['overconfident_from_epoch']}"
+                    if r["overconfident_from_epoch"] is not None
+                    else "not over-confident at the last point"
+                )
+                for name, r in along["runs"].items()
+            ]
             lines += ["", "| run | epoch | ECE | NLL | accuracy | best-ECE T | best-NLL T |", "|---|---|---|---|---|---|---|"]
             for name, r in along["runs"].items():
-                lines += [f"| {name} | {p['epoch']:g} | {p['ece']:.4f} | {p['nll']:.4f} | {p['accuracy']:.4f} | "
-                          f"{p['best_ece_temperature']} | {p['best_nll_temperature']} |" for p in r["points"]]  # fmt: skip
+                lines += [
+                    f"| {name} | {p['epoch']:g} | {p['ece']:.4f} | {p['nll']:.4f} | {p['accuracy']:.4f} | "
+                    f"{p['best_ece_temperature']} | {p['best_nll_temperature']} |"
+                    for p in r["points"]
+                ]
             lines += ["", "![calibration along training](calibration_along_training.png)", ""]
     if "projection" in results:
-        lines += ["## Projection", "", f"Classes {results['projection']['classes']}; tightness = mean distance to own "
-                  "class mean / mean distance between class means (lower = tighter).", "",
-                  "| run | split | plane | full (D+1) |", "|---|---|---|---|"]
+        lines += [
+            "## Projection",
+            "",
+            f"Classes {results['projection']['classes']}; tightness = mean distance to own "
+            "class mean / mean distance between class means (lower = tighter).",
+            "",
+            "| run | split | plane | full (D+1) |",
+            "|---|---|---|---|",
+        ]
         for run, splits in results["projection"]["tightness"].items():
             for split, t in splits.items():
                 lines.append(f"| {run} | {split} | {t['plane']:.3f} | {t['full']:.3f} |")
@@ -59,27 +83,38 @@ def study_report(cfg: VisionStudyConfig, results: dict, studies: set[str]) -> st
         lines += ["", "![distillation](distillation.png)", ""]
     if "mutual_info" in results:
         mi = results["mutual_info"]
-        lines += ["## Mutual information", "", f"N={mi['n_examples']}, L={mi['n_augmentations']}, log N = {mi['log_n']:.3f} nats.", "",
-                  "| epoch | " + " | ".join(mi["curves"]) + " |", "|---" * (len(mi["curves"]) + 1) + "|"]
+        lines += [
+            "## Mutual information",
+            "",
+            f"N={mi['n_examples']}, L={mi['n_augmentations']}, log N = {mi['log_n']:.3f} nats.",
+            "",
+            "| epoch | " + " | ".join(mi["curves"]) + " |",
+            "|---" * (len(mi["curves"]) + 1) + "|",
+        ]
         epochs = [e for e, _ in next(iter(mi["curves"].values()))]
         for i, e in enumerate(epochs):
             lines.append(f"| {e} | " + " | ".join(f"{c[i][1]:.3f}" for c in mi["curves"].values()) + " |")
         lines += ["", "![mutual information](mutual_information.png)", ""]
     lines += [
-        "## The paper's claims against this run", "",
+        "## The paper's claims against this run",
+        "",
         "Calibration claims: the sign of the difference between two models on the same test images, decided from "
         "its 95% paired bootstrap interval (the metric's 200 Poisson replicates, the same resamples for every "
         "model): *agrees* when it lies wholly on the claimed side of 0 (of the margin, where one is stated), "
         "*disagrees* when wholly on the other, *inconclusive* when it holds it or there is no interval (the fitted "
         "temperatures: decide it over seeds with --seeds). Other claims: tightness or mutual information within 5% "
         "of each other, accuracies within two binomial standard errors are inconclusive (one run, one seed; --seeds "
-        "decides them by the t-interval over seeds).", "",
-        "| claim | measured | difference [95% interval] | verdict |", "|---|---|---|---|",
+        "decides them by the t-interval over seeds).",
+        "",
+        "| claim | measured | difference [95% interval] | verdict |",
+        "|---|---|---|---|",
     ]
     for c in results["claims"]:
         interval = "-"
         if "difference" in c:
-            interval = f"{c['difference']:+.4f}" + (f" [{c['low']:+.4f}, {c['high']:+.4f}]" if c["low"] is not None else " (no interval)")
+            interval = f"{c['difference']:+.4f}" + (
+                f" [{c['low']:+.4f}, {c['high']:+.4f}]" if c["low"] is not None else " (no interval)"
+            )
         lines.append(f"| {c['claim']} | {markdown_cell(c['measured'])} | {interval} | {c['verdict']} |")
     return "\n".join(lines) + "\n"
 

@@ -47,8 +47,11 @@ ROWS = (HARD, HARD_TS, SMOOTHED)
 def _config(cfg: VisionStudyConfig) -> dict[str, Any]:
     """What the top-level ``run_config.json`` records: the per-seed configuration without the seed."""
     skip = set(_NOT_CONFIGURATION) | {"seed"}
-    return {"seeds": list(cfg.seeds), "study": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip},
-            "studies": sorted(cfg.studies())}  # fmt: skip
+    return {
+        "seeds": list(cfg.seeds),
+        "study": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip},
+        "studies": sorted(cfg.studies()),
+    }
 
 
 def run_seeds(cfg: VisionStudyConfig, command: str | None = None) -> dict[str, Any]:
@@ -61,15 +64,23 @@ def run_seeds(cfg: VisionStudyConfig, command: str | None = None) -> dict[str, A
     command = command or " ".join(sys.argv)
 
     def run_seed(seed: int, directory: Path, resume: bool, config: Mapping[str, Any]) -> dict[str, Any]:
-        one = dataclasses.replace(cfg, seed=seed, seeds=None, output_dir=str(directory), overwrite_output_dir=False,
-                                  resume=resume)  # fmt: skip
+        one = dataclasses.replace(
+            cfg, seed=seed, seeds=None, output_dir=str(directory), overwrite_output_dir=False, resume=resume
+        )
         return run_study(one, command=f"{command}  # seed {seed}")
 
     return run_seed_loop(
-        cfg.output_dir, "vision_seeds", _config(cfg), command=command, resume=cfg.resume,
-        overwrite=cfg.overwrite_output_dir, extendable={"seeds": "append", "studies": "sort"}, run_seed=run_seed,
-        aggregate=lambda results, commands: aggregate(results, command=commands), write_report=write_seed_report,
-    )  # fmt: skip
+        cfg.output_dir,
+        "vision_seeds",
+        _config(cfg),
+        command=command,
+        resume=cfg.resume,
+        overwrite=cfg.overwrite_output_dir,
+        extendable={"seeds": "append", "studies": "sort"},
+        run_seed=run_seed,
+        aggregate=lambda results, commands: aggregate(results, command=commands),
+        write_report=write_seed_report,
+    )
 
 
 def _evidence(results: dict[int, dict[str, Any]], a: str, b: str, key: str) -> list[SeedEvidence]:
@@ -87,20 +98,39 @@ def seed_claims(results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         return abs(math.log(seed_results["calibration"]["rows"][row]["fitted_temperature"]))
 
     rows = [
-        decide("Table 3: label smoothing lowers the test ECE of hard targets", "ECE(LS) - ECE(hard)", "lower",
-               _evidence(with_calibration, HARD, SMOOTHED, "ece")),
-        decide("Table 3: label smoothing calibrates about as well as temperature scaling (within 0.01)",
-               "ECE(LS) - ECE(hard, fitted T)", "lower", _evidence(with_calibration, HARD_TS, SMOOTHED, "ece"),
-               margin=0.01),
-        decide("Sec. 3: a label-smoothed network needs less temperature scaling (fitted T nearer 1)",
-               "|log T(LS)| - |log T(hard)|", "lower",
-               [SeedEvidence(s, log_t(r, SMOOTHED) - log_t(r, HARD)) for s, r in sorted(with_calibration.items())]),
-        decide("Label smoothing does not cost accuracy (test accuracy not lower by more than 0.01)",
-               "accuracy(LS) - accuracy(hard)", "higher", _evidence(with_calibration, HARD, SMOOTHED, "accuracy"),
-               margin=-0.01),
-        decide("Label smoothing lowers the test NLL", "NLL(LS) - NLL(hard)", "lower",
-               _evidence(with_calibration, HARD, SMOOTHED, "nll")),
-    ]  # fmt: skip
+        decide(
+            "Table 3: label smoothing lowers the test ECE of hard targets",
+            "ECE(LS) - ECE(hard)",
+            "lower",
+            _evidence(with_calibration, HARD, SMOOTHED, "ece"),
+        ),
+        decide(
+            "Table 3: label smoothing calibrates about as well as temperature scaling (within 0.01)",
+            "ECE(LS) - ECE(hard, fitted T)",
+            "lower",
+            _evidence(with_calibration, HARD_TS, SMOOTHED, "ece"),
+            margin=0.01,
+        ),
+        decide(
+            "Sec. 3: a label-smoothed network needs less temperature scaling (fitted T nearer 1)",
+            "|log T(LS)| - |log T(hard)|",
+            "lower",
+            [SeedEvidence(s, log_t(r, SMOOTHED) - log_t(r, HARD)) for s, r in sorted(with_calibration.items())],
+        ),
+        decide(
+            "Label smoothing does not cost accuracy (test accuracy not lower by more than 0.01)",
+            "accuracy(LS) - accuracy(hard)",
+            "higher",
+            _evidence(with_calibration, HARD, SMOOTHED, "accuracy"),
+            margin=-0.01,
+        ),
+        decide(
+            "Label smoothing lowers the test NLL",
+            "NLL(LS) - NLL(hard)",
+            "lower",
+            _evidence(with_calibration, HARD, SMOOTHED, "nll"),
+        ),
+    ]
     return [dataclasses.asdict(c) for c in rows]
 
 
@@ -119,10 +149,16 @@ def aggregate(results: dict[int, dict[str, Any]], *, command: list[str]) -> dict
                 over.setdefault(name, {})[str(seed)] = r["overconfident_from_epoch"]
     first = next(iter(results.values()))["config"]
     return {
-        "config": {"command": command[0], "resumed_with": command[1:], "seeds": list(results),
-                   **{k: first[k] for k in ("dataset", "preset", "model", "epochs", "alpha", "mixup", "cutmix",
-                                            "max_train_samples", "studies")},
-                   "n_test": next(iter(results.values()))["data"]["n_test"]},  # fmt: skip
+        "config": {
+            "command": command[0],
+            "resumed_with": command[1:],
+            "seeds": list(results),
+            **{
+                k: first[k]
+                for k in ("dataset", "preset", "model", "epochs", "alpha", "mixup", "cutmix", "max_train_samples", "studies")
+            },
+            "n_test": next(iter(results.values()))["data"]["n_test"],
+        },
         "runs": {str(s): f"seed_{s}" for s in results},
         "calibration": rows,
         "overconfident_from_epoch": over,
@@ -138,30 +174,53 @@ def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[i
     seeds = cfg["seeds"]
     setting = (
         f"{cfg['dataset']}, preset `{cfg['preset']}`, {cfg['model']}, {cfg['epochs']} epochs, alpha={cfg['alpha']:g}"
-        + (f", MixUp {cfg['mixup']:g}" if cfg["mixup"] else "") + (f", CutMix {cfg['cutmix']:g}" if cfg["cutmix"] else "")
+        + (f", MixUp {cfg['mixup']:g}" if cfg["mixup"] else "")
+        + (f", CutMix {cfg['cutmix']:g}" if cfg["cutmix"] else "")
         + f", {cfg['n_test']} test images"
-    )  # fmt: skip
+    )
     lines = report_header("Vision label smoothing study", cfg, setting)
     if summary["calibration"]:
-        lines += ["## Test calibration over seeds: mean ± std [95% t-interval]", "",
-                  *summary_table([(r["row"], r["metrics"]) for r in summary["calibration"]], list(METRICS), label="model"),
-                  ""]  # fmt: skip
+        lines += [
+            "## Test calibration over seeds: mean ± std [95% t-interval]",
+            "",
+            *summary_table([(r["row"], r["metrics"]) for r in summary["calibration"]], list(METRICS), label="model"),
+            "",
+        ]
     if summary["overconfident_from_epoch"]:
-        lines += ["Over-confident from (validation, first epoch from which the best-ECE T stays above 1): "
-                  + "; ".join(f"{name}: " + ", ".join(f"seed {s} {'never' if e is None else f'epoch {e}'}" for s, e in by_seed.items())
-                              for name, by_seed in summary["overconfident_from_epoch"].items()), ""]  # fmt: skip
+        lines += [
+            "Over-confident from (validation, first epoch from which the best-ECE T stays above 1): "
+            + "; ".join(
+                f"{name}: " + ", ".join(f"seed {s} {'never' if e is None else f'epoch {e}'}" for s, e in by_seed.items())
+                for name, by_seed in summary["overconfident_from_epoch"].items()
+            ),
+            "",
+        ]
+
     def table(rows: list[dict[str, Any]]) -> list[str]:
         return claims_table([Claim(**{**c, "seeds": [SeedEvidence(**e) for e in c["seeds"]]}) for c in rows])
 
     if summary["claims"]:
-        lines += ["## The paper's calibration claims", "", summary["verdict_rule"],
-                  "Per seed, the interval is the paired bootstrap of the difference over the test images (the metric's "
-                  "200 Poisson replicates, the same resamples for every model).", "", *table(summary["claims"]), ""]  # fmt: skip
+        lines += [
+            "## The paper's calibration claims",
+            "",
+            summary["verdict_rule"],
+            "Per seed, the interval is the paired bootstrap of the difference over the test images (the metric's "
+            "200 Poisson replicates, the same resamples for every model).",
+            "",
+            *table(summary["claims"]),
+            "",
+        ]
     if summary["other_claims"]:
-        lines += ["## The projection, distillation and mutual-information claims", "",
-                  "The same rule over seeds. These quantities have no resampling test of their own, so each seed's verdict "
-                  "comes from its noise band: two binomial standard errors of an accuracy difference, 5% of the mean for "
-                  "tightness and mutual information.", "", *table(summary["other_claims"]), ""]  # fmt: skip
+        lines += [
+            "## The projection, distillation and mutual-information claims",
+            "",
+            "The same rule over seeds. These quantities have no resampling test of their own, so each seed's verdict "
+            "comes from its noise band: two binomial standard errors of an accuracy difference, 5% of the mean for "
+            "tightness and mutual information.",
+            "",
+            *table(summary["other_claims"]),
+            "",
+        ]
     figures: dict[Path, bytes] = {}
     along: dict[str, dict[int, Any]] = {}
     for seed, res in results.items():

@@ -47,8 +47,9 @@ class ProjectionStage(StageRecord):
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ProjectionStage:
         value = json_object(doc["projection"], "projection")
-        return cls(tuple(int(c) for c in value["classes"]), json_object(value["tightness"], "projection.tightness"),
-                   str(value["figure"]))  # fmt: skip
+        return cls(
+            tuple(int(c) for c in value["classes"]), json_object(value["tightness"], "projection.tightness"), str(value["figure"])
+        )
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,11 @@ class CalibrationStage(StageRecord):
     def from_json(cls, doc: Mapping[str, Any]) -> CalibrationStage:
         value = json_object(doc["calibration"], "calibration")
         along = value.get("along_training")
-        return cls(json_object(value["rows"], "calibration.rows"), str(value["figure"]),
-                   None if along is None else json_object(along, "calibration.along_training"))  # fmt: skip
+        return cls(
+            json_object(value["rows"], "calibration.rows"),
+            str(value["figure"]),
+            None if along is None else json_object(along, "calibration.along_training"),
+        )
 
 
 @dataclass(frozen=True)
@@ -93,16 +97,28 @@ class MutualInfoStage(StageRecord):
     figure: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"mutual_info": {
-            "classes": list(self.classes), "n_examples": self.n_examples, "n_augmentations": self.n_augmentations,
-            "log_n": self.log_n, "curves": self.curves, "figure": self.figure,
-        }}  # fmt: skip
+        return {
+            "mutual_info": {
+                "classes": list(self.classes),
+                "n_examples": self.n_examples,
+                "n_augmentations": self.n_augmentations,
+                "log_n": self.log_n,
+                "curves": self.curves,
+                "figure": self.figure,
+            }
+        }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> MutualInfoStage:
         value = json_object(doc["mutual_info"], "mutual_info")
-        return cls(tuple(int(c) for c in value["classes"]), int(value["n_examples"]), int(value["n_augmentations"]),
-                   float(value["log_n"]), json_object(value["curves"], "mutual_info.curves"), str(value["figure"]))  # fmt: skip
+        return cls(
+            tuple(int(c) for c in value["classes"]),
+            int(value["n_examples"]),
+            int(value["n_augmentations"]),
+            float(value["log_n"]),
+            json_object(value["curves"], "mutual_info.curves"),
+            str(value["figure"]),
+        )
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,11 @@ def _calibration(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, Train
         return o.logits, o.labels
 
     rows = calibration_table(
-        outs(runs[HARD], data.val), outs(runs[HARD], data.test),
-        outs(runs[SMOOTHED], data.val), outs(runs[SMOOTHED], data.test), n_bins=cfg.n_bins,
+        outs(runs[HARD], data.val),
+        outs(runs[HARD], data.test),
+        outs(runs[SMOOTHED], data.val),
+        outs(runs[SMOOTHED], data.test),
+        n_bins=cfg.n_bins,
     )
     fig = plot_reliability_diagram(
         {f"{name} (T={row.temperature:.2f})": row.reliability for name, row in rows.items()},
@@ -149,13 +152,18 @@ def _calibration(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, Train
 def _along_training(cfg: VisionStudyConfig, trajectories: dict[str, list[TrajectoryPoint]], out: str) -> dict:
     """Validation calibration along training of the base networks: the points, the epoch from which each stays
     over-confident, and ``calibration_along_training.png``."""
-    fig = plot_trajectory(trajectory_curves({name: {cfg.seed: pts} for name, pts in trajectories.items()}),
-                          x_label="epoch", title="Validation calibration along training")  # fmt: skip
+    fig = plot_trajectory(
+        trajectory_curves({name: {cfg.seed: pts} for name, pts in trajectories.items()}),
+        x_label="epoch",
+        title="Validation calibration along training",
+    )
     atomic_savefig(fig, os.path.join(out, "calibration_along_training.png"), dpi=120)
     return {
         "every": cfg.calibration_every,
-        "runs": {name: {"points": [asdict(p) for p in pts], "overconfident_from_epoch": overconfident_from(pts)}
-                 for name, pts in trajectories.items()},  # fmt: skip
+        "runs": {
+            name: {"points": [asdict(p) for p in pts], "overconfident_from_epoch": overconfident_from(pts)}
+            for name, pts in trajectories.items()
+        },
         "figure": "calibration_along_training.png",
     }
 
@@ -166,21 +174,19 @@ def _mutual_info_callback(cfg: VisionStudyConfig, data: VisionData) -> MutualInf
     augment = data.augment
     if augment is None:
         raise ValueError(f"dataset {data.name!r} has no augmentation; the MI study needs one")
-    return MutualInformationCallback(
-        _images(data.train, idx), cfg.mi_classes, augment, cfg.mi_augmentations, seed=cfg.seed
-    )
+    return MutualInformationCallback(_images(data.train, idx), cfg.mi_classes, augment, cfg.mi_augmentations, seed=cfg.seed)
 
 
 def _mutual_info(cfg: VisionStudyConfig, data: VisionData, runs: dict[str, TrainResult], out: str) -> MutualInfoStage:
     log_n = math.log(cfg.mi_examples)
     fig = plot_mutual_information(
-        {name: r.history for name, r in runs.items()}, upper_bound=log_n,
+        {name: r.history for name, r in runs.items()},
+        upper_bound=log_n,
         title=f"{data.name}: classes {cfg.mi_classes}, N={cfg.mi_examples}, L={cfg.mi_augmentations}",
     )
     atomic_savefig(fig, os.path.join(out, "mutual_information.png"), dpi=120)
     curves = {
-        name: [[h["epoch"], h["mutual_information"]] for h in r.history if "mutual_information" in h]
-        for name, r in runs.items()
+        name: [[h["epoch"], h["mutual_information"]] for h in r.history if "mutual_information" in h] for name, r in runs.items()
     }
     return MutualInfoStage(tuple(cfg.mi_classes), cfg.mi_examples, cfg.mi_augmentations, log_n, curves, "mutual_information.png")
 
@@ -210,8 +216,13 @@ def run_config(cfg: VisionStudyConfig, data: VisionData) -> dict[str, Any]:
     studies as a list, which a resume may extend), and the data by its sizes."""
     config = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CONFIGURATION}
     config["studies"] = sorted(cfg.studies())
-    config["data"] = {"name": data.name, "num_classes": data.num_classes, "n_train": len(data.train),
-                      "n_val": len(data.val), "n_test": len(data.test)}  # fmt: skip
+    config["data"] = {
+        "name": data.name,
+        "num_classes": data.num_classes,
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+    }
     return config
 
 
@@ -226,16 +237,23 @@ def run_study(cfg: VisionStudyConfig, command: str | None = None) -> dict:
         raise TypeError(f"`cfg` must be a VisionStudyConfig, got {type(cfg).__name__}")
     run = RunDirectory(cfg.output_dir, "vision")  # refuses an unusable output_dir before any work
     data = load_vision_data(
-        cfg.dataset, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, seed=cfg.seed,
-        max_train_samples=cfg.max_train_samples, val_size=cfg.val_size,
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        cache_dir=cfg.cache_dir,
+        seed=cfg.seed,
+        max_train_samples=cfg.max_train_samples,
+        val_size=cfg.val_size,
     )
     main_process = int(os.environ.get("RANK", "0")) == 0
     config = run_config(cfg, data)
     if main_process:
         config = run.open(
-            config, command=command or " ".join(sys.argv), resume=cfg.resume, overwrite=cfg.overwrite_output_dir,
+            config,
+            command=command or " ".join(sys.argv),
+            resume=cfg.resume,
+            overwrite=cfg.overwrite_output_dir,
             extendable={"studies": "sort"},
-        )  # fmt: skip
+        )
     try:
         return _run_studies(cfg, data, set(config["studies"]), os.fspath(run.path), write=main_process)
     finally:
@@ -245,10 +263,17 @@ def run_study(cfg: VisionStudyConfig, command: str | None = None) -> dict:
 def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], out: str, *, write: bool) -> dict:
     results: dict[str, Any] = {
         # not the flags of this invocation (resume, progress): a resumed run writes what an uninterrupted one does
-        "config": {**{k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite_output_dir", "progress", "seeds")},
-                   "studies": sorted(studies)},
-        "data": {"name": data.name, "num_classes": data.num_classes, "n_train": len(data.train),
-                 "n_val": len(data.val), "n_test": len(data.test)},
+        "config": {
+            **{k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite_output_dir", "progress", "seeds")},
+            "studies": sorted(studies),
+        },
+        "data": {
+            "name": data.name,
+            "num_classes": data.num_classes,
+            "n_train": len(data.train),
+            "n_val": len(data.val),
+            "n_test": len(data.test),
+        },
     }
     timings: dict[str, Any] = {}
     stages = stage_store(os.path.join(out, STAGES_NAME))
@@ -281,15 +306,22 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
             run_dirs.append(run_dir)
             start, calibration_before = time.perf_counter(), along.seconds if along else 0.0
             runs[name] = train_model(
-                cfg.model, data, cfg.train_config(alpha, mixup=cfg.mixup, cutmix=cfg.cutmix), run_dir=run_dir, callbacks=[*callbacks, *([along] if along else [])],
-                progress=cfg.progress, description=f"{name}",
+                cfg.model,
+                data,
+                cfg.train_config(alpha, mixup=cfg.mixup, cutmix=cfg.cutmix),
+                run_dir=run_dir,
+                callbacks=[*callbacks, *([along] if along else [])],
+                progress=cfg.progress,
+                description=f"{name}",
             )
             seconds = time.perf_counter() - start
             timings[name] = {"train_seconds_this_run": round(seconds, 2)}
             if along:  # included in the training time
                 spent = along.seconds - calibration_before
-                timings[name] |= {"calibration_along_training_seconds": round(spent, 2),
-                                  "calibration_share_of_training": round(spent / max(seconds, 1e-9), 4)}  # fmt: skip
+                timings[name] |= {
+                    "calibration_along_training_seconds": round(spent, 2),
+                    "calibration_share_of_training": round(spent / max(seconds, 1e-9), 4),
+                }
         results["runs"] = {name: r.history for name, r in runs.items()}
         trained = MeasuredRuns(tuple(os.path.basename(d) for d in run_dirs))
         if stages.get(MeasuredRuns) != trained:  # records of other networks are not these networks' measurements
@@ -306,10 +338,12 @@ def _run_studies(cfg: VisionStudyConfig, data: VisionData, studies: set[str], ou
         results["distillation"] = measured(DistillationStage, lambda: _distillation(cfg, data, out))
     results["claims"] = claims(results)
     if write:  # the figures are written; the report and the results that name them come last, together
-        atomic_write_files({
-            # wall-clock apart, so that results.json is a deterministic function of the configuration
-            os.path.join(out, "timings.json"): json_bytes(timings),
-            os.path.join(out, "report.md"): study_report(cfg, results, studies),
-            os.path.join(out, "results.json"): json_bytes(results),
-        })  # fmt: skip
+        atomic_write_files(
+            {
+                # wall-clock apart, so that results.json is a deterministic function of the configuration
+                os.path.join(out, "timings.json"): json_bytes(timings),
+                os.path.join(out, "report.md"): study_report(cfg, results, studies),
+                os.path.join(out, "results.json"): json_bytes(results),
+            }
+        )
     return results

@@ -48,10 +48,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     preset = apply_overrides(get_preset("tiny"), max_steps=args.max_steps, dropout=args.dropout)
     corpora = load_corpora(
-        "multi30k", data_dir=args.data_dir, cache_dir=None,
+        "multi30k",
+        data_dir=args.data_dir,
+        cache_dir=None,
         split_names={"train": "train", "validation": "val", "test": "test_2016_flickr"},
         max_samples={"train": None, "validation": None, "test": None},
-    )  # fmt: skip
+    )
     tok = load_or_train_tokenizer(args.tokenizer, [], preset.vocab_size)
     train = _tokenize(corpora["train"], tok, preset.max_length)
     test = _tokenize(corpora["test"], tok, preset.max_length)
@@ -70,21 +72,35 @@ def main() -> None:
             model.train()
             ece, nll, i1 = values["ece"].tolist(), values["nll"].tolist(), GRID.index(1.0)
             points = [{"temperature": t, "ece": e, "nll": n} for t, e, n in zip(GRID, ece, nll)]
-            log.append({
-                "step": state.global_step, "epoch": round(float(state.epoch), 3), "nll": nll[i1], "ece": ece[i1],
-                "accuracy": float(values["accuracy"][i1]),
-                "best_ece_temperature": best_temperature(points, "ece"),
-                "best_nll_temperature": best_temperature(points, "nll"),
-            })  # fmt: skip
+            log.append(
+                {
+                    "step": state.global_step,
+                    "epoch": round(float(state.epoch), 3),
+                    "nll": nll[i1],
+                    "ece": ece[i1],
+                    "accuracy": float(values["accuracy"][i1]),
+                    "best_ece_temperature": best_temperature(points, "ece"),
+                    "best_nll_temperature": best_temperature(points, "nll"),
+                }
+            )
             print(json.dumps(log[-1]), flush=True)
             atomic_write_json(Path(args.out), log)
 
     train_args = training_arguments(
-        args.alpha, preset, str(Path(args.out).with_suffix("")) + "_checkpoints", seed=42, logging_steps=100,
-        save_strategy="no", use_cpu=not torch.cuda.is_available(),
+        args.alpha,
+        preset,
+        str(Path(args.out).with_suffix("")) + "_checkpoints",
+        seed=42,
+        logging_steps=100,
+        save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = LabelSmoothingSeq2SeqTrainer(
-        model=model, args=train_args, train_dataset=train, data_collator=collator, processing_class=tok,
+        model=model,
+        args=train_args,
+        train_dataset=train,
+        data_collator=collator,
+        processing_class=tok,
         callbacks=[Measure()],
     )
     trainer.train()

@@ -115,7 +115,9 @@ class CalibrationConfig:
         if "classwise" in names:
             if not self.classes:
                 raise ValueError("the `classwise` measure needs `classes`: the class (token) ids to measure")
-            object.__setattr__(self, "classes", tuple(check_positive_int(int(c), f"classes[{i}]", minimum=0) for i, c in enumerate(self.classes)))
+            object.__setattr__(
+                self, "classes", tuple(check_positive_int(int(c), f"classes[{i}]", minimum=0) for i, c in enumerate(self.classes))
+            )
 
     @property
     def n_temperatures(self) -> int:
@@ -160,8 +162,14 @@ class Measure:
 # ---- shared pieces --------------------------------------------------------------------------------------------
 
 
-def _sums(bins: torch.Tensor, conf: torch.Tensor, outcome: torch.Tensor, n_bins: int, groups: Groups | None,
-          weights: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:  # fmt: skip
+def _sums(
+    bins: torch.Tensor,
+    conf: torch.Tensor,
+    outcome: torch.Tensor,
+    n_bins: int,
+    groups: Groups | None,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     if groups is None:
         return binned_sums(bins, conf, outcome, n_bins, weights=weights)
     return binned_sums(bins, conf, outcome, n_bins, group=groups.of_token, n_groups=groups.n, weights=weights)
@@ -190,7 +198,9 @@ def _bin_triple(state: State, prefix: str) -> tuple[torch.Tensor, torch.Tensor, 
     return state[f"{prefix}_count"], state[f"{prefix}_confidence"], state[f"{prefix}_correct"]
 
 
-def _curves(count: torch.Tensor, confidence: torch.Tensor, correct: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> State:
+def _curves(
+    count: torch.Tensor, confidence: torch.Tensor, correct: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+) -> State:
     """Reliability curves: per-bin edges, mean confidence and accuracy (0 in empty bins), count."""
     safe = count.clamp_min(1)
     return {"lower": lower, "upper": upper, "confidence": confidence / safe, "accuracy": correct / safe, "count": count.clone()}
@@ -241,8 +251,9 @@ def _tokens_compute(state: State, config: CalibrationConfig) -> State:
 
 
 def _width_update(stats: TokenStatistics, config: CalibrationConfig, groups: Groups | None) -> State:
-    count, conf, correct = _sums(width_bins(stats.confidence, config.n_bins), stats.confidence, stats.correct,
-                                 config.n_bins, groups)  # fmt: skip
+    count, conf, correct = _sums(
+        width_bins(stats.confidence, config.n_bins), stats.confidence, stats.correct, config.n_bins, groups
+    )
     return {"width_count": count, "width_confidence": conf, "width_correct": correct}
 
 
@@ -259,8 +270,9 @@ def _width_reliability(state: State, config: CalibrationConfig) -> State:
 
 
 def _mass_update(stats: TokenStatistics, config: CalibrationConfig, groups: Groups | None) -> State:
-    count, conf, correct = _sums(fine_bins(stats.confidence, config.fine_bins), stats.confidence, stats.correct,
-                                 config.fine_bins, groups)  # fmt: skip
+    count, conf, correct = _sums(
+        fine_bins(stats.confidence, config.fine_bins), stats.confidence, stats.correct, config.fine_bins, groups
+    )
     return {"mass_count": count, "mass_confidence": conf, "mass_correct": correct}
 
 
@@ -299,14 +311,16 @@ def _brier_compute(state: State, config: CalibrationConfig) -> State:
 def _bootstrap_update(stats: TokenStatistics, config: CalibrationConfig, groups: Groups | None) -> State:
     keys = token_keys(stats.row, stats.column, stats.label, stats.n_rows)
     weights = poisson_weights(keys, config.bootstrap_replicates, config.seed)  # (R, n)
-    count, conf, correct = _sums(width_bins(stats.confidence, config.n_bins), stats.confidence, stats.correct,
-                                 config.n_bins, groups, weights=weights)  # fmt: skip
+    count, conf, correct = _sums(
+        width_bins(stats.confidence, config.n_bins), stats.confidence, stats.correct, config.n_bins, groups, weights=weights
+    )
     if groups is None:
         nll = weights.double() @ -stats.log_prob.double().T  # (R, T)
     else:
         nll = weights.double()[:, None, :] * -stats.log_prob.double()[None]  # (R, T, n)
-        nll = torch.zeros(nll.shape[:-1] + (groups.n,), dtype=torch.float64,
-                          device=nll.device).index_add_(-1, groups.of_token, nll)  # fmt: skip
+        nll = torch.zeros(nll.shape[:-1] + (groups.n,), dtype=torch.float64, device=nll.device).index_add_(
+            -1, groups.of_token, nll
+        )
     if groups is not None:  # (R, G, T, B) -> (G, R, T, B): the group dimension leads
         count, conf, correct = (x.movedim(1, 0) for x in (count, conf, correct))
         nll = nll.movedim(-1, 0)  # (G, R, T)
@@ -360,18 +374,20 @@ def _classwise_compute(state: State, config: CalibrationConfig) -> State:
 
 def _topk_update(stats: TokenStatistics, config: CalibrationConfig, groups: Groups | None) -> State:
     assert stats.topk_mass is not None and stats.in_topk is not None  # this measure needs "top_k"
-    count, conf, correct = _sums(width_bins(stats.topk_mass, config.n_bins), stats.topk_mass, stats.in_topk,
-                                 config.n_bins, groups)  # fmt: skip
-    return {"topk_count": count, "topk_confidence": conf, "topk_correct": correct,
-            "topk_in": _token_sum(stats.in_topk, groups)}  # fmt: skip
+    count, conf, correct = _sums(
+        width_bins(stats.topk_mass, config.n_bins), stats.topk_mass, stats.in_topk, config.n_bins, groups
+    )
+    return {"topk_count": count, "topk_confidence": conf, "topk_correct": correct, "topk_in": _token_sum(stats.in_topk, groups)}
 
 
 def _topk_compute(state: State, config: CalibrationConfig) -> State:
     count, conf, _ = _bin_triple(state, "topk")
     n = count.sum(-1).clamp_min(1)
-    return {"topk_ece": binned_errors(*_bin_triple(state, "topk"))["ece"],
-            "topk_accuracy": (state["topk_in"] / _n(state).clamp_min(1)).expand(config.n_temperatures).clone(),
-            "topk_mass": conf.sum(-1) / n}  # fmt: skip
+    return {
+        "topk_ece": binned_errors(*_bin_triple(state, "topk"))["ece"],
+        "topk_accuracy": (state["topk_in"] / _n(state).clamp_min(1)).expand(config.n_temperatures).clone(),
+        "topk_mass": conf.sum(-1) / n,
+    }
 
 
 # ---- sequences ---------------------------------------------------------------------------------------------
@@ -396,10 +412,15 @@ def _sequence_update(stats: TokenStatistics, config: CalibrationConfig, groups: 
     t_count, t_conf, t_correct = _sums(width_bins(p_mean, b), p_mean, token_acc, b, seq_groups)
     ones = torch.ones_like(exact)
     return {
-        "sequence_count": e_count, "sequence_confidence": e_conf, "sequence_correct": e_correct,
-        "sequence_token_count": t_count, "sequence_token_confidence": t_conf, "sequence_token_correct": t_correct,
-        "sequence_n": _token_sum(ones, seq_groups), "sequence_exact": _token_sum(exact, seq_groups),
-    }  # fmt: skip
+        "sequence_count": e_count,
+        "sequence_confidence": e_conf,
+        "sequence_correct": e_correct,
+        "sequence_token_count": t_count,
+        "sequence_token_confidence": t_conf,
+        "sequence_token_correct": t_correct,
+        "sequence_n": _token_sum(ones, seq_groups),
+        "sequence_exact": _token_sum(exact, seq_groups),
+    }
 
 
 def _sequence_compute(state: State, config: CalibrationConfig) -> State:
@@ -428,74 +449,125 @@ MEASURES: dict[str, Measure] = {
     m.name: m
     for m in (
         Measure(
-            "tokens", "token counts, accuracy, mean confidence and NLL",
-            (Field("n_tokens", "scored (non-ignored) tokens", None), Field("accuracy", "share of tokens whose arg-max is the label", False),
-             Field("mean_confidence", "mean largest probability", None), Field("nll", "mean negative log-likelihood of the label (nats)")),
-            _tokens_state, _tokens_update, _tokens_compute,
+            "tokens",
+            "token counts, accuracy, mean confidence and NLL",
+            (
+                Field("n_tokens", "scored (non-ignored) tokens", None),
+                Field("accuracy", "share of tokens whose arg-max is the label", False),
+                Field("mean_confidence", "mean largest probability", None),
+                Field("nll", "mean negative log-likelihood of the label (nats)"),
+            ),
+            _tokens_state,
+            _tokens_update,
+            _tokens_compute,
         ),
         Measure(
-            "width", "top-label calibration error on equal-width bins",
-            (Field("ece", "expected calibration error, sum_b n_b/N |acc_b - conf_b|"),
-             Field("mce", "maximum calibration error over non-empty bins"),
-             Field("rms", "root-mean-square calibration error, sqrt(sum_b n_b/N (acc_b - conf_b)^2)"),
-             Field("rms_debiased", "RMS calibration error, debiased (Kumar, Liang & Ma 2019)")),
-            _bins_state("width", _temps, lambda c: c.n_bins), _width_update, _width_compute, _width_reliability,
+            "width",
+            "top-label calibration error on equal-width bins",
+            (
+                Field("ece", "expected calibration error, sum_b n_b/N |acc_b - conf_b|"),
+                Field("mce", "maximum calibration error over non-empty bins"),
+                Field("rms", "root-mean-square calibration error, sqrt(sum_b n_b/N (acc_b - conf_b)^2)"),
+                Field("rms_debiased", "RMS calibration error, debiased (Kumar, Liang & Ma 2019)"),
+            ),
+            _bins_state("width", _temps, lambda c: c.n_bins),
+            _width_update,
+            _width_compute,
+            _width_reliability,
         ),
         Measure(
-            "mass", "top-label calibration error on equal-mass (adaptive) bins",
-            (Field("ece_mass", "ECE on equal-mass bins"), Field("mce_mass", "MCE on equal-mass bins"),
-             Field("rms_mass", "RMS calibration error on equal-mass bins"),
-             Field("rms_debiased_mass", "debiased RMS calibration error on equal-mass bins (Kumar et al.'s estimator)")),
-            _bins_state("mass", _temps, lambda c: c.fine_bins), _mass_update, _mass_compute, _mass_reliability,
+            "mass",
+            "top-label calibration error on equal-mass (adaptive) bins",
+            (
+                Field("ece_mass", "ECE on equal-mass bins"),
+                Field("mce_mass", "MCE on equal-mass bins"),
+                Field("rms_mass", "RMS calibration error on equal-mass bins"),
+                Field("rms_debiased_mass", "debiased RMS calibration error on equal-mass bins (Kumar et al.'s estimator)"),
+            ),
+            _bins_state("mass", _temps, lambda c: c.fine_bins),
+            _mass_update,
+            _mass_compute,
+            _mass_reliability,
         ),
         Measure(
-            "brier", "multi-class Brier score",
+            "brier",
+            "multi-class Brier score",
             (Field("brier", "mean over tokens of sum_k (p_k - [k = label])^2"),),
-            lambda c: {"brier_sum": (c.n_temperatures,)}, _brier_update, _brier_compute, needs=frozenset({"brier"}),
+            lambda c: {"brier_sum": (c.n_temperatures,)},
+            _brier_update,
+            _brier_compute,
+            needs=frozenset({"brier"}),
         ),
         Measure(
-            "bootstrap", "Poisson-bootstrap confidence intervals of the equal-width ECE, the accuracy and the NLL",
-            tuple(Field(f"{name}_{end}", f"{what} of {name}") for name in ("ece", "accuracy", "nll") for end, what in
-                  (("low", "lower end of the bootstrap interval"), ("high", "upper end of the bootstrap interval"),
-                   ("std", "bootstrap standard error"))),
-            lambda c: _bins_state("bootstrap", lambda c: (c.bootstrap_replicates, c.n_temperatures), lambda c: c.n_bins)(c)
-            | {"bootstrap_nll": (c.bootstrap_replicates, c.n_temperatures)},
-            _bootstrap_update, _bootstrap_compute,
+            "bootstrap",
+            "Poisson-bootstrap confidence intervals of the equal-width ECE, the accuracy and the NLL",
+            tuple(
+                Field(f"{name}_{end}", f"{what} of {name}")
+                for name in ("ece", "accuracy", "nll")
+                for end, what in (
+                    ("low", "lower end of the bootstrap interval"),
+                    ("high", "upper end of the bootstrap interval"),
+                    ("std", "bootstrap standard error"),
+                )
+            ),
+            lambda c: (
+                _bins_state("bootstrap", lambda c: (c.bootstrap_replicates, c.n_temperatures), lambda c: c.n_bins)(c)
+                | {"bootstrap_nll": (c.bootstrap_replicates, c.n_temperatures)}
+            ),
+            _bootstrap_update,
+            _bootstrap_compute,
         ),
         Measure(
-            "classwise", "class-wise ECE over the given classes",
+            "classwise",
+            "class-wise ECE over the given classes",
             (Field("classwise_ece", "mean over the classes c of the ECE of p_c against [label = c]"),),
             _bins_state("classwise", lambda c: (c.n_temperatures, len(c.classes or ())), lambda c: c.n_bins),
-            _classwise_update, _classwise_compute, needs=frozenset({"classes"}),
+            _classwise_update,
+            _classwise_compute,
+            needs=frozenset({"classes"}),
         ),
         Measure(
-            "top_k", "top-k confidence calibration",
-            (Field("topk_ece", "ECE of the top-k probability mass against [label in the top k]"),
-             Field("topk_accuracy", "share of tokens whose label is among the k largest logits", False),
-             Field("topk_mass", "mean probability mass of the k largest logits", None)),
+            "top_k",
+            "top-k confidence calibration",
+            (
+                Field("topk_ece", "ECE of the top-k probability mass against [label in the top k]"),
+                Field("topk_accuracy", "share of tokens whose label is among the k largest logits", False),
+                Field("topk_mass", "mean probability mass of the k largest logits", None),
+            ),
             lambda c: _bins_state("topk", _temps, lambda c: c.n_bins)(c) | {"topk_in": ()},
-            _topk_update, _topk_compute, needs=frozenset({"top_k"}),
+            _topk_update,
+            _topk_compute,
+            needs=frozenset({"top_k"}),
         ),
         Measure(
-            "sequence", "sequence-level calibration (a row is a sequence)",
-            (Field("sequence_ece", "ECE of the reference's probability exp(sum_t log p_t) against exact match"),
-             Field("sequence_token_ece", "ECE of the geometric-mean token probability against the sequence's token accuracy"),
-             Field("exact_match", "share of sequences whose every teacher-forced arg-max is right", False),
-             Field("n_sequences", "sequences (rows with a scored token)", None)),
-            _sequence_state, _sequence_update, _sequence_compute, _sequence_reliability,
+            "sequence",
+            "sequence-level calibration (a row is a sequence)",
+            (
+                Field("sequence_ece", "ECE of the reference's probability exp(sum_t log p_t) against exact match"),
+                Field("sequence_token_ece", "ECE of the geometric-mean token probability against the sequence's token accuracy"),
+                Field("exact_match", "share of sequences whose every teacher-forced arg-max is right", False),
+                Field("n_sequences", "sequences (rows with a scored token)", None),
+            ),
+            _sequence_state,
+            _sequence_update,
+            _sequence_compute,
+            _sequence_reliability,
         ),
     )
-}  # fmt: skip
+}
 
 # What TokenCalibration and the CLI measure by default: everything that needs no configuration.
 DEFAULT_MEASURES = ("width", "mass", "brier", "bootstrap", "top_k", "sequence")
 
 
-
-
 # CalibrationResult, CalibrationSchema and make_config lived here in 0.1 (as ls_seq.functional.measures).
 from ls_seq._deprecation import moved_attributes  # noqa: E402
 
-__getattr__ = moved_attributes(__name__, {"CalibrationResult": "ls_seq.calibration.result",
-                                          "CalibrationSchema": "ls_seq.calibration.schema",
-                                          "make_config": "ls_seq.calibration.schema"})  # fmt: skip
+__getattr__ = moved_attributes(
+    __name__,
+    {
+        "CalibrationResult": "ls_seq.calibration.result",
+        "CalibrationSchema": "ls_seq.calibration.schema",
+        "make_config": "ls_seq.calibration.schema",
+    },
+)

@@ -78,7 +78,9 @@ def plot_reliability_diagram(
         keep = count > 0
         conf = torch.as_tensor(rel["confidence"], dtype=torch.float64)[keep]
         acc = torch.as_tensor(rel["accuracy"], dtype=torch.float64)[keep]
-        (line,) = ax.plot(conf.tolist(), acc.tolist(), marker="o", markersize=3, label=f"{label} (ECE {reliability_ece(rel):.3f})")
+        (line,) = ax.plot(
+            conf.tolist(), acc.tolist(), marker="o", markersize=3, label=f"{label} (ECE {reliability_ece(rel):.3f})"
+        )
         if hist_ax is not None:
             lower = torch.as_tensor(rel["lower"], dtype=torch.float64)[keep]
             upper = torch.as_tensor(rel["upper"], dtype=torch.float64)[keep]
@@ -86,8 +88,14 @@ def plot_reliability_diagram(
             # side by side within each bin, one slot per curve
             slot = width / n_curves
             left = torch.where(upper > lower, lower, lower - width / 2) + k * slot
-            hist_ax.bar(left.tolist(), (count[keep] / count.sum()).tolist(), width=slot.tolist(), align="edge",
-                        color=line.get_color(), alpha=0.8)  # fmt: skip
+            hist_ax.bar(
+                left.tolist(),
+                (count[keep] / count.sum()).tolist(),
+                width=slot.tolist(),
+                align="edge",
+                color=line.get_color(),
+                alpha=0.8,
+            )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
@@ -133,8 +141,9 @@ def plot_temperature_sweep(
         have = [(t, p[key]) for t, p in zip(temps, points) if p.get(key) is not None]
         ax.plot([t for t, _ in have], [v for _, v in have], marker="o", markersize=3)
         if key == "ece" and all("ece_low" in p and "ece_high" in p for p in points):
-            ax.fill_between(temps, [p["ece_low"] for p in points], [p["ece_high"] for p in points], alpha=0.25,
-                            label="bootstrap interval")  # fmt: skip
+            ax.fill_between(
+                temps, [p["ece_low"] for p in points], [p["ece_high"] for p in points], alpha=0.25, label="bootstrap interval"
+            )
             ax.legend(fontsize="small")
         ax.axvline(1.0, color="0.7", linewidth=1, linestyle=":")
         if fitted_temperature is not None:

@@ -98,7 +98,9 @@ def _report(doc: dict[str, Any], figures: list[str]) -> str:
             lines.append(f"- {key}: {doc[key]}")
     fitted = doc["nll_optimal_temperature"]
     lines += [
-        f"- NLL-optimal temperature: {_fmt(fitted)} (fitted on {doc['fit_on']})" if fitted is not None else "- NLL-optimal temperature: not fitted",
+        f"- NLL-optimal temperature: {_fmt(fitted)} (fitted on {doc['fit_on']})"
+        if fitted is not None
+        else "- NLL-optimal temperature: not fitted",
         f"- lowest NLL on the grid at T = {doc['best_temperature']['nll']}, lowest ECE at T = {doc['best_temperature']['ece']}",
         "",
         "## Temperature sweep",
@@ -107,7 +109,9 @@ def _report(doc: dict[str, Any], figures: list[str]) -> str:
         "|---|" + "---|" * len(columns),
     ]
     for point in doc["sweep"]:
-        lines.append(f"| {point['temperature']:g} | " + " | ".join(_fmt(point.get(c), 2 if c == "bleu" else 4) for c in columns) + " |")
+        lines.append(
+            f"| {point['temperature']:g} | " + " | ".join(_fmt(point.get(c), 2 if c == "bleu" else 4) for c in columns) + " |"
+        )
     lines += ["", "Bins: equal-width `[k/B, (k+1)/B)` (confidence 1 in the last); `_mass` fields use equal-mass bins.", ""]
     lines += ["## Fields", ""] + [f"- `{name}`: {doc_}" for name, doc_ in doc["fields"].items()]
     if figures:

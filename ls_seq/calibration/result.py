@@ -26,7 +26,9 @@ class CalibrationResult(Mapping[str, torch.Tensor]):
         fields: field name -> its :class:`Field` (what :meth:`describe` returns the documentation of).
     """
 
-    def __init__(self, temperatures: tuple[float, ...] | None, values: Mapping[str, torch.Tensor], fields: Mapping[str, Field]) -> None:
+    def __init__(
+        self, temperatures: tuple[float, ...] | None, values: Mapping[str, torch.Tensor], fields: Mapping[str, Field]
+    ) -> None:
         self._temperatures = temperatures
         self._values = dict(values)
         self._fields = dict(fields)
@@ -73,8 +75,10 @@ class CalibrationResult(Mapping[str, torch.Tensor]):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the grid and every field as lists (or numbers without a grid)."""
-        return {"temperatures": None if self._temperatures is None else list(self._temperatures),
-                **{k: v.tolist() for k, v in self._values.items()}}  # fmt: skip
+        return {
+            "temperatures": None if self._temperatures is None else list(self._temperatures),
+            **{k: v.tolist() for k, v in self._values.items()},
+        }
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v.tolist()}" for k, v in self._values.items())

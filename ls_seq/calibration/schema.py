@@ -57,14 +57,23 @@ class CalibrationSchema:
 
     def statistics(self, logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None) -> TokenStatistics:
         config = self.config
-        classes = None if config.classes is None or "classes" not in self._needs else torch.tensor(config.classes, device=logits.device)
+        classes = (
+            None if config.classes is None or "classes" not in self._needs else torch.tensor(config.classes, device=logits.device)
+        )
         return token_statistics(
-            logits, labels, config.temperature_tensor(logits.device), ignore_index=config.ignore_index,
-            brier="brier" in self._needs, top_k=config.top_k if "top_k" in self._needs else None, classes=classes,
+            logits,
+            labels,
+            config.temperature_tensor(logits.device),
+            ignore_index=config.ignore_index,
+            brier="brier" in self._needs,
+            top_k=config.top_k if "top_k" in self._needs else None,
+            classes=classes,
             chunk_rows=chunk_rows,
-        )  # fmt: skip
+        )
 
-    def batch_state(self, logits: torch.Tensor, labels: torch.Tensor, per_row: bool = False, chunk_rows: int | None = None) -> State:
+    def batch_state(
+        self, logits: torch.Tensor, labels: torch.Tensor, per_row: bool = False, chunk_rows: int | None = None
+    ) -> State:
         """One batch's state (inputs unchecked); with ``per_row``, kept apart for each row (a leading dim)."""
         stats = self.statistics(logits, labels, chunk_rows)
         groups = None
@@ -133,5 +142,10 @@ def make_config(
         temperatures = check_temperatures(temperatures)  # a string or a number is refused here, not split
     if measures is None:
         measures = DEFAULT_MEASURES + (("classwise",) if options.get("classes") else ())
-    return CalibrationConfig(n_bins=n_bins, temperatures=None if temperatures is None else tuple(temperatures),
-                             ignore_index=ignore_index, measures=tuple(measures), **options)  # fmt: skip
+    return CalibrationConfig(
+        n_bins=n_bins,
+        temperatures=None if temperatures is None else tuple(temperatures),
+        ignore_index=ignore_index,
+        measures=tuple(measures),
+        **options,
+    )

@@ -46,7 +46,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     try:
         tensors = load_file(str(path))  # safetensors holds tensors only: nothing in the file can execute
     except (SafetensorError, OSError, ValueError) as err:
-        hint = " (a .pt/.pth file is a pickle: save it with safetensors.torch.save_file instead)" if path.suffix in (".pt", ".pth") else ""
+        hint = (
+            " (a .pt/.pth file is a pickle: save it with safetensors.torch.save_file instead)"
+            if path.suffix in (".pt", ".pth")
+            else ""
+        )
         raise InputError(f"`path` {str(path)!r} is not a safetensors file{hint}: {' '.join(str(err).split())}") from err
     missing = [k for k in (args.logits_key, args.labels_key) if k not in tensors]
     if missing:
@@ -80,8 +84,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = EvaluateConfig(**{k: v for k, v in vars(args).items() if k in names}, command=args.command_line)
     doc = evaluate_checkpoint(cfg)
     point = doc["at_temperature_1"]
-    print(f"{doc['n_tokens']} tokens of {doc['n_examples']} examples: ECE {point['ece']:.4f}, NLL {point['nll']:.4f}, "
-          f"accuracy {point['accuracy']:.4f}; NLL-optimal temperature {doc['nll_optimal_temperature']:.4f}")  # fmt: skip
+    print(
+        f"{doc['n_tokens']} tokens of {doc['n_examples']} examples: ECE {point['ece']:.4f}, NLL {point['nll']:.4f}, "
+        f"accuracy {point['accuracy']:.4f}; NLL-optimal temperature {doc['nll_optimal_temperature']:.4f}"
+    )
     out = Path(cfg.output_dir)
     figures = " and the figures" if installed("matplotlib") else ""  # without: a warning said so
     print(f"wrote {out / 'calibration.json'}, report.md{figures}")
@@ -98,22 +104,30 @@ def _fairseq_user_dir(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ls-seq", description=__doc__.split("\n\n")[0], epilog=MEASURED,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="ls-seq", description=__doc__.split("\n\n")[0], epilog=MEASURED, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--debug", action="store_true", help="print the traceback of a fault (also LS_SEQ_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     raw = argparse.RawDescriptionHelpFormatter
 
     ev = sub.add_parser(
-        "evaluate", formatter_class=raw, help="calibration (and BLEU) of a saved checkpoint, in one teacher-forced pass",
+        "evaluate",
+        formatter_class=raw,
+        help="calibration (and BLEU) of a saved checkpoint, in one teacher-forced pass",
         description="Measure a local HF checkpoint (save_pretrained output with its tokenizer; a causal LM or an "
         "encoder-decoder, told apart by its config) on evaluation data, and write calibration.json, reliability.png, "
         "temperature_sweep.png and report.md to --output_dir. Runs under torchrun / accelerate launch with several "
-        "processes (the numbers of one).", epilog=MEASURED,
-    )  # fmt: skip
+        "processes (the numbers of one).",
+        epilog=MEASURED,
+    )
     ev.add_argument("model", help="checkpoint directory (config.json, weights, tokenizer)")
-    ev.add_argument("--data", required=True, help="JSONL with prompt/completion or text (causal LM), source/target (encoder-"
-                    "decoder); a parallel-text directory {split}.{source_lang,target_lang}[.gz]; or a datasets.save_to_disk directory")
+    ev.add_argument(
+        "--data",
+        required=True,
+        help="JSONL with prompt/completion or text (causal LM), source/target (encoder-"
+        "decoder); a parallel-text directory {split}.{source_lang,target_lang}[.gz]; or a datasets.save_to_disk directory",
+    )
     ev.add_argument("--output_dir", required=True, help="where the results go (checked writable before any work)")
     ev.add_argument("--tokenizer", default=None, help="tokenizer directory, when it is not beside the model")
     ev.add_argument("--split", default="test", help="split of a parallel-text directory or a saved DatasetDict (default: test)")
@@ -122,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperatures", type=float, nargs="+", default=None, help="the grid (default: 1 only)")
     ev.add_argument("--n_bins", type=int, default=15, help="equal-width and equal-mass bins (default 15)")
     ev.add_argument("--measures", nargs="+", default=None, help="measure names (default: all that need no option)")
-    ev.add_argument("--fit_split", default=None, help="fit the temperature on this split (or data file), not on the evaluated tokens")
+    ev.add_argument(
+        "--fit_split", default=None, help="fit the temperature on this split (or data file), not on the evaluated tokens"
+    )
     ev.add_argument("--fit_max_gib", type=float, default=4.0, help="memory for the logits kept for the temperature fit")
     ev.add_argument("--bleu", action="store_true", help="beam-search BLEU at every temperature (encoder-decoders)")
     ev.add_argument("--num_beams", type=int, default=4)
@@ -136,11 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate)
 
     cal = sub.add_parser(
-        "calibrate", formatter_class=raw, help="calibration of saved logits at one or more temperatures",
+        "calibrate",
+        formatter_class=raw,
+        help="calibration of saved logits at one or more temperatures",
         description="Measure a safetensors file holding `logits` (..., V) and `labels` (...) (-100 for padding; a "
         "row of 2-D labels is a sequence); print ECE / NLL / accuracy per temperature and the NLL-optimal "
-        "temperature; with --output_dir also write calibration.json, report.md and the figures.", epilog=MEASURED,
-    )  # fmt: skip
+        "temperature; with --output_dir also write calibration.json, report.md and the figures.",
+        epilog=MEASURED,
+    )
     cal.add_argument("path", help="safetensors file with `logits` and `labels`")
     cal.add_argument("--temperatures", type=float, nargs="+", default=None, help="the grid (default: 1 only)")
     cal.add_argument("--n_bins", type=int, default=15)

@@ -50,7 +50,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise InputError(f"`data` {str(path)!r} line {number} is not valid JSON: {err.msg} (column {err.colno})") from err
+                    raise InputError(
+                        f"`data` {str(path)!r} line {number} is not valid JSON: {err.msg} (column {err.colno})"
+                    ) from err
                 if not isinstance(record, dict):
                     raise InputError(f"`data` {str(path)!r} line {number} must be a JSON object, got {type(record).__name__}")
                 records.append({**record, "_line": number})
@@ -129,7 +131,9 @@ def tokenize_records(
                 ids = (prompt + completion)[:max_length]
                 labels = ([IGNORE] * len(prompt) + completion)[:max_length]
             if sum(label != IGNORE for label in labels[1:]) == 0:
-                raise InputError(f"`data` {path!r} record {record['_line']} has no token to score (after truncation to --max_length)")
+                raise InputError(
+                    f"`data` {path!r} record {record['_line']} has no token to score (after truncation to --max_length)"
+                )
             examples.append({"input_ids": ids, "labels": labels})
         return EvalData(examples, form=form)
     form = _form(records, SEQ2SEQ_FORMS, path, "encoder-decoder")

@@ -88,9 +88,13 @@ def load_config_and_tokenizer(model_dir: str, tokenizer_dir: str | None):
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (ValueError, KeyError, OSError) as err:
-        raise InputError(f"`model` {model_dir!r}: transformers cannot read its config.json: {' '.join(str(err).split())[:300]}") from err
+        raise InputError(
+            f"`model` {model_dir!r}: transformers cannot read its config.json: {' '.join(str(err).split())[:300]}"
+        ) from err
     tok_path = Path(tokenizer_dir) if tokenizer_dir else path
-    has_tokenizer = any((tok_path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model"))
+    has_tokenizer = any(
+        (tok_path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
+    )
     if not tok_path.is_dir() or not has_tokenizer:
         raise InputError(
             f"`{'tokenizer' if tokenizer_dir else 'model'}` {str(tok_path)!r} holds no tokenizer: save it beside the "
@@ -162,8 +166,13 @@ def _teacher_forced_pass(model, tokenizer, data, cfg, device, rank, metric, keep
     kept_logits, kept_labels = [], []
     n_batches = -(-len(indices) // cfg.batch_size)
     with torch.no_grad():
-        for batch in tqdm(_batches(data.examples, indices, collator, cfg.batch_size), total=n_batches, desc=desc,
-                          disable=rank != 0, unit="batch"):  # fmt: skip
+        for batch in tqdm(
+            _batches(data.examples, indices, collator, cfg.batch_size),
+            total=n_batches,
+            desc=desc,
+            disable=rank != 0,
+            unit="batch",
+        ):
             batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
             logits, scored = teacher_forced_logits(model, batch)
             if metric is not None:
@@ -174,7 +183,9 @@ def _teacher_forced_pass(model, tokenizer, data, cfg, device, rank, metric, keep
                 kept_labels.append(scored[keep].cpu())
     if not keep_logits:
         return None
-    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else model.config.vocab_size
+    vocab = (
+        model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else model.config.vocab_size
+    )
     if not kept_logits:
         return torch.empty(0, vocab), torch.empty(0, dtype=torch.long)
     return torch.cat(kept_logits), torch.cat(kept_labels)
@@ -218,11 +229,13 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
 
     grid = sorted(set(cfg.temperatures or [1.0]) | {1.0})
     metric = TokenCalibration(n_bins=cfg.n_bins, temperatures=grid, measures=cfg.measures).to(device)
-    kept = _teacher_forced_pass(model, tokenizer, data, cfg, device, rank, metric, keep_logits=fit_data is None,
-                                desc="teacher-forced pass")  # fmt: skip
+    kept = _teacher_forced_pass(
+        model, tokenizer, data, cfg, device, rank, metric, keep_logits=fit_data is None, desc="teacher-forced pass"
+    )
     if fit_data is not None:
-        kept = _teacher_forced_pass(model, tokenizer, fit_data, cfg, device, rank, None, keep_logits=True,
-                                    desc=f"fit split {cfg.fit_split}")  # fmt: skip
+        kept = _teacher_forced_pass(
+            model, tokenizer, fit_data, cfg, device, rank, None, keep_logits=True, desc=f"fit split {cfg.fit_split}"
+        )
     result = metric.compute()  # every process: the sums of all of them
     reliability: dict[str, dict[str, torch.Tensor]] = {
         b: metric.reliability(b) for b in ("width", "mass") if b in metric.schema.binnings()
@@ -237,9 +250,16 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
 
         assert data.sources is not None and data.targets is not None  # seq2seq data: --bleu refused a causal LM
         translations = beam_search_sweep(
-            model, tokenizer, data.sources, grid, num_beams=cfg.num_beams, batch_size=cfg.generate_batch_size,
-            max_source_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens or cfg.max_length, progress=rank == 0,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            data.sources,
+            grid,
+            num_beams=cfg.num_beams,
+            batch_size=cfg.generate_batch_size,
+            max_source_length=cfg.max_length,
+            max_new_tokens=cfg.max_new_tokens or cfg.max_length,
+            progress=rank == 0,
+        )
         bleu = {t: corpus_bleu(translations[t], data.targets) for t in grid}
 
     about = {
@@ -257,9 +277,14 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
         "n_bins": cfg.n_bins,
         "num_beams": cfg.num_beams if cfg.bleu else None,
     }
-    doc = calibration_document(result, reliability, fitted_temperature=fitted,
-                               fit_on=f"split {cfg.fit_split!r}" if cfg.fit_split else "the evaluated tokens",
-                               bleu=bleu, about=about)  # fmt: skip
+    doc = calibration_document(
+        result,
+        reliability,
+        fitted_temperature=fitted,
+        fit_on=f"split {cfg.fit_split!r}" if cfg.fit_split else "the evaluated tokens",
+        bleu=bleu,
+        about=about,
+    )
     if rank == 0:
         write_calibration_outputs(cfg.output_dir, doc, title=Path(cfg.model).name)
     if world > 1:

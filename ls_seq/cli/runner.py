@@ -88,9 +88,7 @@ def _report(prog: str, message: str) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
 
 
-def run_main(
-    main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, *, prog: str | None = None
-) -> int:
+def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Call ``main(argv)`` and return the process exit code (0 when it returns).
 
     ``--debug`` is removed from ``argv`` before ``main`` sees it. Expected faults (:func:`describe_fault`)

@@ -318,6 +318,4 @@ def label_smoothed_ce_rows(
     q = None if prior is None else prior.to(device=z.device, dtype=cdtype)
     need_grad = torch.is_grad_enabled() and z.requires_grad
     chunk_rows = chunk_rows_for(z.shape[0], z.shape[1], chunk_size)
-    return _LabelSmoothedCE.apply(
-        z, labels, mask, float(w_hot), float(w_q), q, chunk_rows, need_grad, cdtype, float(z_loss)
-    )
+    return _LabelSmoothedCE.apply(z, labels, mask, float(w_hot), float(w_q), q, chunk_rows, need_grad, cdtype, float(z_loss))

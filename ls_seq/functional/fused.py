@@ -182,9 +182,7 @@ def _validate(hidden, weight, labels, bias, ignore_index, chunk_size):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")
     if not hidden.is_floating_point() or not weight.is_floating_point():
-        raise TypeError(
-            f"`hidden` and `weight` must be floating-point tensors, got {hidden.dtype} and {weight.dtype}"
-        )
+        raise TypeError(f"`hidden` and `weight` must be floating-point tensors, got {hidden.dtype} and {weight.dtype}")
     if hidden.dtype != weight.dtype:
         raise TypeError(f"`weight` must have the dtype of `hidden` ({hidden.dtype}), got {weight.dtype}")
     if weight.dim() != 2:
@@ -359,9 +357,7 @@ def _matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
-def _fused(
-    hidden, weight, bias, labels, w_hot, w_q, prior, ignore_index, chunk_size, per_row, logit_scale, softcap, z_loss
-):
+def _fused(hidden, weight, bias, labels, w_hot, w_q, prior, ignore_index, chunk_size, per_row, logit_scale, softcap, z_loss):
     """Shared body: ``(loss, nll, n_valid)``, each loss summed or per token (shaped like ``labels``)."""
     vocab, dim = weight.shape
     softcap = None if softcap is None else float(softcap)
@@ -398,9 +394,7 @@ def _fused(
     # The matmul dtype was taken from autocast above; inside, the chunk matmuls write into preallocated buffers
     # of that dtype, and autocast must not recast them.
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        loss, nll = _FusedLinearLSCE.apply(
-            h_v.contiguous(), weight, bias, y_v, w_hot, w_q, q, chunk_rows, per_row, needs, head
-        )
+        loss, nll = _FusedLinearLSCE.apply(h_v.contiguous(), weight, bias, y_v, w_hot, w_q, q, chunk_rows, per_row, needs, head)
     if per_row and not all_valid:  # back to every position, 0 where ignored
         loss = loss.new_zeros(y.shape[0]).index_copy(0, idx, loss)
         nll = nll.new_zeros(y.shape[0]).index_copy(0, idx, nll)

@@ -121,8 +121,14 @@ def _flatten(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> t
 
 
 def _validate_loss_args(
-    logits: torch.Tensor, labels: torch.Tensor, alpha: float, ignore_index: int, prior: torch.Tensor | None,
-    convention: str, reduction: str, num_items_in_batch: int | torch.Tensor | None,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    ignore_index: int,
+    prior: torch.Tensor | None,
+    convention: str,
+    reduction: str,
+    num_items_in_batch: int | torch.Tensor | None,
 ) -> tuple[float, torch.Tensor | None]:
     check_logits_labels(logits, labels, ignore_index)
     alpha = check_alpha(alpha)
@@ -196,9 +202,7 @@ def label_smoothed_cross_entropy(
         return _soft_target_cross_entropy(
             logits, labels, alpha, prior, convention, reduction, num_items_in_batch, return_nll, z_loss
         )
-    alpha, prior = _validate_loss_args(
-        logits, labels, alpha, ignore_index, prior, convention, reduction, num_items_in_batch
-    )
+    alpha, prior = _validate_loss_args(logits, labels, alpha, ignore_index, prior, convention, reduction, num_items_in_batch)
     z, y, mask = _flatten(logits, labels, ignore_index)
     w_hot, w_q = smoothing_weights(alpha, z.shape[-1], convention)
     # One chunked read of the logits and one (N, V) gradient write (ls_seq.functional._kernels), instead of
@@ -213,8 +217,15 @@ def label_smoothed_cross_entropy(
 
 
 def _soft_target_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float, prior: torch.Tensor | None, convention: str, reduction: str,
-    num_items_in_batch: int | torch.Tensor | None, return_nll: bool, z_loss: float,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    prior: torch.Tensor | None,
+    convention: str,
+    reduction: str,
+    num_items_in_batch: int | torch.Tensor | None,
+    return_nll: bool,
+    z_loss: float,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The smoothed loss against ``(..., V)`` target distributions (dense: the targets are dense already)."""
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():

@@ -91,8 +91,11 @@ def unsafe_path(path: str | os.PathLike, *, own_leaf: bool = True) -> str | None
             return f"{str(item)!r} belongs to uid {st.st_uid}, not to this user (uid {uid})"
         sticky_root = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == 0 and item != resolved
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_root:
-            who = "group and others" if st.st_mode & stat.S_IWGRP and st.st_mode & stat.S_IWOTH else (
-                "its group" if st.st_mode & stat.S_IWGRP else "others")  # fmt: skip
+            who = (
+                "group and others"
+                if st.st_mode & stat.S_IWGRP and st.st_mode & stat.S_IWOTH
+                else ("its group" if st.st_mode & stat.S_IWGRP else "others")
+            )
             return f"{str(item)!r} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
@@ -250,8 +253,16 @@ def exp_sums(
 
     def call(r0: int, r1: int) -> None:
         fn(
-            z.data_ptr() + r0 * z.stride(0) * 4, r1 - r0, vocab, z.stride(0), m.data_ptr() + r0 * 4,
-            scales.data_ptr(), n_t, out_sum.data_ptr() + r0 * 4, sq_ptr and sq_ptr + r0 * 4, out_sum.stride(0),
+            z.data_ptr() + r0 * z.stride(0) * 4,
+            r1 - r0,
+            vocab,
+            z.stride(0),
+            m.data_ptr() + r0 * 4,
+            scales.data_ptr(),
+            n_t,
+            out_sum.data_ptr() + r0 * 4,
+            sq_ptr and sq_ptr + r0 * 4,
+            out_sum.stride(0),
             out_finite.data_ptr() + r0,  # bool: one byte each, written 0 or 1
         )
 
@@ -277,8 +288,15 @@ def native_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     indices = torch.empty(rows, k, dtype=torch.int64)
 
     def call(r0: int, r1: int) -> None:
-        fn(z.data_ptr() + r0 * z.stride(0) * 4, r1 - r0, vocab, z.stride(0), k, values.data_ptr() + r0 * k * 4,
-           indices.data_ptr() + r0 * k * 8)  # fmt: skip
+        fn(
+            z.data_ptr() + r0 * z.stride(0) * 4,
+            r1 - r0,
+            vocab,
+            z.stride(0),
+            k,
+            values.data_ptr() + r0 * k * 4,
+            indices.data_ptr() + r0 * k * 8,
+        )
 
     _split(rows, rows * vocab, call)
     return values, indices

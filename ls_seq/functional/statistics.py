@@ -33,6 +33,7 @@ _LOG2E = 1.0 / math.log(2.0)
 _CPU_CHUNK_ELEMENTS = 1 << 19
 _NATIVE_CHUNK_ELEMENTS = 1 << 21
 
+
 def _iter_valid_chunks(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -220,9 +221,7 @@ def token_statistics(
     )
 
 
-def _statistics_chunk_rows(
-    n_rows: int, vocab: int, device: torch.device, chunk_rows: int | None, native: bool = False
-) -> int:
+def _statistics_chunk_rows(n_rows: int, vocab: int, device: torch.device, chunk_rows: int | None, native: bool = False) -> int:
     """Rows per chunk of :func:`token_statistics`: cache-sized on CPU, the kernels' large chunks elsewhere.
 
     On CPU each temperature of the ATen path reads and writes the chunk three times (shift, ``exp2``,
@@ -297,7 +296,11 @@ def binned_sums(
     if weights is None:
         index = flat.reshape(-1)
         count = torch.bincount(index, minlength=size).double()
-        sums = (count, torch.bincount(index, conf.reshape(-1), minlength=size), torch.bincount(index, out.reshape(-1), minlength=size))
+        sums = (
+            count,
+            torch.bincount(index, conf.reshape(-1), minlength=size),
+            torch.bincount(index, out.reshape(-1), minlength=size),
+        )
         return tuple(s.reshape(shape) for s in sums)  # type: ignore[return-value]  # tuple() of 3: length unknown
     replicates = weights.shape[0]
     if group is None:

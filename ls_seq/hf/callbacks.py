@@ -22,7 +22,6 @@ from ls_seq.rng import isolated_rng
 __all__ = ["CalibrationCallback", "label_key"]
 
 
-
 def _metric_prefix(metrics: Mapping[str, Any] | None) -> str:
     """``"eval"``, or ``"eval_<name>"`` when the Trainer evaluates a dict of datasets."""
     for key in metrics or {}:

@@ -56,8 +56,12 @@ def calibration_log_values(result: CalibrationResult) -> dict[str, float]:
     if result.temperatures is not None and len(result.temperatures) > 1:
         best = result.best_temperature("nll")
         at_best = result.at(best)
-        logs |= {"best_temperature": best, "ece_at_best_temperature": at_best["ece"], "nll_at_best_temperature": at_best["nll"],
-                 "best_ece_temperature": result.best_temperature("ece")}  # fmt: skip
+        logs |= {
+            "best_temperature": best,
+            "ece_at_best_temperature": at_best["ece"],
+            "nll_at_best_temperature": at_best["nll"],
+            "best_ece_temperature": result.best_temperature("ece"),
+        }
     return logs
 
 
@@ -103,7 +107,9 @@ class CalibrationComputeMetrics:
         grid = None if temperatures is None else sorted(set(temperatures) | {1.0})
         self.schema = CalibrationSchema(make_config(n_bins, ignore_index, grid, measures, **options))
         self.temperatures = self.schema.config.temperatures
-        self.shift_labels = model_io_of(model, shift_labels=shift_labels).shifts_labels if model is not None else bool(shift_labels)
+        self.shift_labels = (
+            model_io_of(model, shift_labels=shift_labels).shifts_labels if model is not None else bool(shift_labels)
+        )
         self.ignore_index = ignore_index
         self._sum: torch.Tensor | None = None
         self.last_result: CalibrationResult | None = None

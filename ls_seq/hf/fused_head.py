@@ -125,7 +125,9 @@ def fused_output_layer(owner: ModelLoss, record: TokenLossRecord, chunk_size: in
         if fused.hidden is None:
             raise RuntimeError(f"{io.name}'s forward never called its output layer {type(head).__name__}")
         if not isinstance(output, MutableMapping):
-            raise TypeError(f"the fused loss needs {io.name} to return a ModelOutput (return_dict=True), got {type(output).__name__}")
+            raise TypeError(
+                f"the fused loss needs {io.name} to return a ModelOutput (return_dict=True), got {type(output).__name__}"
+            )
         if record.calls == 0:  # a model that computes its own cross-entropy: the token term is ours alone
             output["loss"] = owner.token_loss(record, output["logits"], record.labels)
         return output

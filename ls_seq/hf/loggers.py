@@ -132,4 +132,3 @@ class TrackerFigures:
         if self._own_writer is not None:
             self._own_writer.close()
             self._own_writer = None
-

@@ -31,9 +31,7 @@ __all__ = ["LabelSmoothingLossFunc", "label_smoothing_loss_func", "use_label_smo
 def _assert_labels_in_range(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
     """Device-side check (no host sync): an out-of-range label raises here, named, not deep in a gather."""
     ok = ((labels >= 0) & (labels < vocab)) | (labels == ignore_index)
-    torch._assert_async(
-        ok.all(), f"`labels` must be in [0, {vocab}) (the model's output size) or ignore_index={ignore_index}"
-    )
+    torch._assert_async(ok.all(), f"`labels` must be in [0, {vocab}) (the model's output size) or ignore_index={ignore_index}")
 
 
 class LabelSmoothingLossFunc:
@@ -154,10 +152,19 @@ class LabelSmoothingLossFunc:
         _assert_labels_in_range(labels, vocab, self.ignore_index)
         transform = transform or LogitTransform()
         loss_sum, nll_sum = fused_smoothed_sums(
-            hidden, weight, labels, w_hot, w_q, self.prior_on(hidden.device),
-            bias=bias, ignore_index=self.ignore_index, chunk_size=chunk_size,
-            logit_scale=transform.scale, softcap=transform.softcap, z_loss=self.z_loss,
-        )  # fmt: skip
+            hidden,
+            weight,
+            labels,
+            w_hot,
+            w_q,
+            self.prior_on(hidden.device),
+            bias=bias,
+            ignore_index=self.ignore_index,
+            chunk_size=chunk_size,
+            logit_scale=transform.scale,
+            softcap=transform.softcap,
+            z_loss=self.z_loss,
+        )
         return loss_sum, nll_sum.detach(), labels.ne(self.ignore_index).sum()
 
     # ---- compute_loss_func --------------------------------------------------------------------------------
@@ -191,8 +198,7 @@ class LabelSmoothingLossFunc:
             return  # the first label of every row is masked (prompt tokens, packing): both counts agree
         if self.io is None:
             reason = (
-                "it cannot tell whether the Trainer counted them: build the loss with "
-                "label_smoothing_loss_func(..., model=model)"
+                "it cannot tell whether the Trainer counted them: build the loss with label_smoothing_loss_func(..., model=model)"
             )
         else:
             reason = (

@@ -38,7 +38,8 @@ __all__ = [
     "computes_router_loss",
     "ModelIO",
     "logit_transform",
-    "logits_of", "model_io_of",
+    "logits_of",
+    "model_io_of",
     "routes_loss_function",
     "scored_labels",
     "shift_from_output",
@@ -210,11 +211,7 @@ class ModelIO:
         """
         inputs = dict(inputs)
         inputs.pop("shift_labels", None)  # consumed by ls-seq's alignment; the model must not see it
-        if (
-            self.is_encoder_decoder
-            and inputs.get("decoder_input_ids") is None
-            and inputs.get("decoder_inputs_embeds") is None
-        ):
+        if self.is_encoder_decoder and inputs.get("decoder_input_ids") is None and inputs.get("decoder_inputs_embeds") is None:
             prepare = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
             inputs["decoder_input_ids"] = prepare(labels=labels) if prepare is not None else self._shift_right(labels)
         return inputs
@@ -225,10 +222,17 @@ class ModelIO:
         config = self.model.config
         decoder = getattr(config, "decoder", None)
         generation = getattr(self.model, "generation_config", None)
-        start = next((v for v in (getattr(c, "decoder_start_token_id", None) for c in (config, decoder, generation))
-                      if isinstance(v, int)), None)  # fmt: skip
-        pad = next((v for v in (getattr(c, "pad_token_id", None) for c in (config, decoder, generation))
-                    if isinstance(v, int)), None)  # fmt: skip
+        start = next(
+            (
+                v
+                for v in (getattr(c, "decoder_start_token_id", None) for c in (config, decoder, generation))
+                if isinstance(v, int)
+            ),
+            None,
+        )
+        pad = next(
+            (v for v in (getattr(c, "pad_token_id", None) for c in (config, decoder, generation)) if isinstance(v, int)), None
+        )
         if start is None or pad is None:
             raise ValueError(
                 f"{self.name} is an encoder-decoder without prepare_decoder_input_ids_from_labels and without "
@@ -250,9 +254,7 @@ class ModelIO:
         get = getattr(self.model, "get_output_embeddings", None)
         head = get() if callable(get) else None
         if head is None:
-            raise ValueError(
-                f"{self.name} has no output layer (get_output_embeddings() is None): the fused loss needs one"
-            )
+            raise ValueError(f"{self.name} has no output layer (get_output_embeddings() is None): the fused loss needs one")
         if type(head) is not nn.Linear or not head.weight.is_floating_point():
             raise ValueError(
                 f"{self.name}'s output layer is a {type(head).__module__}.{type(head).__name__}, not a plain "
@@ -470,8 +472,10 @@ def logit_transform(logits: torch.Tensor, head_output: torch.Tensor, io: ModelIO
         elif name == "AddBackward0":
             final = getattr(io.model, "final_logits_bias", None)
             # an AccumulateGrad node holds its leaf in .variable, which torch's stub of Node does not declare
-            own = all(type(fn).__name__ == "AccumulateGrad" and fn.variable is final  # type: ignore[attr-defined]
-                      for fn in inputs[1:])
+            own = all(
+                type(fn).__name__ == "AccumulateGrad" and fn.variable is final  # type: ignore[attr-defined]
+                for fn in inputs[1:]
+            )
             if not isinstance(final, torch.Tensor) or not own:
                 return "it adds a tensor to its logits after the output layer (AddBackward0)"
             biased = True

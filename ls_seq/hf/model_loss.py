@@ -88,8 +88,9 @@ class ModelLoss:
         """A fused forward builds no logits to compare with: the explicit path then probes in a forward of its own."""
         return self.model_adds_terms is None and fused
 
-    def probe(self, model: torch.nn.Module, inputs: Mapping[str, Any], labels: torch.Tensor,
-              shift_labels: torch.Tensor | None = None) -> None:  # fmt: skip
+    def probe(
+        self, model: torch.nn.Module, inputs: Mapping[str, Any], labels: torch.Tensor, shift_labels: torch.Tensor | None = None
+    ) -> None:
         """One forward without gradients (the training random streams untouched) to :meth:`decide` before the
         first fused forward of an explicit-path model."""
         from ls_seq.rng import isolated_rng
@@ -168,8 +169,9 @@ class ModelLoss:
 
     # ---- the token term ----------------------------------------------------------------------------------
 
-    def token_loss(self, record: TokenLossRecord, logits: torch.Tensor, labels: torch.Tensor,
-                   shift_labels: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def token_loss(
+        self, record: TokenLossRecord, logits: torch.Tensor, labels: torch.Tensor, shift_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The token term for the model's logits (or, fused, for its output layer's input): ``sum / denominator``."""
         ignore = self.loss_fn.ignore_index
         given = record.shift_labels if record.shift_labels is not None else shift_labels
@@ -182,9 +184,7 @@ class ModelLoss:
             record.logits, record.scored = logits, scored
         record.calls += 1
         if record.calls > 1:
-            raise RuntimeError(
-                f"{self.io.name} computed its token loss {record.calls} times in one forward; ls-seq replaces one"
-            )
+            raise RuntimeError(f"{self.io.name} computed its token loss {record.calls} times in one forward; ls-seq replaces one")
         denom = n_tokens if record.denominator is None else record.denominator
         denom = torch.as_tensor(denom, device=loss_sum.device).clamp_min(1).to(loss_sum.dtype)
         record.loss_sum, record.nll_sum, record.n_tokens = loss_sum, nll_sum, n_tokens
@@ -255,9 +255,16 @@ class _TokenLossHook:
     def __init__(self, owner: ModelLoss, record: TokenLossRecord) -> None:
         self.owner, self.record = owner, record
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, vocab_size: int | None = None,
-                 num_items_in_batch: Any = None, ignore_index: int = -100, shift_labels: torch.Tensor | None = None,
-                 **kwargs: Any) -> torch.Tensor:  # fmt: skip
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        vocab_size: int | None = None,
+        num_items_in_batch: Any = None,
+        ignore_index: int = -100,
+        shift_labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         if labels is None:  # Moonshine passes its already aligned labels as shift_labels alone
             if shift_labels is None:
                 raise ValueError(f"{self.owner.io.name} called its loss function without labels")

@@ -280,9 +280,7 @@ class LabelSmoothingTrainerMixin(_TrainerBase):
                 "with compute_loss_func=ls_seq.label_smoothing_loss_func(..., model=model)"
             )
         if len(self.label_names) != 1:
-            raise ValueError(
-                f"`label_names` must name exactly one label tensor (the token labels), got {self.label_names}"
-            )
+            raise ValueError(f"`label_names` must name exactly one label tensor (the token labels), got {self.label_names}")
         self.label_key = self.label_names[0]
         # compute_loss normalises by num_items_in_batch itself (loss_is_scaled_for_ga for transformers 5);
         # transformers 4.x's training_step reads this flag instead, and would divide by the accumulation steps again.
@@ -319,9 +317,7 @@ class LabelSmoothingTrainerMixin(_TrainerBase):
     def _resolve_prior(self, prior: torch.Tensor | None) -> torch.Tensor | None:
         choice = _option(self.args, "label_smoothing_prior")
         if prior is not None and choice != "uniform":
-            raise ValueError(
-                f"give the prior once: either `prior=` or args.label_smoothing_prior (got {choice!r}), not both"
-            )
+            raise ValueError(f"give the prior once: either `prior=` or args.label_smoothing_prior (got {choice!r}), not both")
         vocab = self.io.output_size
         if prior is not None:
             return check_prior(prior, vocab)
@@ -393,8 +389,9 @@ class LabelSmoothingTrainerMixin(_TrainerBase):
         chunk_size = _option(self.args, "fused_chunk_size")
         if self.model_loss.needs_probe(fused):
             self.model_loss.probe(model, forward_inputs, labels, shift_labels)
-        with self.model_loss.forward(labels, shift_labels=shift_labels, denominator=denominator, keep_rows=keep,
-                                     fused=fused, chunk_size=chunk_size) as record:  # fmt: skip
+        with self.model_loss.forward(
+            labels, shift_labels=shift_labels, denominator=denominator, keep_rows=keep, fused=fused, chunk_size=chunk_size
+        ) as record:
             outputs = model(**self.model_loss.model_inputs(forward_inputs, record))
         loss = self.model_loss.total(outputs, record)
         assert record.loss_sum is not None and record.nll_sum is not None and record.n_tokens is not None  # total() scored
@@ -485,8 +482,14 @@ class LabelSmoothingTrainerMixin(_TrainerBase):
             loss_sum = loss_sum + extras.double() * n_tokens
         self._eval_sums += torch.stack([loss_sum, n_tokens.double(), torch.ones_like(loss_sum)]).to(self._eval_sums.device)
 
-    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
-                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:  # fmt: skip
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
         """HF's loop, with ``<prefix>_loss`` the exact token mean over the whole set (HF averages per-batch means,
         which moves with the batch size), summed over processes without accelerate's repeated rows. With
         calibration callbacks (``evaluate()``, ``predict()``) its logits also feed their metrics, and their

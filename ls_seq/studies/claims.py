@@ -30,7 +30,17 @@ from dataclasses import dataclass, field
 
 from ls_seq.studies.significance import seed_interval, verdict
 
-__all__ = ["AGREES", "DISAGREES", "INCONCLUSIVE", "VERDICT_RULE", "Claim", "SeedEvidence", "claims_table", "decide", "markdown_cell"]
+__all__ = [
+    "AGREES",
+    "DISAGREES",
+    "INCONCLUSIVE",
+    "VERDICT_RULE",
+    "Claim",
+    "SeedEvidence",
+    "claims_table",
+    "decide",
+    "markdown_cell",
+]
 
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "disagrees", "inconclusive"
 P_VALUE_LEVEL = 0.05
@@ -98,9 +108,7 @@ def decide(
     ``evidence``, one :class:`SeedEvidence` per seed (see the module docstring for the rule)."""
     if not evidence:
         raise ValueError(f"`evidence` must hold at least one seed's measurement for the claim {claim!r}")
-    seeds = [
-        SeedEvidence(e.seed, e.difference, e.low, e.high, e.p_value, _seed_verdict(e, expected, margin)) for e in evidence
-    ]
+    seeds = [SeedEvidence(e.seed, e.difference, e.low, e.high, e.p_value, _seed_verdict(e, expected, margin)) for e in evidence]
     if len(seeds) >= 2:
         over = seed_interval([e.difference for e in seeds])
         low, high, basis = over["low"], over["high"], f"t-interval over {len(seeds)} seeds"
@@ -134,7 +142,9 @@ def claims_table(claims: Sequence[Claim], digits: int = 4) -> list[str]:
         sign = "< " if c.expected == "lower" else "> "
         claimed = sign + (f"{c.margin:g}" if c.margin else "0")
         interval = f"{_num(c.difference, digits)} [{_num(c.low, digits)}, {_num(c.high, digits)}] ({c.basis})"
-        per_seed = ", ".join(f"{s.seed}: {s.verdict}" + (f" (p={s.p_value:.3f})" if s.p_value is not None else "") for s in c.seeds)
+        per_seed = ", ".join(
+            f"{s.seed}: {s.verdict}" + (f" (p={s.p_value:.3f})" if s.p_value is not None else "") for s in c.seeds
+        )
         cells = (c.claim, f"{c.quantity} {claimed}", interval, per_seed, c.measured)
         lines.append("| " + " | ".join(markdown_cell(cell) for cell in cells) + f" | **{c.verdict}** |")
     return lines

@@ -282,7 +282,9 @@ class RunDirectory:
             return _plain(config)
         saved = read_json(self.config_path)
         if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-            raise InputError(f"{str(self.config_path)!r} does not hold a run configuration; start over with --overwrite_output_dir")
+            raise InputError(
+                f"{str(self.config_path)!r} does not hold a run configuration; start over with --overwrite_output_dir"
+            )
         if saved.get("study") != self.study:
             raise InputError(
                 f"{flag} {str(self.path)!r} holds a {saved.get('study')!r} run, not a {self.study!r} one; choose another directory"

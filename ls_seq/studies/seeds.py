@@ -128,7 +128,9 @@ def summarise(by_seed: Mapping[int, Any], metrics: Mapping[str, Sequence[str]]) 
     return out
 
 
-def summary_table(rows: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]], names: Sequence[str], *, label: str = "") -> list[str]:
+def summary_table(
+    rows: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]], names: Sequence[str], *, label: str = ""
+) -> list[str]:
     """Markdown lines: one row per ``(label, summarise(...))``, a column per metric: ``mean ± std [low, high]``."""
     lines = [f"| {label} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for row_label, summary in rows:
@@ -163,8 +165,12 @@ def report_header(title: str, config: Mapping[str, Any], setting: str) -> list[s
     """
     seeds = config["seeds"]
     return [
-        f"# {title} over {len(seeds)} seeds", "",
-        f"Command: `{config['command']}`" + "".join(f"; resumed with `{c}`" for c in config["resumed_with"]), "",
+        f"# {title} over {len(seeds)} seeds",
+        "",
+        f"Command: `{config['command']}`" + "".join(f"; resumed with `{c}`" for c in config["resumed_with"]),
+        "",
         f"{setting}; seeds {', '.join(map(str, seeds))}; each seed's own report: "
-        + ", ".join(f"[seed_{s}/report.md](seed_{s}/report.md)" for s in seeds) + ".", "",
-    ]  # fmt: skip
+        + ", ".join(f"[seed_{s}/report.md](seed_{s}/report.md)" for s in seeds)
+        + ".",
+        "",
+    ]

@@ -68,8 +68,13 @@ def paired_bootstrap_bleu(
     previous = os.environ.get("SACREBLEU_SEED")
     os.environ["SACREBLEU_SEED"] = str(seed)  # PairedTest reads its seed from the environment
     try:
-        test = PairedTest([("baseline", list(baseline)), ("system", list(system))], {"BLEU": BLEU()},
-                          references=[list(references)], test_type="bs", n_samples=n_samples)  # fmt: skip
+        test = PairedTest(
+            [("baseline", list(baseline)), ("system", list(system))],
+            {"BLEU": BLEU()},
+            references=[list(references)],
+            test_type="bs",
+            n_samples=n_samples,
+        )
         _, scores = test()
     finally:
         if previous is None:

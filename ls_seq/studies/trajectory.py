@@ -53,12 +53,17 @@ def trajectory_from_log(log: Sequence[Mapping], *, prefix: str = "eval_", step: 
         if f"{prefix}ece" not in h:
             continue
         points[h[step]] = TrajectoryPoint(
-            step=h[step], epoch=round(float(h.get("epoch") or 0.0), 4), ece=h[f"{prefix}ece"], nll=h[f"{prefix}nll"],
-            accuracy=h[f"{prefix}accuracy"], mean_confidence=h[f"{prefix}mean_confidence"],
+            step=h[step],
+            epoch=round(float(h.get("epoch") or 0.0), 4),
+            ece=h[f"{prefix}ece"],
+            nll=h[f"{prefix}nll"],
+            accuracy=h[f"{prefix}accuracy"],
+            mean_confidence=h[f"{prefix}mean_confidence"],
             best_ece_temperature=h.get(f"{prefix}best_ece_temperature", 1.0),
             best_nll_temperature=h.get(f"{prefix}best_temperature", 1.0),
-            ece_low=h.get(f"{prefix}ece_low"), ece_high=h.get(f"{prefix}ece_high"),
-        )  # fmt: skip
+            ece_low=h.get(f"{prefix}ece_low"),
+            ece_high=h.get(f"{prefix}ece_high"),
+        )
     return [points[k] for k in sorted(points)]
 
 
@@ -100,11 +105,19 @@ def trajectory_curves(runs: Mapping[str, Mapping[int, Sequence[TrajectoryPoint]]
         steps = sorted(set.intersection(*(set(pts) for pts in by_seed.values())))
         ece = [[pts[s].ece for pts in by_seed.values()] for s in steps]
         temp = [[pts[s].best_ece_temperature for pts in by_seed.values()] for s in steps]
-        curves.append(TrajectoryCurve(
-            label, steps, [sum(v) / len(v) for v in ece], [min(v) for v in ece], [max(v) for v in ece],
-            [sum(v) / len(v) for v in temp], [min(v) for v in temp], [max(v) for v in temp],
-            {seed: overconfident_from(list(pts.values())) for seed, pts in by_seed.items()},
-        ))  # fmt: skip
+        curves.append(
+            TrajectoryCurve(
+                label,
+                steps,
+                [sum(v) / len(v) for v in ece],
+                [min(v) for v in ece],
+                [max(v) for v in ece],
+                [sum(v) / len(v) for v in temp],
+                [min(v) for v in temp],
+                [max(v) for v in temp],
+                {seed: overconfident_from(list(pts.values())) for seed, pts in by_seed.items()},
+            )
+        )
     return curves
 
 
@@ -124,8 +137,9 @@ def plot_trajectory(curves: Sequence[TrajectoryCurve], *, x_label: str = "optimi
         t_ax.plot(curve.steps, curve.best_ece_temperature, marker="o", markersize=3, color=line.get_color(), label=label)
         if n_seeds > 1:
             ece_ax.fill_between(curve.steps, curve.ece_min, curve.ece_max, color=line.get_color(), alpha=0.2)
-            t_ax.fill_between(curve.steps, curve.best_ece_temperature_min, curve.best_ece_temperature_max,
-                              color=line.get_color(), alpha=0.2)  # fmt: skip
+            t_ax.fill_between(
+                curve.steps, curve.best_ece_temperature_min, curve.best_ece_temperature_max, color=line.get_color(), alpha=0.2
+            )
     t_ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     t_ax.text(0.01, 0.98, "above T = 1: over-confident", transform=t_ax.transAxes, va="top", fontsize="small")
     ece_ax.set(xlabel=x_label, ylabel="validation ECE (T = 1)", title="ECE along training")

@@ -71,17 +71,33 @@ class SequentialTrainer(LabelSmoothingTrainer):
 def ls_trainer(out_dir: Path, name: str, family: str = "marian", cls=None, **overrides):
     """The trainer under test on a tiny model of ``family`` (seed 2) and 16 training examples (seed 5)."""
     causal = is_causal(family)
-    args = training_args(str(out_dir / name), cls=LabelSmoothingTrainingArguments if causal else LabelSmoothingSeq2SeqTrainingArguments,
-                         label_smoothing_factor=0.1, **overrides)  # fmt: skip
+    args = training_args(
+        str(out_dir / name),
+        cls=LabelSmoothingTrainingArguments if causal else LabelSmoothingSeq2SeqTrainingArguments,
+        label_smoothing_factor=0.1,
+        **overrides,
+    )
     cls = cls or (LabelSmoothingTrainer if causal else LabelSmoothingSeq2SeqTrainer)
-    return cls(model=family_model(family, seed=2), args=args, train_dataset=family_dataset(family, 16, seed=5),
-               data_collator=family_collate(family))
+    return cls(
+        model=family_model(family, seed=2),
+        args=args,
+        train_dataset=family_dataset(family, 16, seed=5),
+        data_collator=family_collate(family),
+    )
 
 
 def check_moe_step(out_dir: Path, name: str, world: int, **overrides) -> dict:
     """Two SGD steps of a Mixtral with its router loss: 2 ranks x batch 4, or 1 process x 4 x 2 accumulation."""
-    trainer = ls_trainer(out_dir, name, "mixtral", cls=SequentialTrainer, max_steps=2, per_device_train_batch_size=4,
-                         gradient_accumulation_steps=2 // world, **overrides)  # fmt: skip
+    trainer = ls_trainer(
+        out_dir,
+        name,
+        "mixtral",
+        cls=SequentialTrainer,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2 // world,
+        **overrides,
+    )
     return train_and_save(trainer, out_dir / f"params_{name}.pt")
 
 
@@ -107,8 +123,15 @@ def check_trainer_step(out_dir: Path) -> dict:
 
 def check_fused_step(out_dir: Path, family: str) -> dict:
     """The fused loss inside the DDP-wrapped forward, 2 ranks x batch 4 x 2 accumulation steps."""
-    trainer = ls_trainer(out_dir, f"fused_{family}", family, fused_linear_loss=True, fused_chunk_size=7,
-                         per_device_train_batch_size=4, gradient_accumulation_steps=2)  # fmt: skip
+    trainer = ls_trainer(
+        out_dir,
+        f"fused_{family}",
+        family,
+        fused_linear_loss=True,
+        fused_chunk_size=7,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+    )
     return train_and_save(trainer, out_dir / f"params_fused_{family}.pt")
 
 

@@ -40,13 +40,52 @@ def slice_args(data_dir, out, *extra):
     16 validation pairs; a later flag overrides an earlier one (argparse).
     """
     return [
-        "--preset", "tiny", "--data_dir", str(data_dir), "--output_dir", str(out),
-        "--max_train_samples", "2000", "--max_eval_samples", "48", "--max_bleu_samples", "24",
-        "--max_steps", "30", "--save_steps", "10", "--warmup_steps", "5", "--logging_steps", "10",
-        "--batch_size", "32", "--eval_batch_size", "16", "--calibration_every", "10", "--calibration_samples", "16",
-        "--vocab_size", "1000", "--d_model", "32", "--ffn_dim", "64", "--attention_heads", "2",
-        "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1", *extra,
-    ]  # fmt: skip
+        "--preset",
+        "tiny",
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(out),
+        "--max_train_samples",
+        "2000",
+        "--max_eval_samples",
+        "48",
+        "--max_bleu_samples",
+        "24",
+        "--max_steps",
+        "30",
+        "--save_steps",
+        "10",
+        "--warmup_steps",
+        "5",
+        "--logging_steps",
+        "10",
+        "--batch_size",
+        "32",
+        "--eval_batch_size",
+        "16",
+        "--calibration_every",
+        "10",
+        "--calibration_samples",
+        "16",
+        "--vocab_size",
+        "1000",
+        "--d_model",
+        "32",
+        "--ffn_dim",
+        "64",
+        "--attention_heads",
+        "2",
+        "--encoder_layers",
+        "1",
+        "--decoder_layers",
+        "1",
+        "--temperatures",
+        *TEMPS,
+        "--cpu_threads",
+        "1",
+        *extra,
+    ]
 
 
 @contextlib.contextmanager
@@ -74,8 +113,15 @@ def run_recipe(args: list[str], *, kill_at: str | None = None, signal: str | Non
         env["LS_SEQ_KILL_AT"] = kill_at
     if signal is not None:
         env["LS_SEQ_KILL_SIGNAL"] = signal
-    return subprocess.run([sys.executable, str(RECIPE), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False, preexec_fn=interruptible)
+    return subprocess.run(
+        [sys.executable, str(RECIPE), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        preexec_fn=interruptible,
+    )
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -43,9 +43,19 @@ def tiny_llama(seed: int = 0, vocab: int = VOCAB, tie: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                         pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS, tie_word_embeddings=tie)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=EOS,
+        tie_word_embeddings=tie,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -54,9 +64,20 @@ def tiny_t5(seed: int = 0):
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=VOCAB, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
-                      dropout_rate=0.0, pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
-                      tie_word_embeddings=True)
+    config = T5Config(
+        vocab_size=VOCAB,
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        dropout_rate=0.0,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        decoder_start_token_id=PAD,
+        tie_word_embeddings=True,
+    )
     return T5ForConditionalGeneration(config)
 
 
@@ -148,22 +169,31 @@ def calibration_routes(out_dir, plot: bool = True) -> dict[str, dict[str, float]
 
     out_dir = Path(out_dir)
     out = {}
-    args = training_args(str(out_dir / "in_loop"), cls=LabelSmoothingTrainingArguments, per_device_eval_batch_size=4,
-                         label_smoothing_factor=0.1)  # fmt: skip
+    args = training_args(
+        str(out_dir / "in_loop"), cls=LabelSmoothingTrainingArguments, per_device_eval_batch_size=4, label_smoothing_factor=0.1
+    )
     out["in_loop"] = LabelSmoothingTrainer(
-        model=family_model("gpt2", seed=3), args=args, eval_dataset=family_dataset("gpt2", 13, seed=11),
-        data_collator=causal_collate, callbacks=[CalibrationCallback(n_bins=10, temperatures=TEMPERATURES, plot=False)],
+        model=family_model("gpt2", seed=3),
+        args=args,
+        eval_dataset=family_dataset("gpt2", 13, seed=11),
+        data_collator=causal_collate,
+        callbacks=[CalibrationCallback(n_bins=10, temperatures=TEMPERATURES, plot=False)],
     ).evaluate()
     out["callback"] = Seq2SeqTrainer(
-        model=tiny_model("marian", seed=3, scale=4.0), args=training_args(str(out_dir / "calib"), per_device_eval_batch_size=4),
-        eval_dataset=tiny_dataset(13, seed=11), data_collator=collate,
+        model=tiny_model("marian", seed=3, scale=4.0),
+        args=training_args(str(out_dir / "calib"), per_device_eval_batch_size=4),
+        eval_dataset=tiny_dataset(13, seed=11),
+        data_collator=collate,
         callbacks=[CalibrationCallback(n_bins=10, temperatures=TEMPERATURES, plot=plot)],
     ).evaluate()
     model = family_model("gpt2", seed=3)
     pair = CalibrationComputeMetrics(n_bins=10, temperatures=TEMPERATURES, model=model)
     out["metrics_pair"] = Trainer(
-        model=model, args=training_args(str(out_dir / "pair"), per_device_eval_batch_size=4, batch_eval_metrics=True),
-        eval_dataset=family_dataset("gpt2", 13, seed=11), data_collator=causal_collate, **pair.trainer_kwargs(),
+        model=model,
+        args=training_args(str(out_dir / "pair"), per_device_eval_batch_size=4, batch_eval_metrics=True),
+        eval_dataset=family_dataset("gpt2", 13, seed=11),
+        data_collator=causal_collate,
+        **pair.trainer_kwargs(),
     ).evaluate()
     return out
 
@@ -181,9 +211,21 @@ def tiny_moe(kind: str = "mixtral", seed: int = 0, coef: float = 0.5):
         "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
         "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
     }[kind]
-    sizes = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, max_position_embeddings=64, num_experts_per_tok=2, output_router_logits=True,
-                 router_aux_loss_coef=coef, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS)  # fmt: skip
+    sizes = dict(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        router_aux_loss_coef=coef,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=EOS,
+    )
     if kind == "mixtral":
         sizes["num_local_experts"] = 4
     else:
@@ -200,10 +242,22 @@ def tiny_gemma2(seed: int = 0, softcap: float = 30.0, head_scale: float = 1.0):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(seed)
-    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                                           final_logit_softcapping=softcap, pad_token_id=PAD, eos_token_id=EOS,
-                                           bos_token_id=EOS, tie_word_embeddings=False))  # fmt: skip
+    model = Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            final_logit_softcapping=softcap,
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+            bos_token_id=EOS,
+            tie_word_embeddings=False,
+        )
+    )
     if head_scale != 1.0:
         with torch.no_grad():
             model.lm_head.weight.mul_(head_scale)

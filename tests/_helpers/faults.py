@@ -74,6 +74,7 @@ class FailingWrites:
             handle = real_fdopen(fd, *args, **kwargs)
             name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
             if any(n in name for n in needles):
+
                 def write(data):
                     self.failures += 1
                     raise OSError(errno.ENOSPC, "No space left on device")

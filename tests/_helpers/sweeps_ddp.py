@@ -23,8 +23,11 @@ batches = [collator(feats[s : s + 3]) for s in range(0, len(feats), 3)]
 values = teacher_forced_sweep(model, batches, TEMPS, progress=False).compute()  # synced over both ranks
 hyps = beam_search_sweep(model, tok, SOURCES, [1.0, 2.0], num_beams=3, batch_size=4, max_new_tokens=8, progress=False)
 if torch.distributed.get_rank() == 0:
-    atomic_write_json(out / "ddp.json", {
-        **{k: torch.atleast_1d(values[k]).tolist() for k in ("nll", "ece", "accuracy", "n_tokens")},
-        "translations": {repr(t): h for t, h in hyps.items()},
-    })
+    atomic_write_json(
+        out / "ddp.json",
+        {
+            **{k: torch.atleast_1d(values[k]).tolist() for k in ("nll", "ece", "accuracy", "n_tokens")},
+            "translations": {repr(t): h for t, h in hyps.items()},
+        },
+    )
 torch.distributed.destroy_process_group()

@@ -19,10 +19,22 @@ def tiny_config(kind: str = "marian", vocab: int = VOCAB):
     from transformers import BartConfig, MarianConfig
 
     common = dict(
-        vocab_size=vocab, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=PAD, eos_token_id=EOS,
-        decoder_start_token_id=PAD if kind == "marian" else 2, forced_eos_token_id=None,
+        vocab_size=vocab,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        decoder_start_token_id=PAD if kind == "marian" else 2,
+        forced_eos_token_id=None,
     )
     if kind == "marian":
         return MarianConfig(decoder_vocab_size=vocab, **common)
@@ -51,8 +63,19 @@ def tiny_causal_lm(seed: int = 0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=64, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=EOS,
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -88,6 +111,7 @@ def tiny_tokenizer():
 
 def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Right-pad inputs with PAD and labels with -100; no decoder_input_ids (the trainer builds them)."""
+
     def pad(seqs, value):
         width = max(len(s) for s in seqs)
         return torch.tensor([list(s) + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
@@ -106,10 +130,22 @@ def training_args(output_dir: str, cls=None, **overrides):
 
     cls = cls or Seq2SeqTrainingArguments
     kwargs = dict(
-        output_dir=output_dir, use_cpu=True, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant",
-        weight_decay=0.0, max_grad_norm=0.0, max_steps=1, per_device_train_batch_size=4,
-        per_device_eval_batch_size=4, report_to="none", save_strategy="no", logging_steps=1,
-        disable_tqdm=True, seed=0, dataloader_num_workers=0,
+        output_dir=output_dir,
+        use_cpu=True,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
     )
     kwargs.update(overrides)
     return cls(**kwargs)

@@ -45,8 +45,10 @@ def scored(logits, labels):
 def numpy_binned(conf, outcome, n_bins):
     """Per equal-width bin (floor(c * B), c = 1 in the last): count, summed confidence, summed outcome."""
     idx = np.minimum(np.floor(conf * n_bins).astype(int), n_bins - 1)
-    return [np.array([x[idx == b].sum() if w else (idx == b).sum() for b in range(n_bins)]) for w, x in
-            ((False, conf), (True, conf), (True, outcome))]  # fmt: skip
+    return [
+        np.array([x[idx == b].sum() if w else (idx == b).sum() for b in range(n_bins)])
+        for w, x in ((False, conf), (True, conf), (True, outcome))
+    ]
 
 
 def numpy_ece(conf, outcome, n_bins):
@@ -161,7 +163,9 @@ def test_sequence_level_calibration_against_a_loop_over_rows():
             token_acc.append(float(right.mean()))
         assert 0 < np.mean(exact) < 1
         assert float(result.sequence_ece[i]) == pytest.approx(numpy_ece(np.array(p_seq), np.array(exact), 15), rel=1e-6)
-        assert float(result.sequence_token_ece[i]) == pytest.approx(numpy_ece(np.array(p_mean), np.array(token_acc), 15), rel=1e-6)
+        assert float(result.sequence_token_ece[i]) == pytest.approx(
+            numpy_ece(np.array(p_mean), np.array(token_acc), 15), rel=1e-6
+        )
         assert float(result.exact_match[i]) == pytest.approx(np.mean(exact))
         assert int(result.n_sequences[i]) == 60
 
@@ -273,7 +277,9 @@ def test_reliability_is_consistent_with_compute():
     torch.testing.assert_close(ece, out.ece)
     torch.testing.assert_close(rel["upper"] - rel["lower"], torch.full((12,), 1 / 12, dtype=torch.float64))
     nonempty = rel["count"] > 0
-    assert ((rel["confidence"][nonempty] >= rel["lower"][nonempty]) & (rel["confidence"][nonempty] <= rel["upper"][nonempty])).all()
+    assert (
+        (rel["confidence"][nonempty] >= rel["lower"][nonempty]) & (rel["confidence"][nonempty] <= rel["upper"][nonempty])
+    ).all()
     mass = metric.reliability("mass")
     ece_mass = (mass["count"] * (mass["accuracy"] - mass["confidence"]).abs()).sum() / mass["count"].sum()
     torch.testing.assert_close(ece_mass, out.ece_mass)

@@ -30,7 +30,9 @@ WORDS = [f"t{i}" for i in range(3, 96)]
 
 
 def sentence(g, low=2, high=7):
-    return " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (int(torch.randint(low, high, (1,), generator=g)),), generator=g))
+    return " ".join(
+        WORDS[int(i)] for i in torch.randint(0, len(WORDS), (int(torch.randint(low, high, (1,), generator=g)),), generator=g)
+    )
 
 
 def save_checkpoint(tmp_path, family, tokenizer=True):
@@ -70,11 +72,24 @@ def records(kind, n=11, seed=0, model_dir=None):
         start = sentence(g, 1, 4) if kind == "text" else sentence(g)
         ids = torch.tensor([tok(start)["input_ids"]])
         k = int(torch.randint(2, 7, (1,), generator=g))
-        sample = model.generate(ids, do_sample=True, temperature=2.0, top_k=0, max_new_tokens=k, min_new_tokens=k,
-                                pad_token_id=0, bad_words_ids=[[0], [1], [2]])  # fmt: skip
+        sample = model.generate(
+            ids,
+            do_sample=True,
+            temperature=2.0,
+            top_k=0,
+            max_new_tokens=k,
+            min_new_tokens=k,
+            pad_token_id=0,
+            bad_words_ids=[[0], [1], [2]],
+        )
         new = tok.decode(sample[0, 1:] if seq2seq else sample[0, ids.shape[1] :])
-        out.append({"prompt": start, "completion": " " + new} if kind == "prompt" else
-                   {"text": start + " " + new} if kind == "text" else {"source": start, "target": new})  # fmt: skip
+        out.append(
+            {"prompt": start, "completion": " " + new}
+            if kind == "prompt"
+            else {"text": start + " " + new}
+            if kind == "text"
+            else {"source": start, "target": new}
+        )
     return out
 
 
@@ -120,12 +135,24 @@ def reference(model_dir, data, causal, temperatures):
 
 
 def evaluate_args(model_dir, data, out, *extra):
-    return ["evaluate", str(model_dir), "--data", str(data), "--output_dir", str(out), "--temperatures", *GRID,
-            "--batch_size", "4", *extra]  # fmt: skip
+    return [
+        "evaluate",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--temperatures",
+        *GRID,
+        "--batch_size",
+        "4",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize(("family", "kind"), [("gpt2", "prompt"), ("llama", "text"), ("llama", "prompt"),
-                                              ("marian", "pair"), ("bart", "pair")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("family", "kind"), [("gpt2", "prompt"), ("llama", "text"), ("llama", "prompt"), ("marian", "pair"), ("bart", "pair")]
+)
 def test_evaluate_equals_an_independent_computation(tmp_path, family, kind, capsys):
     model_dir = save_checkpoint(tmp_path, family)
     data = records(kind, model_dir=model_dir)
@@ -177,7 +204,9 @@ def test_evaluate_with_bleu_and_a_fit_split(tmp_path, capsys):
         (tmp_path / "par" / f"{split}.en").write_text("".join(r["source"] + "\n" for r in data))
         (tmp_path / "par" / f"{split}.de").write_text("".join(r["target"] + "\n" for r in data))
     out = tmp_path / "out"
-    args = evaluate_args(model_dir, tmp_path / "par", out, "--bleu", "--num_beams", "2", "--max_new_tokens", "8", "--fit_split", "val")
+    args = evaluate_args(
+        model_dir, tmp_path / "par", out, "--bleu", "--num_beams", "2", "--max_new_tokens", "8", "--fit_split", "val"
+    )
     assert main(args) == 0, capsys.readouterr().err
     doc = json.loads((out / "calibration.json").read_text())
     test, val = records("pair", n=8, seed=0), records("pair", n=8, seed=1)
@@ -186,8 +215,17 @@ def test_evaluate_with_bleu_and_a_fit_split(tmp_path, capsys):
     from transformers import AutoModelForSeq2SeqLM
 
     model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)).eval()
-    hyps = beam_search_sweep(model, tiny_tokenizer(), [r["source"] for r in test], [1.5], num_beams=2, max_new_tokens=8,
-                             batch_size=32, max_source_length=512, progress=False)[1.5]  # fmt: skip
+    hyps = beam_search_sweep(
+        model,
+        tiny_tokenizer(),
+        [r["source"] for r in test],
+        [1.5],
+        num_beams=2,
+        max_new_tokens=8,
+        batch_size=32,
+        max_source_length=512,
+        progress=False,
+    )[1.5]
     bleu = next(p["bleu"] for p in doc["sweep"] if p["temperature"] == 1.5)
     assert bleu == pytest.approx(corpus_bleu(hyps, [r["target"] for r in test]))
 
@@ -220,7 +258,10 @@ def test_evaluate_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path, c
         (evaluate_args(model_dir, missing_key, out), "record 4 has no `completion`"),
         (evaluate_args(model_dir, tmp_path / "broken.jsonl", out), "line 2 is not valid JSON"),
         (evaluate_args(model_dir, tmp_path / "empty.jsonl", out), "holds no records"),
-        (evaluate_args(model_dir, write_jsonl(tmp_path / "pairs.jsonl", records("pair")), out), "a causal LM needs prompt/completion or text"),
+        (
+            evaluate_args(model_dir, write_jsonl(tmp_path / "pairs.jsonl", records("pair")), out),
+            "a causal LM needs prompt/completion or text",
+        ),
         (evaluate_args(model_dir, good, out, "--temperatures", "0"), "`--temperatures[0]` must be finite and > 0"),
         (evaluate_args(model_dir, good, out, "--bleu"), "`--bleu` needs an encoder-decoder"),
         (evaluate_args(model_dir, good, tmp_path / "a_file"), "`--output_dir` must be a directory"),
@@ -283,7 +324,9 @@ def test_calibrate_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path, 
 
 def test_help_says_what_is_measured_and_how_bins_are_defined():
     for command in ([], ["evaluate"], ["calibrate"]):
-        proc = subprocess.run([sys.executable, "-m", "ls_seq.cli", *command, "--help"], capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ls_seq.cli", *command, "--help"], capture_output=True, text=True, check=True
+        )
         assert "equal-width bins [k/B, (k+1)/B)" in proc.stdout and "NLL-optimal temperature" in proc.stdout
 
 
@@ -293,8 +336,17 @@ def test_evaluate_on_two_processes_gives_the_numbers_of_one(tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", records("prompt", n=13))  # 13 examples: uneven over 2 processes
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), "-m", "ls_seq.cli",
-               *evaluate_args(model_dir, data, out)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(n),
+            "-m",
+            "ls_seq.cli",
+            *evaluate_args(model_dir, data, out),
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / d / "calibration.json").read_text()) for d in ("one", "two"))
@@ -335,8 +387,10 @@ def test_evaluate_refuses_weights_that_differ_from_their_manifest_naming_the_fil
     capsys.readouterr()
     assert main(evaluate_args(model_dir, data, tmp_path / "unchecked")) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ls-seq: warning:")]
-    assert warned == [f"ls-seq: warning: {str(model_dir)!r} has no recorded checksums (saved by an older ls-seq or another "
-                      "tool): its structure was verified, but a changed byte that keeps the structure valid cannot be detected"]
+    assert warned == [
+        f"ls-seq: warning: {str(model_dir)!r} has no recorded checksums (saved by an older ls-seq or another "
+        "tool): its structure was verified, but a changed byte that keeps the structure valid cannot be detected"
+    ]
 
     write_checksums(model_dir)
     weights = model_dir / "model.safetensors"

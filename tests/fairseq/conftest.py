@@ -48,19 +48,56 @@ PLUGIN_DIR = ROOT / "ls_seq_fairseq"
 
 # A 1+1-layer Transformer of width 32 (about 0.1 M parameters with the ~950-token joint vocabulary).
 TINY_MODEL = [
-    "--arch", "transformer", "--share-all-embeddings",
-    "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-]  # fmt: skip
+    "--arch",
+    "transformer",
+    "--share-all-embeddings",
+    "--encoder-layers",
+    "1",
+    "--decoder-layers",
+    "1",
+    "--encoder-embed-dim",
+    "32",
+    "--decoder-embed-dim",
+    "32",
+    "--encoder-ffn-embed-dim",
+    "64",
+    "--decoder-ffn-embed-dim",
+    "64",
+    "--encoder-attention-heads",
+    "2",
+    "--decoder-attention-heads",
+    "2",
+]
 # Adam with inverse-sqrt warm-up, batches of at most 1000 tokens, no dropout (so that runs that split the
 # same batches differently, 2 workers or 2 accumulation steps, see the same function).
 TINY_TRAINING = [
-    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt",
-    "--warmup-updates", "10", "--max-tokens", "1000", "--dropout", "0.0", "--seed", "1", "--cpu",
-    "--no-epoch-checkpoints", "--num-workers", "0", "--log-format", "json", "--log-interval", "10", "--no-progress-bar",
+    "--optimizer",
+    "adam",
+    "--adam-betas",
+    "(0.9, 0.98)",
+    "--lr",
+    "1e-3",
+    "--lr-scheduler",
+    "inverse_sqrt",
+    "--warmup-updates",
+    "10",
+    "--max-tokens",
+    "1000",
+    "--dropout",
+    "0.0",
+    "--seed",
+    "1",
+    "--cpu",
+    "--no-epoch-checkpoints",
+    "--num-workers",
+    "0",
+    "--log-format",
+    "json",
+    "--log-interval",
+    "10",
+    "--no-progress-bar",
     "--ignore-unused-valid-subsets",  # the data has valid1 (the study's calibration along training) beside valid
-]  # fmt: skip
+]
 
 
 @dataclass
@@ -181,9 +218,17 @@ def trained(data_bin, tmp_path_factory):
     that validation, from the same weights)."""
     save_dir = tmp_path_factory.mktemp("trained")
     lines = _fairseq_train(
-        data_bin.path, save_dir, "--criterion", "ls_seq_label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-        "--calibration-temperatures", "0.8,1.5", "--max-update", "30",
-    )  # fmt: skip
+        data_bin.path,
+        save_dir,
+        "--criterion",
+        "ls_seq_label_smoothed_cross_entropy",
+        "--label-smoothing",
+        "0.1",
+        "--calibration-temperatures",
+        "0.8,1.5",
+        "--max-update",
+        "30",
+    )
     valid = [stats for tag, stats in lines if tag == "valid"]
     return {"valid": valid[-1], "checkpoint": save_dir / "checkpoint_last.pt", "n_valid_logs": len(valid)}
 

@@ -105,16 +105,42 @@ def test_two_cpu_workers_equal_one_worker_with_update_freq_2(plugin, data_bin, t
     the same valid loss, nll_loss and every calibration value in the logs, and bit-identical parameters.
     Dropout is 0, so the runs compute the same function; validation is sharded across the 2 workers."""
     flags = [
-        str(data_bin.path), "--user-dir", plugin.PLUGIN_DIR, *tiny_flags, *LS, "--calibration-temperatures", "0.8,1.5",
-        "--max-update", "10", "--ddp-backend", "legacy_ddp", "--log-interval", "5",
-    ]  # fmt: skip
+        str(data_bin.path),
+        "--user-dir",
+        plugin.PLUGIN_DIR,
+        *tiny_flags,
+        *LS,
+        "--calibration-temperatures",
+        "0.8,1.5",
+        "--max-update",
+        "10",
+        "--ddp-backend",
+        "legacy_ddp",
+        "--log-interval",
+        "5",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     train = [sys.executable, "-m", "fairseq_cli.train"]
-    one = subprocess.run([*train, *flags, "--update-freq", "2", "--save-dir", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, timeout=300, check=False)  # fmt: skip
+    one = subprocess.run(
+        [*train, *flags, "--update-freq", "2", "--save-dir", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    init = ["--distributed-world-size", "2", "--distributed-init-method", f"tcp://127.0.0.1:{_free_port()}",
-            "--distributed-no-spawn", "--distributed-backend", "gloo", "--save-dir", str(tmp_path / "two")]  # fmt: skip
+    init = [
+        "--distributed-world-size",
+        "2",
+        "--distributed-init-method",
+        f"tcp://127.0.0.1:{_free_port()}",
+        "--distributed-no-spawn",
+        "--distributed-backend",
+        "gloo",
+        "--save-dir",
+        str(tmp_path / "two"),
+    ]
     workers = [
         subprocess.Popen(
             [*train, *flags, *init, "--distributed-rank", str(rank)],
@@ -122,15 +148,24 @@ def test_two_cpu_workers_equal_one_worker_with_update_freq_2(plugin, data_bin, t
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
-        )  # fmt: skip
+        )
         for rank in (0, 1)
     ]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:]
     got, expected = _valid_lines(outputs[0]), _valid_lines(one.stdout)
     assert len(got) == len(expected) >= 1
-    keys = ["valid_loss", "valid_nll_loss", "valid_ece", "valid_mce", "valid_ece_T0.8", "valid_nll_T1.5", "valid_best_ece_T",
-            "valid_token_accuracy", "valid_mean_confidence"]  # fmt: skip
+    keys = [
+        "valid_loss",
+        "valid_nll_loss",
+        "valid_ece",
+        "valid_mce",
+        "valid_ece_T0.8",
+        "valid_nll_T1.5",
+        "valid_best_ece_T",
+        "valid_token_accuracy",
+        "valid_mean_confidence",
+    ]
     for g, e in zip(got, expected):
         assert {k: g[k] for k in keys} == {k: e[k] for k in keys}
     a, b = load_state(tmp_path / "one" / "checkpoint_last.pt"), load_state(tmp_path / "two" / "checkpoint_last.pt")

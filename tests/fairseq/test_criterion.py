@@ -62,7 +62,9 @@ def test_fairseq_convention_equals_fairseqs_criterion_on_a_batch(build, eps):
 
 
 @pytest.mark.slow
-def test_fairseq_kernel_trains_bit_identically_to_fairseqs_criterion_for_30_updates(data_bin, tmp_path, fairseq_train, load_state):
+def test_fairseq_kernel_trains_bit_identically_to_fairseqs_criterion_for_30_updates(
+    data_bin, tmp_path, fairseq_train, load_state
+):
     """``--ls-kernel fairseq --ls-convention fairseq``: same seed, 30 Adam updates, every parameter and every
     Adam moment bit-identical to fairseq's own ``label_smoothed_cross_entropy`` (``torch.equal``)."""
     common = ["--label-smoothing", "0.1", "--max-update", "30"]

@@ -38,11 +38,31 @@ def test_temperature_1_is_plain_fairseq_generate(trained, data_bin, tmp_path):
     assert _scores(out_1) == _scores(out_plain) and _bleu_line(out_1) == _bleu_line(out_plain)
 
     cli = subprocess.run(
-        [sys.executable, "-m", "fairseq_cli.generate", str(data), "--path", str(ckpt), "--gen-subset", "test2",
-         "--beam", "4", "--max-len-a", "0", "--max-len-b", "12", "--batch-size", "8", "--cpu"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "fairseq_cli.generate",
+            str(data),
+            "--path",
+            str(ckpt),
+            "--gen-subset",
+            "test2",
+            "--beam",
+            "4",
+            "--max-len-a",
+            "0",
+            "--max-len-b",
+            "12",
+            "--batch-size",
+            "8",
+            "--cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
-    )  # fmt: skip
+    )
     assert cli.returncode == 0, cli.stderr[-3000:]
     (tmp_path / "cli.txt").write_text(cli.stdout, encoding="utf-8")
     assert read_hypotheses(tmp_path / "cli.txt", 24) == plain

@@ -19,9 +19,13 @@ PLUGIN_DIR = Path(__file__).resolve().parents[2] / "ls_seq_fairseq"
 def _python(code: str) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter (import order is what is tested, so not this process)."""
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    )
 
 
 # Python's import first: what ls_seq imports before the plugin (nothing of fairseq), and what the CLI prints.
@@ -69,8 +73,19 @@ def test_one_module_in_either_import_order(fairseq_first, plugin):
     assert Path(printed) == PLUGIN_DIR == Path(plugin.PLUGIN_DIR)
     from fairseq import options
 
-    argv = ["data", "--user-dir", printed, "--criterion", "ls_seq_label_smoothed_cross_entropy", "--arch", "transformer",
-            "--ls-convention", "fairseq", "--calibration-temperatures", "0.8,1.5"]  # fmt: skip
+    argv = [
+        "data",
+        "--user-dir",
+        printed,
+        "--criterion",
+        "ls_seq_label_smoothed_cross_entropy",
+        "--arch",
+        "transformer",
+        "--ls-convention",
+        "fairseq",
+        "--calibration-temperatures",
+        "0.8,1.5",
+    ]
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
     assert (args.ls_convention, args.calibration_temperatures, args.calibration_bins, args.ls_prior) == (
         "fairseq",

@@ -40,14 +40,54 @@ def slice_args(data_dir, out, *extra):
     """Tens of seconds: 400 pairs, 30 updates of a 1+1-layer width-32 model, three temperatures, 48 test pairs,
     the calibration along training every 10 updates on 16 validation pairs (every interval checkpoint kept)."""
     return [
-        "--preset", "tiny", "--data_dir", str(data_dir), "--output_dir", str(out),
-        "--max_train_samples", "400", "--max_eval_samples", "48", "--max_bleu_samples", "24",
-        "--max_steps", "30", "--save_steps", "10", "--warmup_steps", "5", "--logging_steps", "10", "--batch_size", "32",
-        "--vocab_size", "1000", "--d_model", "32", "--ffn_dim", "64", "--attention_heads", "2",
-        "--encoder_layers", "1", "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1",
-        "--calibration_every", "10", "--calibration_samples", "16", "--calibration_temperatures", *CAL_TEMPS,
-        "--fairseq_train_args", "--keep-interval-updates -1", *extra,
-    ]  # fmt: skip
+        "--preset",
+        "tiny",
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(out),
+        "--max_train_samples",
+        "400",
+        "--max_eval_samples",
+        "48",
+        "--max_bleu_samples",
+        "24",
+        "--max_steps",
+        "30",
+        "--save_steps",
+        "10",
+        "--warmup_steps",
+        "5",
+        "--logging_steps",
+        "10",
+        "--batch_size",
+        "32",
+        "--vocab_size",
+        "1000",
+        "--d_model",
+        "32",
+        "--ffn_dim",
+        "64",
+        "--attention_heads",
+        "2",
+        "--encoder_layers",
+        "1",
+        "--decoder_layers",
+        "1",
+        "--temperatures",
+        *TEMPS,
+        "--cpu_threads",
+        "1",
+        "--calibration_every",
+        "10",
+        "--calibration_samples",
+        "16",
+        "--calibration_temperatures",
+        *CAL_TEMPS,
+        "--fairseq_train_args",
+        "--keep-interval-updates -1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +107,47 @@ def hf_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("hf_ende") / "run"
     argv = slice_args(MULTI30K_DIR, out)
     argv = argv[: argv.index("--max_train_samples")] + [
-        "--max_train_samples", "200", "--max_eval_samples", "16", "--max_bleu_samples", "4", "--max_steps", "2",
-        "--save_steps", "2", "--warmup_steps", "1", "--logging_steps", "1", "--batch_size", "8", "--eval_batch_size", "8",
-        "--vocab_size", "300", "--d_model", "16", "--ffn_dim", "32", "--attention_heads", "2", "--encoder_layers", "1",
-        "--decoder_layers", "1", "--temperatures", *TEMPS, "--cpu_threads", "1",
-        "--calibration_every", "1", "--calibration_samples", "8", "--calibration_temperatures", *CAL_TEMPS,
-    ]  # fmt: skip
+        "--max_train_samples",
+        "200",
+        "--max_eval_samples",
+        "16",
+        "--max_bleu_samples",
+        "4",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--warmup_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--batch_size",
+        "8",
+        "--eval_batch_size",
+        "8",
+        "--vocab_size",
+        "300",
+        "--d_model",
+        "16",
+        "--ffn_dim",
+        "32",
+        "--attention_heads",
+        "2",
+        "--encoder_layers",
+        "1",
+        "--decoder_layers",
+        "1",
+        "--temperatures",
+        *TEMPS,
+        "--cpu_threads",
+        "1",
+        "--calibration_every",
+        "1",
+        "--calibration_samples",
+        "8",
+        "--calibration_temperatures",
+        *CAL_TEMPS,
+    ]
     _load(HF_RECIPE, "wmt_en_de").main(argv)
     return read_json(out / "results.json")
 
@@ -101,6 +176,7 @@ def test_results_json_has_the_hf_studys_schema(fairseq_run, hf_results):
     every HF key (plus the fairseq trainer's); versions add fairseq's."""
     got = read_json(fairseq_run["out"] / "results.json")
     assert set(got) == set(hf_results) == {"config", "versions", "models", "table3"}
+
     # The HF study's bootstrap intervals and replicates need per-token state; fairseq's validation logs carry
     # only the per-bin sums, so its entries have every other key.
     # The same holds for the points of the calibration along training (ece_low / ece_high: None here).
@@ -110,8 +186,7 @@ def test_results_json_has_the_hf_studys_schema(fairseq_run, hf_results):
         points = [{k: v for k, v in p.items() if k not in ("ece_low", "ece_high")} for p in along["points"]]
         # a step, or None when the model is not over-confident at its last point: either kind is the schema
         along = {"points": points, "overconfident_from_step": "step or None"}
-        return {**{k: v for k, v in m.items() if k != "best_ece_replicates"}, "test": test,
-                "calibration_along_training": along}  # fmt: skip
+        return {**{k: v for k, v in m.items() if k != "best_ece_replicates"}, "test": test, "calibration_along_training": along}
 
     assert all(p["ece_low"] is None for m in got["models"] for p in m["calibration_along_training"]["points"])
     got = {**got, "models": [without_bootstrap(m) for m in got["models"]]}
@@ -188,7 +263,9 @@ def _valid1_calibration(checkpoint: Path, data_dir: Path):
     from ls_seq_fairseq.evaluate import trusted_checkpoints
 
     with trusted_checkpoints():
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data_dir)})
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(checkpoint)], arg_overrides={"data": str(data_dir)}
+        )
     model = models[0].eval()
     task.load_dataset("valid1", combine=False, epoch=1, task_cfg=cfg.task)
     batches = task.get_batch_iterator(dataset=task.dataset("valid1"), max_tokens=512).next_epoch_itr(shuffle=False)
@@ -250,6 +327,7 @@ def test_a_data_directory_without_valid1_is_binarised_again_with_the_same_ids(da
     for path in old.glob("valid1.*"):
         path.unlink()
     assert not is_binarized(old) and is_binarized(data_bin.path)
+
     def files(directory):  # preprocess.log is fairseq's log of the run, not data
         return {p.name: p.read_bytes() for p in directory.iterdir() if p.name != "preprocess.log"}
 
@@ -346,11 +424,26 @@ def test_paper_presets_are_fairseqs_registered_transformers(tmp_path, preset, ar
         )
     )
     keys = [
-        "arch", "encoder_layers", "decoder_layers", "encoder_embed_dim", "decoder_embed_dim", "encoder_ffn_embed_dim",
-        "decoder_ffn_embed_dim", "encoder_attention_heads", "decoder_attention_heads", "dropout", "attention_dropout",
-        "activation_dropout", "activation_fn", "share_all_embeddings", "encoder_learned_pos", "decoder_learned_pos",
-        "no_scale_embedding", "encoder_normalize_before", "decoder_normalize_before",
-    ]  # fmt: skip
+        "arch",
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_embed_dim",
+        "decoder_embed_dim",
+        "encoder_ffn_embed_dim",
+        "decoder_ffn_embed_dim",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "activation_fn",
+        "share_all_embeddings",
+        "encoder_learned_pos",
+        "decoder_learned_pos",
+        "no_scale_embedding",
+        "encoder_normalize_before",
+        "decoder_normalize_before",
+    ]
     assert {k: ours[k] for k in keys} == {k: plain[k] for k in keys}
 
 

@@ -265,7 +265,9 @@ def test_soft_targets_against_a_dense_formula_and_timms_mixup_order():
     onehot[2] = 0
     hard = labels.clone()
     hard[2] = -100
-    torch.testing.assert_close(label_smoothed_cross_entropy(logits, onehot, alpha), label_smoothed_cross_entropy(logits, hard, alpha))
+    torch.testing.assert_close(
+        label_smoothed_cross_entropy(logits, onehot, alpha), label_smoothed_cross_entropy(logits, hard, alpha)
+    )
 
 
 def test_soft_targets_refuse_what_is_not_a_distribution():
@@ -351,11 +353,14 @@ def test_z_loss_with_target_distributions_against_a_dense_formula():
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("value", "exc", "pattern"), [
-    (-0.1, ValueError, r"`z_loss` must be finite and >= 0, got -0.1"),
-    (float("inf"), ValueError, r"`z_loss` must be finite and >= 0, got inf"),
-    ("0.1", TypeError, r"`z_loss` must be a real number >= 0"),
-])
+@pytest.mark.parametrize(
+    ("value", "exc", "pattern"),
+    [
+        (-0.1, ValueError, r"`z_loss` must be finite and >= 0, got -0.1"),
+        (float("inf"), ValueError, r"`z_loss` must be finite and >= 0, got inf"),
+        ("0.1", TypeError, r"`z_loss` must be a real number >= 0"),
+    ],
+)
 def test_bad_z_loss_is_refused_naming_the_argument(value, exc, pattern):
     logits, labels = _batch()
     with pytest.raises(exc, match=pattern):

@@ -241,8 +241,20 @@ def test_a_kernel_cache_another_user_can_write_is_never_loaded_from(monkeypatch,
     cache.mkdir(parents=True, mode=0o700)
     (tmp_path / "planted.c").write_text(_PLANTED)
     planted = cache / native._library_name(compiler, native._FLAG_SETS[0])
-    subprocess.run([compiler, *native._FLAG_SETS[0], "-shared", "-fPIC", "-o", str(planted), str(native._SOURCE),
-                    str(tmp_path / "planted.c")], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            compiler,
+            *native._FLAG_SETS[0],
+            "-shared",
+            "-fPIC",
+            "-o",
+            str(planted),
+            str(native._SOURCE),
+            str(tmp_path / "planted.c"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     planted.chmod(0o700)
     if case == "group-writable cache":
         cache.chmod(0o770)
@@ -264,10 +276,14 @@ def test_a_kernel_cache_another_user_can_write_is_never_loaded_from(monkeypatch,
                 assert native.exp_sums_available()
             assert marker.read_text() == "loaded"  # a private cache is used as it is
         else:
-            reason = {"group-writable cache": rf"{re.escape(str(cache))}' is writable by its group \(mode 0770\)",
-                      "world-writable parent": rf"{re.escape(str(tmp_path / 'parent'))}' is writable by group and others",
-                      "cache of another user": rf"{re.escape(str(cache))}' belongs to uid 65534"}[case]  # fmt: skip
-            with pytest.warns(LsSeqWarning, match=rf"not loaded from a place another user can write: the cache .* is refused: .*{reason}") as caught:
+            reason = {
+                "group-writable cache": rf"{re.escape(str(cache))}' is writable by its group \(mode 0770\)",
+                "world-writable parent": rf"{re.escape(str(tmp_path / 'parent'))}' is writable by group and others",
+                "cache of another user": rf"{re.escape(str(cache))}' belongs to uid 65534",
+            }[case]
+            with pytest.warns(
+                LsSeqWarning, match=rf"not loaded from a place another user can write: the cache .* is refused: .*{reason}"
+            ) as caught:
                 assert native.exp_sums_available()  # built for this process in a private directory instead
             assert len([w for w in caught if issubclass(w.category, LsSeqWarning)]) == 1
             assert not marker.exists()  # the planted library never ran

@@ -27,8 +27,7 @@ from ls_seq.hf.trainer import (
 
 GRID = [0.5, 1.0, 2.0]
 N_EVAL = 13  # not a multiple of the evaluation batch 4
-KEYS = {"ece": "ece", "mce": "mce", "rms": "rms", "nll": "nll", "accuracy": "accuracy",
-        "mean_confidence": "mean_confidence"}  # fmt: skip
+KEYS = {"ece": "ece", "mce": "mce", "rms": "rms", "nll": "nll", "accuracy": "accuracy", "mean_confidence": "mean_confidence"}
 
 
 def reference(family, model, temperatures):
@@ -54,12 +53,18 @@ def assert_matches(metrics, family, model, temperatures=GRID, prefix="eval"):
 
 def ls_trainer(family, model, tmp_path, callbacks, **overrides):
     cls, args_cls = (
-        (LabelSmoothingTrainer, LabelSmoothingTrainingArguments) if family in CAUSAL
+        (LabelSmoothingTrainer, LabelSmoothingTrainingArguments)
+        if family in CAUSAL
         else (LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments)
-    )  # fmt: skip
+    )
     args = training_args(str(tmp_path), cls=args_cls, label_smoothing_factor=0.1, **overrides)
-    return cls(model=model, args=args, eval_dataset=family_dataset(family, N_EVAL, 11), data_collator=family_collate(family),
-               callbacks=callbacks)
+    return cls(
+        model=model,
+        args=args,
+        eval_dataset=family_dataset(family, N_EVAL, 11),
+        data_collator=family_collate(family),
+        callbacks=callbacks,
+    )
 
 
 @pytest.mark.parametrize("family", ["gpt2", "marian"])
@@ -80,8 +85,13 @@ def test_ls_trainer_measures_inside_its_own_evaluation_loop(tmp_path, family):
 def test_callback_in_a_plain_trainer_needs_no_attach(tmp_path, family):
     model = family_model(family, seed=3)
     cls = Trainer if family in CAUSAL else Seq2SeqTrainer
-    trainer = cls(model=model, args=training_args(str(tmp_path)), eval_dataset=family_dataset(family, N_EVAL, 11),
-                  data_collator=family_collate(family), callbacks=[CalibrationCallback(n_bins=10, temperatures=GRID)])
+    trainer = cls(
+        model=model,
+        args=training_args(str(tmp_path)),
+        eval_dataset=family_dataset(family, N_EVAL, 11),
+        data_collator=family_collate(family),
+        callbacks=[CalibrationCallback(n_bins=10, temperatures=GRID)],
+    )
     assert_matches(trainer.evaluate(), family, model)
     assert any("eval_ece" in h for h in trainer.state.log_history)
 
@@ -92,9 +102,13 @@ def test_calibration_metrics_pair_in_hf_own_loop(tmp_path, family, batch_eval_me
     model = family_model(family, seed=3)
     pair = CalibrationComputeMetrics(n_bins=10, temperatures=GRID, model=model)
     cls = Trainer if family in CAUSAL else Seq2SeqTrainer
-    trainer = cls(model=model, args=training_args(str(tmp_path), batch_eval_metrics=batch_eval_metrics),
-                  eval_dataset=family_dataset(family, N_EVAL, 11), data_collator=family_collate(family),
-                  **pair.trainer_kwargs())  # fmt: skip
+    trainer = cls(
+        model=model,
+        args=training_args(str(tmp_path), batch_eval_metrics=batch_eval_metrics),
+        eval_dataset=family_dataset(family, N_EVAL, 11),
+        data_collator=family_collate(family),
+        **pair.trainer_kwargs(),
+    )
     assert_matches(trainer.evaluate(), family, model)
     assert pair.last_reliability["count"].shape == (len(GRID), 10)
 
@@ -104,13 +118,19 @@ def test_a_one_temperature_grid_keeps_its_shape(tmp_path):
     metric.update(torch.randn(5, 7), torch.randint(0, 7, (5,)))
     assert all(v.shape == (1,) for v in metric.compute().values())
     model = family_model("marian", seed=3)
-    trainer = Seq2SeqTrainer(model=model, args=training_args(str(tmp_path)), eval_dataset=family_dataset("marian", N_EVAL, 11),
-                             data_collator=family_collate("marian"), callbacks=[CalibrationCallback(n_bins=10, temperatures=[1.0])])  # fmt: skip
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training_args(str(tmp_path)),
+        eval_dataset=family_dataset("marian", N_EVAL, 11),
+        data_collator=family_collate("marian"),
+        callbacks=[CalibrationCallback(n_bins=10, temperatures=[1.0])],
+    )
     assert_matches(trainer.evaluate(), "marian", model, temperatures=[1.0])
 
 
 def test_label_names_are_honoured(tmp_path):
     """A batch whose token labels are called `target_ids` (TrainingArguments.label_names)."""
+
     def collate(features):
         batch = family_collate("gpt2")(features)
         batch["target_ids"] = batch.pop("labels")
@@ -158,8 +178,9 @@ def test_the_reliability_diagram_is_a_real_tensorboard_image(tmp_path, monkeypat
     from transformers import TrainingArguments
 
     where = {"logging_dir": str(logs)} if "logging_dir" in TrainingArguments.__dataclass_fields__ else {}  # 4.x
-    trainer = ls_trainer("gpt2", model, tmp_path, [CalibrationCallback(n_bins=10, temperatures=GRID)],
-                         report_to=["tensorboard"], **where)  # fmt: skip
+    trainer = ls_trainer(
+        "gpt2", model, tmp_path, [CalibrationCallback(n_bins=10, temperatures=GRID)], report_to=["tensorboard"], **where
+    )
     metrics = trainer.evaluate()
     trainer.callback_handler.call_event("on_train_end", trainer.args, trainer.state, trainer.control)  # flush
     events = EventAccumulator(str(next(p.parent for p in logs.rglob("events.out.tfevents.*"))), size_guidance={"images": 0})

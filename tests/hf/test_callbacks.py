@@ -45,8 +45,14 @@ def test_eval_metrics_equal_token_calibration_run_directly(tmp_path):
     ref = TokenCalibration(n_bins=10)
     ref.update(logits, labels)
     expected = ref.compute()
-    for key, name in [("eval_ece", "ece"), ("eval_mce", "mce"), ("eval_rms", "rms"), ("eval_nll", "nll"),
-                      ("eval_accuracy", "accuracy"), ("eval_mean_confidence", "mean_confidence")]:
+    for key, name in [
+        ("eval_ece", "ece"),
+        ("eval_mce", "mce"),
+        ("eval_rms", "rms"),
+        ("eval_nll", "nll"),
+        ("eval_accuracy", "accuracy"),
+        ("eval_mean_confidence", "mean_confidence"),
+    ]:
         torch.testing.assert_close(metrics[key], float(expected[name]), rtol=1e-5, atol=1e-6, msg=key)
     # Independent of TokenCalibration: NLL and accuracy straight from torch.
     keep = labels != IGNORE
@@ -105,8 +111,9 @@ def test_reliability_diagram_goes_to_a_tensorboard_writer(tmp_path):
 def test_unattached_callback_adds_to_evaluate_results(tmp_path):
     model, val = tiny_model("marian", seed=3), tiny_dataset(N_EVAL, seed=11)
     args = training_args(str(tmp_path))
-    trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=val, data_collator=collate,
-                             callbacks=[CalibrationCallback(plot=False)])
+    trainer = Seq2SeqTrainer(
+        model=model, args=args, eval_dataset=val, data_collator=collate, callbacks=[CalibrationCallback(plot=False)]
+    )
     metrics = trainer.evaluate()
     ref = TokenCalibration()
     ref.update(*direct_logits(model, val))

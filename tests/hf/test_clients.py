@@ -33,8 +33,10 @@ def prompt_completion(n: int, seed: int):
     def words(k):
         return " ".join(f"t{int(t)}" for t in torch.randint(3, 96, (k,), generator=g))
 
-    rows = [(words(int(torch.randint(1, 5, (1,), generator=g))), " " + words(int(torch.randint(1, 6, (1,), generator=g))))
-            for _ in range(n)]  # fmt: skip
+    rows = [
+        (words(int(torch.randint(1, 5, (1,), generator=g))), " " + words(int(torch.randint(1, 6, (1,), generator=g))))
+        for _ in range(n)
+    ]
     return Dataset.from_dict({"prompt": [p for p, _ in rows], "completion": [c for _, c in rows]})
 
 
@@ -44,15 +46,37 @@ def test_sft_trainer_with_ls_seq_loss_and_calibration_metrics(tmp_path):
     base = family_model("llama", seed=2)
     model = copy.deepcopy(base)
     pair = CalibrationComputeMetrics(n_bins=10, temperatures=[0.8, 1.0, 1.25], model=model)
-    config = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                       per_device_eval_batch_size=3, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
-                       max_grad_norm=0.0, weight_decay=0.0, report_to=[], use_cpu=True, save_strategy="no",
-                       disable_tqdm=True, logging_steps=1, batch_eval_metrics=True, seed=0, bf16=False)  # fmt: skip
+    config = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        per_device_eval_batch_size=3,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+        batch_eval_metrics=True,
+        seed=0,
+        bf16=False,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TRL deprecates compute_loss_func, still supports it
-        trainer = SFTTrainer(model=model, args=config, train_dataset=prompt_completion(8, 1), eval_dataset=prompt_completion(7, 2),
-                             processing_class=tiny_tokenizer(), compute_loss_func=label_smoothing_loss_func(0.1, model=model),
-                             **pair.trainer_kwargs())  # fmt: skip
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=prompt_completion(8, 1),
+            eval_dataset=prompt_completion(7, 2),
+            processing_class=tiny_tokenizer(),
+            compute_loss_func=label_smoothing_loss_func(0.1, model=model),
+            **pair.trainer_kwargs(),
+        )
     train = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
     full = trainer.data_collator(train)  # the client's own batch: prompt tokens are -100
     assert bool((full["labels"] == IGNORE).any()) and bool((full["labels"] != IGNORE).any())
@@ -83,8 +107,14 @@ def test_peft_lora_model_with_the_fused_loss(tmp_path):
 
     def lora(seed):
         torch.manual_seed(seed)
-        cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM",
-                         init_lora_weights=False)  # fmt: skip
+        cfg = LoraConfig(
+            r=2,
+            lora_alpha=4,
+            target_modules=["q_proj", "v_proj"],
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            init_lora_weights=False,
+        )
         return get_peft_model(family_model("llama", seed=2), cfg)
 
     base = lora(7)
@@ -92,10 +122,17 @@ def test_peft_lora_model_with_the_fused_loss(tmp_path):
     assert ref and all("lora_" in name for name in ref), "only the adapters train"
     for fused in (False, True):
         model = lora(7)
-        args = training_args(str(tmp_path / str(fused)), cls=LabelSmoothingTrainingArguments, label_smoothing_factor=0.1,
-                             fused_linear_loss=fused, per_device_train_batch_size=4, gradient_accumulation_steps=4)  # fmt: skip
-        LabelSmoothingTrainer(model=model, args=args, train_dataset=family_dataset("llama", 16, seed=5),
-                              data_collator=family_collate("llama")).train()
+        args = training_args(
+            str(tmp_path / str(fused)),
+            cls=LabelSmoothingTrainingArguments,
+            label_smoothing_factor=0.1,
+            fused_linear_loss=fused,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=4,
+        )
+        LabelSmoothingTrainer(
+            model=model, args=args, train_dataset=family_dataset("llama", 16, seed=5), data_collator=family_collate("llama")
+        ).train()
         params = dict(model.named_parameters())
         for name, expected in ref.items():
             torch.testing.assert_close(params[name].detach(), expected, rtol=1e-5, atol=1e-6, msg=f"fused={fused}: {name}")

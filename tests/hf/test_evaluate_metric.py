@@ -29,8 +29,9 @@ def test_evaluate_load_by_path_matches_token_calibration():
     labels[1][-2:] = -100
     for lg, lb in zip(logits[:2], labels[:2]):  # streaming (add) and one-shot (compute) inputs together
         metric.add(predictions=lg.tolist(), references=lb.tolist())
-    out = metric.compute(predictions=[x.tolist() for x in logits[2:]], references=[y.tolist() for y in labels[2:]],
-                         n_bins=8, temperature=1.5)
+    out = metric.compute(
+        predictions=[x.tolist() for x in logits[2:]], references=[y.tolist() for y in labels[2:]], n_bins=8, temperature=1.5
+    )
 
     ref = TokenCalibration(n_bins=8, temperatures=[1.5])
     ref.update(torch.cat(logits), torch.cat(labels))

@@ -36,9 +36,10 @@ N_EVAL = 13  # uneven for every batch size below
 def ls_trainer(family, model, eval_dataset, tmp_path, callbacks=None, **overrides):
     causal = family in CAUSAL
     cls, args_cls = (
-        (LabelSmoothingTrainer, LabelSmoothingTrainingArguments) if causal
+        (LabelSmoothingTrainer, LabelSmoothingTrainingArguments)
+        if causal
         else (LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments)
-    )  # fmt: skip
+    )
     args = training_args(str(tmp_path), cls=args_cls, label_smoothing_factor=ALPHA, **overrides)
     return cls(model=model, args=args, eval_dataset=eval_dataset, data_collator=family_collate(family), callbacks=callbacks)
 
@@ -67,8 +68,9 @@ def test_eval_loss_is_the_token_mean_at_every_batch_size(tmp_path, family):
     model = family_model(family, seed=3)
     expected = token_mean_reference(family, model, family_examples(family, N_EVAL, seed=11))
     for batch_size in (1, 3, 8):
-        trainer = ls_trainer(family, model, family_dataset(family, N_EVAL, seed=11), tmp_path,
-                             per_device_eval_batch_size=batch_size)  # fmt: skip
+        trainer = ls_trainer(
+            family, model, family_dataset(family, N_EVAL, seed=11), tmp_path, per_device_eval_batch_size=batch_size
+        )
         got = trainer.evaluate()["eval_loss"]
         assert got == pytest.approx(expected, rel=1e-5), f"{family}, eval batch size {batch_size}"
 
@@ -77,8 +79,15 @@ def test_eval_loss_with_generation_is_the_token_mean(tmp_path):
     """predict_with_generate scores the teacher-forced logits through the generation path's loss."""
     model = family_model("marian", seed=3)
     expected = token_mean_reference("marian", model, family_examples("marian", N_EVAL, seed=11))
-    trainer = ls_trainer("marian", model, family_dataset("marian", N_EVAL, seed=11), tmp_path,
-                         per_device_eval_batch_size=3, predict_with_generate=True, generation_max_length=6)  # fmt: skip
+    trainer = ls_trainer(
+        "marian",
+        model,
+        family_dataset("marian", N_EVAL, seed=11),
+        tmp_path,
+        per_device_eval_batch_size=3,
+        predict_with_generate=True,
+        generation_max_length=6,
+    )
     assert trainer.evaluate()["eval_loss"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -100,12 +109,22 @@ def test_an_all_masked_eval_set_is_one_clear_error_naming_eval_dataset(tmp_path,
         callbacks = [CalibrationCallback(plot=False)] if route.endswith("callback") else None
         trainer = ls_trainer("gpt2", model, data, tmp_path, callbacks=callbacks)
     elif route == "plain_callback":
-        trainer = Trainer(model=model, args=training_args(str(tmp_path)), eval_dataset=data, data_collator=collate,
-                          callbacks=[CalibrationCallback(plot=False)])  # fmt: skip
+        trainer = Trainer(
+            model=model,
+            args=training_args(str(tmp_path)),
+            eval_dataset=data,
+            data_collator=collate,
+            callbacks=[CalibrationCallback(plot=False)],
+        )
     else:
         pair = CalibrationComputeMetrics(model=model)
-        trainer = Trainer(model=model, args=training_args(str(tmp_path), batch_eval_metrics=True), eval_dataset=data,
-                          data_collator=collate, **pair.trainer_kwargs())  # fmt: skip
+        trainer = Trainer(
+            model=model,
+            args=training_args(str(tmp_path), batch_eval_metrics=True),
+            eval_dataset=data,
+            data_collator=collate,
+            **pair.trainer_kwargs(),
+        )
     with pytest.raises(ValueError, match="`eval_dataset` has no scored tokens"):
         trainer.evaluate()
 
@@ -124,15 +143,26 @@ def test_predict_reports_calibration_in_ls_seq_trainers_and_the_metrics_pair(tmp
     assert predicted["test_loss"] == pytest.approx(evaluated["eval_loss"], rel=1e-9)
     assert callback.last_metrics["test_ece"] == predicted["test_ece"]
     pair = CalibrationComputeMetrics(n_bins=10, model=model)
-    plain = Trainer(model=model, args=training_args(str(tmp_path / "pair"), per_device_eval_batch_size=4),
-                    data_collator=family_collate("gpt2"), **pair.trainer_kwargs())  # fmt: skip
+    plain = Trainer(
+        model=model,
+        args=training_args(str(tmp_path / "pair"), per_device_eval_batch_size=4),
+        data_collator=family_collate("gpt2"),
+        **pair.trainer_kwargs(),
+    )
     assert plain.predict(data).metrics["test_ece"] == pytest.approx(evaluated["eval_ece"], rel=1e-6)
 
 
 def test_predict_with_generate_reports_calibration(tmp_path):
     data = family_dataset("marian", N_EVAL, seed=11)
-    trainer = ls_trainer("marian", family_model("marian", seed=3), data, tmp_path,
-                         callbacks=[CalibrationCallback(plot=False)], predict_with_generate=True, generation_max_length=6)  # fmt: skip
+    trainer = ls_trainer(
+        "marian",
+        family_model("marian", seed=3),
+        data,
+        tmp_path,
+        callbacks=[CalibrationCallback(plot=False)],
+        predict_with_generate=True,
+        generation_max_length=6,
+    )
     assert trainer.predict(data).metrics["test_ece"] == pytest.approx(trainer.evaluate()["eval_ece"], rel=1e-9)
 
 
@@ -159,8 +189,13 @@ def test_the_callback_places_a_custom_wrapper_like_the_loss_function(tmp_path, s
     data = family_dataset("gpt2", N_EVAL, seed=11)
     reference = ls_trainer("gpt2", inner, data, tmp_path / "ref", callbacks=[CalibrationCallback(plot=False)]).evaluate()
     callback = CalibrationCallback(plot=False, shift_labels=shift_labels)
-    trainer = Trainer(model=_Wrapper(inner), args=training_args(str(tmp_path)), eval_dataset=data,
-                      data_collator=family_collate("gpt2"), callbacks=[callback])  # fmt: skip
+    trainer = Trainer(
+        model=_Wrapper(inner),
+        args=training_args(str(tmp_path)),
+        eval_dataset=data,
+        data_collator=family_collate("gpt2"),
+        callbacks=[callback],
+    )
     trainer.evaluate()
     assert callback.last_metrics["eval_ece"] == pytest.approx(reference["eval_ece"], rel=1e-9)
     assert callback.last_metrics["eval_nll"] == pytest.approx(reference["eval_nll"], rel=1e-9)

@@ -38,9 +38,10 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 def ls_trainer(family, model, train, tmp_path, **overrides):
     causal = family in CAUSAL
     cls, args_cls = (
-        (LabelSmoothingTrainer, LabelSmoothingTrainingArguments) if causal
+        (LabelSmoothingTrainer, LabelSmoothingTrainingArguments)
+        if causal
         else (LabelSmoothingSeq2SeqTrainer, LabelSmoothingSeq2SeqTrainingArguments)
-    )  # fmt: skip
+    )
     args = training_args(str(tmp_path), cls=args_cls, learning_rate=LR, label_smoothing_factor=ALPHA, **overrides)
     return cls(model=model, args=args, train_dataset=train, data_collator=family_collate(family))
 
@@ -52,9 +53,16 @@ def test_one_step_equals_sgd_on_the_token_mean_loss(tmp_path, family, fused, acc
     base = family_model(family, seed=2)
     ref, ref_loss, ref_nll = sgd_reference(family, base, family_examples(family, 16, seed=5), ALPHA, LR)
     model = copy.deepcopy(base)
-    trainer = ls_trainer(family, model, family_dataset(family, 16, seed=5), tmp_path, fused_linear_loss=fused,
-                         fused_chunk_size=7, per_device_train_batch_size=16 // accumulation,
-                         gradient_accumulation_steps=accumulation)  # fmt: skip
+    trainer = ls_trainer(
+        family,
+        model,
+        family_dataset(family, 16, seed=5),
+        tmp_path,
+        fused_linear_loss=fused,
+        fused_chunk_size=7,
+        per_device_train_batch_size=16 // accumulation,
+        gradient_accumulation_steps=accumulation,
+    )
     trainer.train()
     params = dict(model.named_parameters())
     assert ref.keys() <= params.keys()
@@ -72,8 +80,12 @@ def test_the_matrix_can_fail_hf_counts_unshifted_labels_for_gpt2(tmp_path):
 
     family = "gpt2"
     train = family_dataset(family, 16, seed=5)
-    trainer = Trainer(model=family_model(family), args=training_args(str(tmp_path), per_device_train_batch_size=16),
-                      train_dataset=train, data_collator=family_collate(family))
+    trainer = Trainer(
+        model=family_model(family),
+        args=training_args(str(tmp_path), per_device_train_batch_size=16),
+        train_dataset=train,
+        data_collator=family_collate(family),
+    )
     batches, hf_count = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 1, torch.device("cpu"))
     scored = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
     unmasked_rows = sum(int((b["labels"][:, 0] != IGNORE).sum()) for b in batches)
@@ -98,8 +110,16 @@ def test_fused_loss_with_gradient_checkpointing(tmp_path, family):
     base = family_model(family, seed=2)
     ref, _, _ = sgd_reference(family, base, family_examples(family, 16, seed=5), ALPHA, LR)
     model = copy.deepcopy(base)
-    trainer = ls_trainer(family, model, family_dataset(family, 16, seed=5), tmp_path, fused_linear_loss=True,
-                         per_device_train_batch_size=8, gradient_accumulation_steps=2, **checkpointing_args())  # fmt: skip
+    trainer = ls_trainer(
+        family,
+        model,
+        family_dataset(family, 16, seed=5),
+        tmp_path,
+        fused_linear_loss=True,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        **checkpointing_args(),
+    )
     trainer.train()
     assert is_checkpointing(model)
     params = dict(model.named_parameters())

@@ -84,8 +84,16 @@ def test_beam_search_finds_the_tempered_optimum_which_changes_with_temperature(p
     one = {k: v[:1] for k, v in sources.items()}
     best = {}
     for t in (0.5, 1.0, 4.0):
-        out = generate_with_temperature(peaky_model, t, **one, num_beams=VOCAB, max_new_tokens=2, do_sample=False,
-                                        length_penalty=0.0, logits_processor=LogitsProcessorList([MarkovScores(table)]))
+        out = generate_with_temperature(
+            peaky_model,
+            t,
+            **one,
+            num_beams=VOCAB,
+            max_new_tokens=2,
+            do_sample=False,
+            length_penalty=0.0,
+            logits_processor=LogitsProcessorList([MarkovScores(table)]),
+        )
         lp = torch.log_softmax(torch.log_softmax(table, -1) / t, dim=-1)  # (V, V) tempered next-token log-probs
         start = peaky_model.config.decoder_start_token_id
         a, b = divmod(int((lp[start][:, None] + lp).argmax()), VOCAB)  # brute force over all V^2 pairs
@@ -107,8 +115,9 @@ def test_sequence_scores_are_those_of_the_tempered_model(peaky_model, sources):
     """With length_penalty=0 a beam's score is the sum of its tokens' tempered log-probabilities."""
     t = 2.0
     one = {k: v[:1] for k, v in sources.items()}
-    out = generate_with_temperature(peaky_model, t, **one, num_beams=3, max_new_tokens=6, length_penalty=0.0,
-                                    return_dict_in_generate=True, output_scores=True)
+    out = generate_with_temperature(
+        peaky_model, t, **one, num_beams=3, max_new_tokens=6, length_penalty=0.0, return_dict_in_generate=True, output_scores=True
+    )
     seq = out.sequences[:1]  # (1, L) best beam, starting with the decoder start token
     with torch.no_grad():
         logits = peaky_model(**one, decoder_input_ids=seq[:, :-1]).logits  # (1, L-1, V)

@@ -36,9 +36,14 @@ def make_trainer(route, tmp_path, report_to, **overrides):
     else:
         family, cls, args_cls, extra = "marian", Seq2SeqTrainer, None, {}
     args = training_args(str(tmp_path / "out"), cls=args_cls, report_to=report_to, **extra, **overrides)
-    trainer = cls(model=family_model(family, seed=3), args=args, train_dataset=family_dataset(family, 8, 5),
-                  eval_dataset=family_dataset(family, N_EVAL, 11), data_collator=family_collate(family),
-                  callbacks=[callback])  # fmt: skip
+    trainer = cls(
+        model=family_model(family, seed=3),
+        args=args,
+        train_dataset=family_dataset(family, 8, 5),
+        eval_dataset=family_dataset(family, N_EVAL, 11),
+        data_collator=family_collate(family),
+        callbacks=[callback],
+    )
     return trainer, callback
 
 
@@ -49,8 +54,10 @@ def same_picture(png_a, png_b):
 
 
 def test_import_ls_seq_imports_no_tracker():
-    code = ("import sys, ls_seq, ls_seq.hf.callbacks, ls_seq.hf.loggers, ls_seq.hf.trainer; "
-            "print(sorted({'wandb', 'mlflow', 'tensorboard', 'tensorboardX'} & set(sys.modules)))")  # fmt: skip
+    code = (
+        "import sys, ls_seq, ls_seq.hf.callbacks, ls_seq.hf.loggers, ls_seq.hf.trainer; "
+        "print(sorted({'wandb', 'mlflow', 'tensorboard', 'tensorboardX'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"  # transformers 4.x prints a line about WANDB_MODE before it
 
@@ -64,8 +71,9 @@ def test_tensorboard_event_file_holds_the_diagram_at_each_evaluation(route, tmp_
     # Where TensorBoardCallback writes: $TENSORBOARD_LOGGING_DIR in transformers 5, the `logging_dir` field in 4.x.
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
     logging_dir = {"logging_dir": str(tmp_path / "tb")} if hasattr(TrainingArguments, "logging_dir") else {}
-    trainer, callback = make_trainer(route, tmp_path, ["tensorboard"], max_steps=2, eval_strategy="steps", eval_steps=1,
-                                     **logging_dir)  # fmt: skip
+    trainer, callback = make_trainer(
+        route, tmp_path, ["tensorboard"], max_steps=2, eval_strategy="steps", eval_steps=1, **logging_dir
+    )
     trainer.train()
     metrics = trainer.evaluate()
     trainer.callback_handler.call_event("on_train_end", trainer.args, trainer.state, trainer.control)  # flush
@@ -75,8 +83,7 @@ def test_tensorboard_event_file_holds_the_diagram_at_each_evaluation(route, tmp_
         events = EventAccumulator(str(events_file), size_guidance={"images": 0})
         events.Reload()
         if TAG in events.Tags()["images"]:
-            steps.setdefault(str(events_file.parent.relative_to(tmp_path / "tb")), []).extend(
-                e.step for e in events.Images(TAG))
+            steps.setdefault(str(events_file.parent.relative_to(tmp_path / "tb")), []).extend(e.step for e in events.Images(TAG))
             image = events.Images(TAG)[-1]
             assert image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and image.width > 100
         if "eval/ece" in events.Tags()["scalars"]:
@@ -93,8 +100,13 @@ def test_tensorboard_event_file_holds_the_diagram_at_each_evaluation(route, tmp_
 def test_wandb_offline_run_holds_the_diagram(route, tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
 
-    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
-                        "WANDB_PROJECT": "ls-seq-test", "WANDB_DISABLE_GIT": "true"}.items():  # fmt: skip
+    for name, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_SILENT": "true",
+        "WANDB_PROJECT": "ls-seq-test",
+        "WANDB_DISABLE_GIT": "true",
+    }.items():
         monkeypatch.setenv(name, value)
     trainer, callback = make_trainer(route, tmp_path, ["wandb"])
     metrics = trainer.evaluate()

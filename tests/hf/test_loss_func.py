@@ -34,10 +34,12 @@ def as_dataset(examples):
 
 
 def plain_trainer(tmp_path, model, examples, loss_func, accumulation=4):
-    args = training_args(str(tmp_path), per_device_train_batch_size=len(examples) // accumulation,
-                         gradient_accumulation_steps=accumulation)  # fmt: skip
-    return Trainer(model=model, args=args, train_dataset=as_dataset(examples), data_collator=causal_collate,
-                   compute_loss_func=loss_func)
+    args = training_args(
+        str(tmp_path), per_device_train_batch_size=len(examples) // accumulation, gradient_accumulation_steps=accumulation
+    )
+    return Trainer(
+        model=model, args=args, train_dataset=as_dataset(examples), data_collator=causal_collate, compute_loss_func=loss_func
+    )
 
 
 def assert_params(model, ref):

@@ -70,8 +70,9 @@ def test_packed_rows_score_no_token_across_sequences(family):
     assert int(io.count(packed["labels"])) == n_scored
     with torch.no_grad():
         out = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"])
-        mine = F.cross_entropy(out.logits.reshape(-1, VOCAB), io.scored_labels(packed["labels"]).reshape(-1),
-                               reduction="sum", ignore_index=IGNORE)
+        mine = F.cross_entropy(
+            out.logits.reshape(-1, VOCAB), io.scored_labels(packed["labels"]).reshape(-1), reduction="sum", ignore_index=IGNORE
+        )
     assert float(mine) == pytest.approx(float(out.loss) * n_scored, rel=1e-5)
 
 
@@ -109,8 +110,9 @@ def test_output_layer_bias_includes_final_logits_bias():
 def test_a_model_it_cannot_place_is_refused():
     from transformers import BertConfig, BertModel
 
-    bert = BertModel(BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=32))
+    bert = BertModel(
+        BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
     with pytest.raises(ValueError, match="cannot tell how BertModel's logits align"):
         model_io_of(bert)
     assert model_io_of(bert, shift_labels=False).shifts_labels is False

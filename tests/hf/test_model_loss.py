@@ -43,8 +43,9 @@ def reference(model, inputs, alpha):
 
 def ls_loss(model, inputs, tmp_path, alpha, **args):
     model.zero_grad()
-    trainer = LabelSmoothingTrainer(model=model, args=training_args(
-        str(tmp_path), cls=LabelSmoothingTrainingArguments, label_smoothing_factor=alpha, **args))  # fmt: skip
+    trainer = LabelSmoothingTrainer(
+        model=model, args=training_args(str(tmp_path), cls=LabelSmoothingTrainingArguments, label_smoothing_factor=alpha, **args)
+    )
     loss = trainer.compute_loss(model, dict(inputs))
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -119,8 +120,9 @@ def test_a_plain_trainer_and_ls_seq_at_alpha_0_train_an_moe_model_alike(tmp_path
     params = {}
     for name, cls, args_cls in (("hf", Trainer, None), ("ls", LabelSmoothingTrainer, LabelSmoothingTrainingArguments)):
         model = copy.deepcopy(base)
-        args = training_args(str(tmp_path / name), cls=args_cls, max_steps=2, gradient_accumulation_steps=2,
-                             per_device_train_batch_size=4)  # fmt: skip
+        args = training_args(
+            str(tmp_path / name), cls=args_cls, max_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=4
+        )
         cls(model=model, args=args, train_dataset=data, data_collator=causal_collate).train()
         params[name] = dict(model.named_parameters())
     for n, p in params["hf"].items():

@@ -36,12 +36,22 @@ from ls_seq.studies.en_de.tokenizer import train_joint_tokenizer
 
 TEMPS = [0.5, 0.8, 1.0, 1.5, 3.0]
 SOURCES = [
-    "A man in a blue shirt.", "Two dogs play in the snow.", "A woman sings.", "Children run on a beach.",
-    "An old man reads a newspaper outside.", "A dog.", "People walk down a busy street at night.",
+    "A man in a blue shirt.",
+    "Two dogs play in the snow.",
+    "A woman sings.",
+    "Children run on a beach.",
+    "An old man reads a newspaper outside.",
+    "A dog.",
+    "People walk down a busy street at night.",
 ]
 TARGETS = [
-    "Ein Mann in einem blauen Hemd.", "Zwei Hunde spielen im Schnee.", "Eine Frau singt.", "Kinder rennen am Strand.",
-    "Ein alter Mann liest draußen eine Zeitung.", "Ein Hund.", "Menschen gehen nachts eine belebte Straße entlang.",
+    "Ein Mann in einem blauen Hemd.",
+    "Zwei Hunde spielen im Schnee.",
+    "Eine Frau singt.",
+    "Kinder rennen am Strand.",
+    "Ein alter Mann liest draußen eine Zeitung.",
+    "Ein Hund.",
+    "Menschen gehen nachts eine belebte Straße entlang.",
 ]
 HERE = Path(__file__).resolve().parent
 
@@ -56,10 +66,23 @@ def tiny_setup(seed: int = 0, train_steps: int = 0):
     tok = train_joint_tokenizer((SOURCES + TARGETS) * 3, vocab_size=120)
     torch.manual_seed(seed)
     cfg = MarianConfig(
-        vocab_size=len(tok), decoder_vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        max_position_embeddings=64, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, scale_embedding=True,
+        vocab_size=len(tok),
+        decoder_vocab_size=len(tok),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        scale_embedding=True,
     )
     model = MarianMTModel(cfg).eval()
     with torch.no_grad():  # a peakier output layer, so temperatures change confidences and beams
@@ -139,8 +162,16 @@ def test_beam_search_sweep_equals_separate_generate_calls(sort_by_length, temper
     handle = model.get_encoder().register_forward_hook(lambda *a: encoder_calls.append(1))
     seen = []
     got = beam_search_sweep(
-        model, tok, SOURCES, TEMPS, num_beams=3, batch_size=4, max_new_tokens=8, progress=False,
-        sort_by_length=sort_by_length, temperatures_per_call=temperatures_per_call,
+        model,
+        tok,
+        SOURCES,
+        TEMPS,
+        num_beams=3,
+        batch_size=4,
+        max_new_tokens=8,
+        progress=False,
+        sort_by_length=sort_by_length,
+        temperatures_per_call=temperatures_per_call,
         on_temperature=lambda t, hyps: seen.append((t, len(hyps))),
     )
     handle.remove()
@@ -151,8 +182,13 @@ def test_beam_search_sweep_equals_separate_generate_calls(sort_by_length, temper
         expected = []
         for s in range(0, len(SOURCES), 4):
             enc = tok(SOURCES[s : s + 4], padding=True, return_tensors="pt")
-            out = model.generate(**enc, num_beams=3, do_sample=False, max_new_tokens=8,
-                                 logits_processor=LogitsProcessorList([BeamSearchTemperature(t)]))
+            out = model.generate(
+                **enc,
+                num_beams=3,
+                do_sample=False,
+                max_new_tokens=8,
+                logits_processor=LogitsProcessorList([BeamSearchTemperature(t)]),
+            )
             expected += tok.batch_decode(out, skip_special_tokens=True)
         assert got[t] == expected, t
     assert len({tuple(h) for h in got.values()}) >= 3  # the temperatures change the beams: a swap would show
@@ -181,8 +217,11 @@ def test_shards_cover_every_sample_once():
 
 
 def test_bookkeeping_helpers():
-    points = [{"temperature": 0.8, "nll": 2.0, "ece": 0.1}, {"temperature": 1.0, "nll": 1.9, "ece": 0.1},
-              {"temperature": 1.2, "nll": 2.1, "ece": 0.05}]
+    points = [
+        {"temperature": 0.8, "nll": 2.0, "ece": 0.1},
+        {"temperature": 1.0, "nll": 1.9, "ece": 0.1},
+        {"temperature": 1.2, "nll": 2.1, "ece": 0.05},
+    ]
     assert best_temperature(points, "nll") == 1.0 and best_temperature(points, "ece") == 1.2
     assert best_temperature(points[:2], "ece") == 0.8  # ties: the first
     assert distinct_share(["a", "a", "b", "a"]) == 0.5
@@ -199,14 +238,23 @@ def test_two_processes_give_the_one_process_sweeps(tmp_path):
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "tok")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE.parent / "_helpers" / "sweeps_ddp.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE.parent / "_helpers" / "sweeps_ddp.py"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = read_json(tmp_path / "ddp.json")
     ref = teacher_forced_sweep(model, batches(tok, model, range(7)), TEMPS, progress=False).compute()
     for key in ("nll", "ece", "accuracy", "n_tokens"):
-        torch.testing.assert_close(torch.tensor(got[key], dtype=torch.float64), torch.atleast_1d(ref[key]).double(),
-                                   rtol=1e-6, atol=1e-9, msg=key)
+        torch.testing.assert_close(
+            torch.tensor(got[key], dtype=torch.float64), torch.atleast_1d(ref[key]).double(), rtol=1e-6, atol=1e-9, msg=key
+        )
     hyps = beam_search_sweep(model, tok, SOURCES, [1.0, 2.0], num_beams=3, batch_size=4, max_new_tokens=8, progress=False)
     assert got["translations"] == {"1.0": hyps[1.0], "2.0": hyps[2.0]}

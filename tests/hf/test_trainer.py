@@ -79,8 +79,11 @@ def test_trainer_loss_equals_torch_label_smoothing(tmp_path, batch, kind, args_c
 def test_causal_lm_loss_is_shifted(tmp_path, batch):
     model = tiny_causal_lm().eval()
     trainer = make_trainer(tmp_path, model, label_smoothing_factor=0.1)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-              "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)}
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE),
+    }
     with torch.no_grad():
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         own = model(**inputs).loss  # GPT-2's own (shifted) token-mean NLL
@@ -109,8 +112,10 @@ def test_fairseq_convention_and_unigram_prior_match_dense_targets(tmp_path, batc
     q = torch.tensor([counts.get(k, 0) + 1.0 for k in range(VOCAB)], dtype=torch.float64)
     q /= q.sum()
     torch.testing.assert_close(unigram.loss_fn.prior, q)
+
     def unigram_target(y):
         return (1 - alpha) * F.one_hot(y, VOCAB).double() + alpha * q
+
     torch.testing.assert_close(
         unigram.compute_loss(model, dict(batch)).double(), dense_smoothed_ce(logits, batch["labels"], unigram_target), **TOL
     )
@@ -120,8 +125,15 @@ def test_generate_evaluation_loss_uses_ls_seq_loss(tmp_path):
     """predict_with_generate computes eval_loss with `label_smoother`: it must be ls-seq's (here fairseq's) loss."""
     model = tiny_model("marian").eval()
     val = tiny_dataset(4, seed=8)
-    args = training_args(str(tmp_path), cls=ARGS, label_smoothing_factor=0.2, label_smoothing_convention="fairseq",
-                         predict_with_generate=True, generation_max_length=6, per_device_eval_batch_size=4)
+    args = training_args(
+        str(tmp_path),
+        cls=ARGS,
+        label_smoothing_factor=0.2,
+        label_smoothing_convention="fairseq",
+        predict_with_generate=True,
+        generation_max_length=6,
+        per_device_eval_batch_size=4,
+    )
     trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, eval_dataset=val, data_collator=collate)
     batch = collate(list(val))
     with torch.no_grad():
@@ -141,8 +153,9 @@ def test_prior_from_file_or_tensor(tmp_path):
     from_tensor = LabelSmoothingSeq2SeqTrainer(model=model, args=training_args(str(tmp_path), cls=ARGS), prior=q)
     torch.testing.assert_close(from_tensor.loss_fn.prior, q)
     with pytest.raises(ValueError, match="not both"):
-        LabelSmoothingSeq2SeqTrainer(model=model, prior=q, args=training_args(
-            str(tmp_path), cls=ARGS, label_smoothing_prior=str(tmp_path / "prior.json")))
+        LabelSmoothingSeq2SeqTrainer(
+            model=model, prior=q, args=training_args(str(tmp_path), cls=ARGS, label_smoothing_prior=str(tmp_path / "prior.json"))
+        )
     with pytest.raises(ValueError, match="shape"):
         LabelSmoothingSeq2SeqTrainer(model=model, args=training_args(str(tmp_path), cls=ARGS), prior=q[:-1] / q[:-1].sum())
 
@@ -184,10 +197,17 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     train = tiny_dataset(16, seed=5)
     base = tiny_model("marian", seed=2)
     ref, ref_loss, ref_nll = sgd_reference(base, tiny_examples(16, seed=5), 0.1, 0.5)
-    big, log_big = one_step(tmp_path / "a", copy.deepcopy(base), train, per_device_train_batch_size=16,
-                            label_smoothing_factor=0.1)
-    acc, log_acc = one_step(tmp_path / "b", copy.deepcopy(base), train, per_device_train_batch_size=4,
-                            gradient_accumulation_steps=4, label_smoothing_factor=0.1)
+    big, log_big = one_step(
+        tmp_path / "a", copy.deepcopy(base), train, per_device_train_batch_size=16, label_smoothing_factor=0.1
+    )
+    acc, log_acc = one_step(
+        tmp_path / "b",
+        copy.deepcopy(base),
+        train,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        label_smoothing_factor=0.1,
+    )
     for name, p_ref in ref.items():
         torch.testing.assert_close(big[name], p_ref, rtol=1e-5, atol=1e-6, msg=f"batch 16: {name}")
         torch.testing.assert_close(acc[name], p_ref, rtol=1e-5, atol=1e-6, msg=f"4 x 4 accumulation: {name}")
@@ -206,8 +226,11 @@ def test_hf_seq2seq_collator_path_is_exact_under_accumulation(tmp_path):
     model = copy.deepcopy(base)
     tok = tiny_tokenizer()
     trainer = LabelSmoothingSeq2SeqTrainer(
-        model=model, args=training_args(str(tmp_path), cls=ARGS, label_smoothing_factor=0.1, gradient_accumulation_steps=4),
-        train_dataset=train, data_collator=DataCollatorForSeq2Seq(tok, model=model), processing_class=tok,
+        model=model,
+        args=training_args(str(tmp_path), cls=ARGS, label_smoothing_factor=0.1, gradient_accumulation_steps=4),
+        train_dataset=train,
+        data_collator=DataCollatorForSeq2Seq(tok, model=model),
+        processing_class=tok,
     )
     trainer.train()
     params = dict(model.named_parameters())
@@ -241,8 +264,9 @@ def test_plain_mean_loss_is_not_exact_so_the_accumulation_test_can_fail(tmp_path
     base = tiny_model("marian", seed=2)
     ref, _, _ = sgd_reference(base, tiny_examples(16, seed=5), 0.0, 0.5)
     model = copy.deepcopy(base)
-    trainer = Seq2SeqTrainer(model=model, args=training_args(str(tmp_path), gradient_accumulation_steps=4),
-                             train_dataset=train, data_collator=collate)
+    trainer = Seq2SeqTrainer(
+        model=model, args=training_args(str(tmp_path), gradient_accumulation_steps=4), train_dataset=train, data_collator=collate
+    )
     trainer.train()
     diff = max(float((p.detach() - ref[n]).abs().max()) for n, p in model.named_parameters() if n in ref)
     assert diff > 1e-4
@@ -305,8 +329,9 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="train_dataset"):
         make_trainer(tmp_path, model, label_smoothing_prior="unigram")
     with pytest.raises(ValueError, match="compute_loss_func"):
-        LabelSmoothingSeq2SeqTrainer(model=model, args=training_args(str(tmp_path), cls=ARGS),
-                                     compute_loss_func=label_smoothing_loss_func(0.1))
+        LabelSmoothingSeq2SeqTrainer(
+            model=model, args=training_args(str(tmp_path), cls=ARGS), compute_loss_func=label_smoothing_loss_func(0.1)
+        )
     with pytest.raises(ValueError, match="logits"):
         label_smoothing_loss_func(0.1, shift_labels=False)({"loss": torch.tensor(1.0)}, torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="alpha"):
@@ -335,8 +360,16 @@ def test_nll_loss_is_averaged_like_loss_over_several_steps(tmp_path):
     """With alpha = 0 the smoothed loss is the NLL, so the logged loss and nll_loss must agree at every log,
     also when batches of very different lengths are averaged over several steps with accumulation."""
     model = tiny_model("marian", seed=4)
-    args = training_args(str(tmp_path), cls=ARGS, max_steps=6, logging_steps=3, per_device_train_batch_size=2,
-                         gradient_accumulation_steps=2, learning_rate=0.1, label_smoothing_factor=0.0)
+    args = training_args(
+        str(tmp_path),
+        cls=ARGS,
+        max_steps=6,
+        logging_steps=3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=0.1,
+        label_smoothing_factor=0.0,
+    )
     trainer = LabelSmoothingSeq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(24, seed=8), data_collator=collate)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "nll_loss" in h]
@@ -355,8 +388,9 @@ def causal_trainer(tmp_path, model=None, **overrides):
 
     args = training_args(str(tmp_path), cls=LabelSmoothingTrainingArguments, label_smoothing_factor=0.1, **overrides)
     model = family_model("gpt2", seed=2) if model is None else model
-    return LabelSmoothingTrainer(model=model, args=args, train_dataset=family_dataset("gpt2", 8, seed=5),
-                                 data_collator=family_collate("gpt2"))
+    return LabelSmoothingTrainer(
+        model=model, args=args, train_dataset=family_dataset("gpt2", 8, seed=5), data_collator=family_collate("gpt2")
+    )
 
 
 def causal_batch(n=4):

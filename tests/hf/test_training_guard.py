@@ -19,11 +19,19 @@ def _trainer(out, callbacks=(), **overrides):
     set_seed(0)
     model = MarianMTModel(tiny_config("marian"))
     args = training_args(
-        str(out), optim="adamw_torch", learning_rate=1e-2, max_steps=5, save_strategy="steps", save_steps=2,
-        logging_steps=3, logging_nan_inf_filter=False, **overrides,
-    )  # fmt: skip
-    return Seq2SeqTrainer(model=model, args=args, train_dataset=tiny_dataset(40), data_collator=collate,
-                          callbacks=[TrainingGuard(), *callbacks])
+        str(out),
+        optim="adamw_torch",
+        learning_rate=1e-2,
+        max_steps=5,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=3,
+        logging_nan_inf_filter=False,
+        **overrides,
+    )
+    return Seq2SeqTrainer(
+        model=model, args=args, train_dataset=tiny_dataset(40), data_collator=collate, callbacks=[TrainingGuard(), *callbacks]
+    )
 
 
 class _PoisonAt(TrainerCallback):
@@ -73,12 +81,15 @@ def test_a_resumed_run_logs_the_same_losses_as_an_uninterrupted_one(tmp_path):
 
 def test_without_the_guard_a_window_that_spans_the_resume_changes_the_logged_loss(tmp_path):
     """The failure the guard prevents (HF alone): resumed at step 2, the loss logged at step 3 averages step 3 only."""
+
     def plain(out):
         set_seed(0)
-        args = training_args(str(out), optim="adamw_torch", learning_rate=1e-2, max_steps=3, save_strategy="steps",
-                             save_steps=2, logging_steps=3)
-        return Seq2SeqTrainer(model=MarianMTModel(tiny_config("marian")), args=args, train_dataset=tiny_dataset(40),
-                              data_collator=collate)
+        args = training_args(
+            str(out), optim="adamw_torch", learning_rate=1e-2, max_steps=3, save_strategy="steps", save_steps=2, logging_steps=3
+        )
+        return Seq2SeqTrainer(
+            model=MarianMTModel(tiny_config("marian")), args=args, train_dataset=tiny_dataset(40), data_collator=collate
+        )
 
     whole = plain(tmp_path / "whole")
     whole.train()

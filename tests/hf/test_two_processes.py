@@ -38,15 +38,32 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}  # distributed.*
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE.parent / "_helpers" / "ddp_checks.py"), str(out)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
+    }  # distributed.*
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE.parent / "_helpers" / "ddp_checks.py"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return {"results": read_json(out / "results.json"), "params": torch.load(out / "params.pt", weights_only=True),
-            "stdout": proc.stdout, "out": out}
+    return {
+        "results": read_json(out / "results.json"),
+        "params": torch.load(out / "params.pt", weights_only=True),
+        "stdout": proc.stdout,
+        "out": out,
+    }
 
 
 def test_token_calibration_uneven_split_equals_one_process(ddp_run):
@@ -141,9 +158,21 @@ def test_unsynchronised_training_is_refused(ddp_run):
     assert "DistributedDataParallel" in ddp_run["results"]["evaluate_then_train_error"]
 
 
-CALIBRATION_KEYS = ("ece", "mce", "rms", "nll", "accuracy", "mean_confidence", "best_temperature", "brier", "topk_ece",
-                    "sequence_ece", "exact_match",
-                    "ece_at_best_temperature", "nll_at_best_temperature")  # fmt: skip
+CALIBRATION_KEYS = (
+    "ece",
+    "mce",
+    "rms",
+    "nll",
+    "accuracy",
+    "mean_confidence",
+    "best_temperature",
+    "brier",
+    "topk_ece",
+    "sequence_ece",
+    "exact_match",
+    "ece_at_best_temperature",
+    "nll_at_best_temperature",
+)
 
 
 def test_every_calibration_route_on_two_ranks_equals_one_process(ddp_run, tmp_path):

@@ -67,7 +67,9 @@ def test_extendable_lists_gain_values_and_never_lose_any(tmp_path):
     assert read_json(tmp_path / RUN_CONFIG_NAME)["config"] == merged
     assert config_differences(CONFIG, more, EXTENDABLE) == []
     assert config_differences(CONFIG, more) == [
-        "alphas: [0.0, 0.1] -> [0.2]", "preset.temperatures: [0.8, 1.0, 1.5] -> [1.2, 1.0]"]
+        "alphas: [0.0, 0.1] -> [0.2]",
+        "preset.temperatures: [0.8, 1.0, 1.5] -> [1.2, 1.0]",
+    ]
     assert extend_config({"a": [2, 1]}, {"a": [3, 1]}, {"a": "append"}) == {"a": [2, 1, 3]}
 
 
@@ -89,7 +91,6 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path):
         with pytest.raises(InputError, match=r"is not empty and holds no ls-seq run .*thesis\.tex"):
             _open(tmp_path, **kwargs)
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
-
 
 
 def test_another_studys_run_is_refused(tmp_path):

@@ -51,10 +51,17 @@ def test_paired_bootstrap_bleu_equals_a_brute_force_resampling():
         paired_bootstrap_bleu(base[:3], system, refs)
 
 
-@pytest.mark.parametrize(("low", "high", "expected", "result"), [
-    (-0.3, -0.1, "lower", "agrees"), (0.1, 0.3, "lower", "disagrees"), (-0.1, 0.2, "lower", "inconclusive"),
-    (0.1, 0.3, "higher", "agrees"), (-0.3, -0.1, "higher", "disagrees"), (None, None, "higher", "inconclusive"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("low", "high", "expected", "result"),
+    [
+        (-0.3, -0.1, "lower", "agrees"),
+        (0.1, 0.3, "lower", "disagrees"),
+        (-0.1, 0.2, "lower", "inconclusive"),
+        (0.1, 0.3, "higher", "agrees"),
+        (-0.3, -0.1, "higher", "disagrees"),
+        (None, None, "higher", "inconclusive"),
+    ],
+)
 def test_verdict_rule(low, high, expected, result):
     assert verdict(low, high, expected) == result
 

@@ -85,8 +85,11 @@ def test_put_keeps_the_place_of_a_records_keys_drops_its_unwritten_optional_ones
     store.put(Bleu(21.0))
     store.save()
     assert list(json.loads(path.read_text()).items()) == [
-        ("bleu", 21.0), ("temperatures", [1.0, 1.5]), ("nll", [3.0, 3.5]), ("written_by", "v0")
-    ]  # fmt: skip
+        ("bleu", 21.0),
+        ("temperatures", [1.0, 1.5]),
+        ("nll", [3.0, 3.5]),
+        ("written_by", "v0"),
+    ]
     store.drop(Scores)  # no longer done: its keys leave the file, the others stay
     store.save()
     assert json.loads(path.read_text()) == {"bleu": 21.0, "written_by": "v0"}

@@ -28,8 +28,16 @@ def _calibration_of_checkpoint(path, data):
 
 def test_points_equal_token_calibration_of_the_checkpoints_and_are_reported(tmp_path):
     out = tmp_path / "run"
-    cfg = VisionStudyConfig(dataset="digits", study="calibration", output_dir=str(out), epochs=3, max_train_samples=200,
-                            calibration_every=1, progress=False, cpu=True)  # fmt: skip
+    cfg = VisionStudyConfig(
+        dataset="digits",
+        study="calibration",
+        output_dir=str(out),
+        epochs=3,
+        max_train_samples=200,
+        calibration_every=1,
+        progress=False,
+        cpu=True,
+    )
     results = run_study(cfg)
     along = results["calibration"]["along_training"]
     data = load_digits(seed=0, max_train_samples=200)

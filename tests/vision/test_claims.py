@@ -37,18 +37,30 @@ def _results(seed: int, tight_hard: float, tight_ls: float, mi_hard: float, mi_l
     return {
         "config": {"seed": seed},
         "data": {"n_test": 400},
-        "projection": {"tightness": {HARD: {s: {"plane": tight_hard, "full": 1.0} for s in ("train", "validation")},
-                                     SMOOTHED: {s: {"plane": tight_ls, "full": 1.0} for s in ("train", "validation")}}},
+        "projection": {
+            "tightness": {
+                HARD: {s: {"plane": tight_hard, "full": 1.0} for s in ("train", "validation")},
+                SMOOTHED: {s: {"plane": tight_ls, "full": 1.0} for s in ("train", "validation")},
+            }
+        },
         "mutual_info": {"curves": {HARD: [[0, 2.0], [3, mi_hard]], SMOOTHED: [[0, 2.0], [3, mi_ls]]}, "log_n": 3.0},
-        "distillation": {"points": [point(TEACHER, 0.0, 1.0, teacher[0]), point(TEACHER, 0.1, 1.0, teacher[1]),
-                                    point(FROM_HARD, 0.0, 2.0, 0.90), point(FROM_LS, 0.1, 1.0, 0.85),
-                                    point(STUDENT, 0.1, 1.0, 0.88)]},
-    }  # fmt: skip
+        "distillation": {
+            "points": [
+                point(TEACHER, 0.0, 1.0, teacher[0]),
+                point(TEACHER, 0.1, 1.0, teacher[1]),
+                point(FROM_HARD, 0.0, 2.0, 0.90),
+                point(FROM_LS, 0.1, 1.0, 0.85),
+                point(STUDENT, 0.1, 1.0, 0.88),
+            ]
+        },
+    }
 
 
-SEEDS = {0: _results(0, 0.50, 0.30, 1.20, 0.80, (0.90, 0.93)),
-         1: _results(1, 0.52, 0.35, 1.10, 1.12, (0.91, 0.90)),
-         2: _results(2, 0.49, 0.31, 1.30, 0.90, (0.92, 0.94))}  # fmt: skip
+SEEDS = {
+    0: _results(0, 0.50, 0.30, 1.20, 0.80, (0.90, 0.93)),
+    1: _results(1, 0.52, 0.35, 1.10, 1.12, (0.91, 0.90)),
+    2: _results(2, 0.49, 0.31, 1.30, 0.90, (0.92, 0.94)),
+}
 
 
 def test_one_seeds_claims_follow_the_figures_with_their_bands():

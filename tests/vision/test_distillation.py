@@ -36,9 +36,15 @@ def tiny_study(tmp_path_factory):
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, cpu=True)
     root = tmp_path_factory.mktemp("distil")
     points = distillation_study(
-        data, teacher_model="digits_mlp", student_model="digits_mlp", teacher_config=cfg,
+        data,
+        teacher_model="digits_mlp",
+        student_model="digits_mlp",
+        teacher_config=cfg,
         student_config=TrainConfig(epochs=2, batch_size=32, lr=0.05, cpu=True, t2_scaling=True),
-        alphas=[0.3], temperatures=[1.0, 4.0], run_root=root, progress=False,
+        alphas=[0.3],
+        temperatures=[1.0, 4.0],
+        run_root=root,
+        progress=False,
     )
     return data, cfg, root, points
 
@@ -52,8 +58,15 @@ def test_study_has_the_four_curves_with_their_runs(tiny_study):
     assert [(p.alpha, p.temperature) for p in points if p.curve == FROM_LS] == [(0.3, 1.0)]
     assert all(0.0 <= p.accuracy <= 1.0 for p in points)
     assert sorted(d.name for d in root.iterdir()) == sorted(
-        ["teacher_alpha0", "teacher_alpha0.3", "student_alpha0", "student_alpha0.3",
-         "distilled_alpha0_T1", "distilled_alpha0_T4", "distilled_alpha0.3_T1"]
+        [
+            "teacher_alpha0",
+            "teacher_alpha0.3",
+            "student_alpha0",
+            "student_alpha0.3",
+            "distilled_alpha0_T1",
+            "distilled_alpha0_T4",
+            "distilled_alpha0.3_T1",
+        ]
     )
 
 
@@ -61,7 +74,9 @@ def test_each_point_sits_at_its_teachers_smoothness_index(tiny_study):
     data, cfg, root, points = tiny_study
     # the teachers resume from their checkpoints: the same networks the study measured
     teachers = {
-        a: train_model("digits_mlp", data, TrainConfig(**{**cfg.__dict__, "alpha": a}), run_dir=root / f"teacher_alpha{a:g}", progress=False).model
+        a: train_model(
+            "digits_mlp", data, TrainConfig(**{**cfg.__dict__, "alpha": a}), run_dir=root / f"teacher_alpha{a:g}", progress=False
+        ).model
         for a in (0.0, 0.3)
     }
     outs = {a: collect_outputs(m, data.train) for a, m in teachers.items()}

@@ -52,8 +52,19 @@ def test_one_step_equals_sgd_on_the_dense_smoothed_mixed_loss(mixup, cutmix):
     torch.manual_seed(1)
     model = create_model("digits_cnn", k, 1, 8)
     reference = copy.deepcopy(model)
-    cfg = TrainConfig(epochs=1, batch_size=n, lr=lr, momentum=0.0, nesterov=False, weight_decay=0.0, alpha=alpha,
-                      mixup=mixup, cutmix=cutmix, seed=3, cpu=True)  # fmt: skip
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=n,
+        lr=lr,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=0.0,
+        alpha=alpha,
+        mixup=mixup,
+        cutmix=cutmix,
+        seed=3,
+        cpu=True,
+    )
     train_classifier(model, torch.utils.data.TensorDataset(x, y), cfg, progress=False)
 
     sampler = EpochSampler(n, cfg.seed)  # the loop's order of epoch 1

@@ -25,8 +25,16 @@ from vision.study import VisionStudyConfig, run_study
 
 
 def _cfg(out: Path, **kw) -> VisionStudyConfig:
-    args = dict(dataset="digits", study="calibration", output_dir=str(out), epochs=2, max_train_samples=120,
-                calibration_every=1, progress=False, cpu=True)  # fmt: skip
+    args = dict(
+        dataset="digits",
+        study="calibration",
+        output_dir=str(out),
+        epochs=2,
+        max_train_samples=120,
+        calibration_every=1,
+        progress=False,
+        cpu=True,
+    )
     return VisionStudyConfig(**{**args, **kw})
 
 
@@ -61,7 +69,9 @@ def test_summary_is_mean_std_and_t_interval_of_the_seeds(two_seeds):
         assert got["values"] == {"0": values[0], "1": values[1]}
         assert got["mean"] == pytest.approx(statistics.mean(values), abs=1e-15)
         assert got["std"] == pytest.approx(statistics.stdev(values), rel=1e-12)
-        assert (got["low"], got["high"]) == pytest.approx((statistics.mean(values) - half, statistics.mean(values) + half), rel=1e-9)
+        assert (got["low"], got["high"]) == pytest.approx(
+            (statistics.mean(values) - half, statistics.mean(values) + half), rel=1e-9
+        )
 
 
 def test_claims_use_paired_intervals_per_seed_and_the_t_interval_over_seeds(two_seeds):
@@ -127,9 +137,13 @@ def test_resume_adds_a_seed_and_keeps_the_finished_ones(tmp_path):
 
 @pytest.mark.parametrize(
     "seeds, error, match",
-    [([], ValueError, "`seeds` must hold at least one seed"), ([1, 1], ValueError, r"`seeds` must be distinct, got \[1, 1\]"),
-     ([0, -2], ValueError, r"`seeds\[1\]` must be an int >= 0, got -2"), ("0 1", TypeError, "`seeds` must be a list of ints")],
-)  # fmt: skip
+    [
+        ([], ValueError, "`seeds` must hold at least one seed"),
+        ([1, 1], ValueError, r"`seeds` must be distinct, got \[1, 1\]"),
+        ([0, -2], ValueError, r"`seeds\[1\]` must be an int >= 0, got -2"),
+        ("0 1", TypeError, "`seeds` must be a list of ints"),
+    ],
+)
 def test_bad_seeds_are_refused(tmp_path, seeds, error, match):
     with pytest.raises(error, match=match):
         _cfg(tmp_path / "run", seeds=seeds)
@@ -165,7 +179,9 @@ def test_projection_claims_are_decided_over_seeds_from_each_seeds_tightness(tmp_
             per_seed.append(t[SMOOTHED][split]["plane"] - t[HARD][split]["plane"])
         assert [e["difference"] for e in c["seeds"]] == pytest.approx(per_seed, abs=1e-12)
         half = student_t.ppf(0.975, df=1) * statistics.stdev(per_seed) / np.sqrt(2)
-        assert (c["low"], c["high"]) == pytest.approx((statistics.mean(per_seed) - half, statistics.mean(per_seed) + half), rel=1e-9)
+        assert (c["low"], c["high"]) == pytest.approx(
+            (statistics.mean(per_seed) - half, statistics.mean(per_seed) + half), rel=1e-9
+        )
         assert c["basis"] == "t-interval over 2 seeds"
     report = (out / "report.md").read_text()
     assert "## The projection, distillation and mutual-information claims" in report

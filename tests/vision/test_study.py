@@ -70,8 +70,17 @@ def test_imagenet_classes_are_checked_against_the_folder(tmp_path):
 
 def _small(out: Path, **kw) -> VisionStudyConfig:
     args = dict(
-        dataset="digits", study="all", output_dir=str(out), epochs=3, max_train_samples=400, mi_examples=20,
-        mi_augmentations=8, distill_alphas=[0.3], distill_temperatures=[2.0], progress=False, cpu=True,
+        dataset="digits",
+        study="all",
+        output_dir=str(out),
+        epochs=3,
+        max_train_samples=400,
+        mi_examples=20,
+        mi_augmentations=8,
+        distill_alphas=[0.3],
+        distill_temperatures=[2.0],
+        progress=False,
+        cpu=True,
     )
     return VisionStudyConfig(**{**args, **kw})
 
@@ -85,7 +94,11 @@ def test_digits_end_to_end_writes_results_report_and_figures_and_resumes(tmp_pat
 
     full = load_digits(seed=0)
     assert results["data"] == {
-        "name": "digits", "num_classes": 10, "n_train": 400, "n_val": len(full.val), "n_test": len(full.test)
+        "name": "digits",
+        "num_classes": 10,
+        "n_train": 400,
+        "n_val": len(full.val),
+        "n_test": len(full.test),
     }
     rows = results["calibration"]["rows"]
     assert rows[HARD_TS]["temperature"] == rows[HARD]["fitted_temperature"] != 1.0
@@ -144,12 +157,27 @@ def test_recipe_help_lists_every_argument(capsys):
 @pytest.mark.filterwarnings("ignore:the NLL-optimal temperature:RuntimeWarning")
 def test_imagenet_folder_end_to_end_with_lazily_decoded_images(fake_imagenet, tmp_path):
     out = tmp_path / "inet"
-    results = run_study(VisionStudyConfig(
-        dataset="imagenet", data_dir=str(fake_imagenet), cache_dir=str(tmp_path / "cache"), study="all",
-        output_dir=str(out), epochs=1, batch_size=4, val_size=3, model="digits_mlp", teacher_model="digits_mlp",
-        student_model="digits_mlp", mi_examples=6, mi_augmentations=4, distill_alphas=[0.3],
-        distill_temperatures=[2.0], progress=False, cpu=True,
-    ))
+    results = run_study(
+        VisionStudyConfig(
+            dataset="imagenet",
+            data_dir=str(fake_imagenet),
+            cache_dir=str(tmp_path / "cache"),
+            study="all",
+            output_dir=str(out),
+            epochs=1,
+            batch_size=4,
+            val_size=3,
+            model="digits_mlp",
+            teacher_model="digits_mlp",
+            student_model="digits_mlp",
+            mi_examples=6,
+            mi_augmentations=4,
+            distill_alphas=[0.3],
+            distill_temperatures=[2.0],
+            progress=False,
+            cpu=True,
+        )
+    )
     assert results["data"] == {"name": "imagenet", "num_classes": 3, "n_train": 15, "n_val": 3, "n_test": 6}
     assert results["projection"]["tightness"]["hard targets"]["validation"]["n_examples"] == 3
     assert len(results["mutual_info"]["curves"]["label smoothing"]) == 2  # epoch 0 and 1
@@ -190,8 +218,10 @@ def test_a_resume_reads_finished_studies_back_from_their_stage_records(tmp_path,
 
     out = tmp_path / "cal"
     first = run_study(_small(out, study="calibration", epochs=1))
-    assert read_json(out / "stages.json") == {"measured_runs": ["digits_cnn_alpha0", "digits_cnn_alpha0.1"],
-                                              "calibration": json.loads(json.dumps(first["calibration"]))}  # fmt: skip
+    assert read_json(out / "stages.json") == {
+        "measured_runs": ["digits_cnn_alpha0", "digits_cnn_alpha0.1"],
+        "calibration": json.loads(json.dumps(first["calibration"])),
+    }
     results = (out / "results.json").read_bytes()
 
     measure = vision.study._calibration
@@ -234,13 +264,22 @@ def test_a_locked_output_directory_is_refused(tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import sys, time
         from ls_seq.studies.run_dir import RunLock
         RunLock(sys.argv[1]).acquire("the first run")
         print("locked", flush=True)
         time.sleep(120)
-    """), str(out)], stdout=subprocess.PIPE, text=True)
+    """),
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunLockedError, match=rf"in use by pid {holder.pid} .*the first run"):

@@ -100,7 +100,9 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
         train_classifier(_mlp(), data, cfg, augment=aug, callbacks=[_StopAfter(3)], checkpoint_dir=tmp_path, progress=False)
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)  # plain tensors and containers only
     assert state["epoch"] == 2
-    resumed = train_classifier(_mlp(seed=9), data, cfg, augment=aug, callbacks=[_Recorder()], checkpoint_dir=tmp_path, progress=False)
+    resumed = train_classifier(
+        _mlp(seed=9), data, cfg, augment=aug, callbacks=[_Recorder()], checkpoint_dir=tmp_path, progress=False
+    )
     assert resumed.resumed_from_epoch == 2
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert_close(a, b, rtol=0, atol=0, msg=name)
@@ -109,7 +111,8 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     assert_close(
         torch.tensor([h["train_loss"] for h in resumed.history[1:]]),
         torch.tensor([h["train_loss"] for h in straight.history[1:]]),
-        rtol=0, atol=0,
+        rtol=0,
+        atol=0,
     )
     # a finished run resumes to the same model without training
     again = train_classifier(_mlp(seed=7), data, cfg, augment=aug, checkpoint_dir=tmp_path, progress=False)
@@ -290,8 +293,9 @@ def test_measuring_during_training_does_not_change_the_trained_weights():
     data, cfg = _toy(n=40), TrainConfig(epochs=3, batch_size=8, lr=0.1, seed=2, cpu=True)
     aug = BatchAugment(padding=1, noise_std=0.1)
     unwatched = train_classifier(_mlp(), data, cfg, augment=aug, progress=False)
-    watched = train_classifier(_mlp(), data, cfg, augment=aug, eval_dataset=_toy(n=16, seed=1),
-                               callbacks=[_DrawingCallback()], progress=False)  # fmt: skip
+    watched = train_classifier(
+        _mlp(), data, cfg, augment=aug, eval_dataset=_toy(n=16, seed=1), callbacks=[_DrawingCallback()], progress=False
+    )
     assert [h["epoch"] for h in watched.history] == [0, 1, 2, 3] and "eval_nll" in watched.history[-1]
     for (name, a), (_, b) in zip(unwatched.model.state_dict().items(), watched.model.state_dict().items()):
         assert torch.equal(a, b), name

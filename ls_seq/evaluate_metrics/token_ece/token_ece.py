@@ -20,7 +20,8 @@ correct tokens in bin b of N tokens:
 computed by `ls_seq.calibration.metric.TokenCalibration` (so the numbers equal the CalibrationCallback's).
 """
 
-_KWARGS_DESCRIPTION = """
+_KWARGS_DESCRIPTION = (
+    """
 Args:
     predictions: per example, the logits of each target position, shape (T, V) (T may vary by example).
     references: per example, the T target token ids; `ignore_index` (-100) marks padding.
@@ -30,7 +31,9 @@ Args:
 Returns:
     every field of TokenCalibration's default measures, as floats (n_tokens and n_sequences as ints); each
     example is one sequence:
-""" + "\n".join(f"    {f.name}: {f.doc}" for m in ("tokens", *DEFAULT_MEASURES) for f in MEASURES[m].fields) + """
+"""
+    + "\n".join(f"    {f.name}: {f.doc}" for m in ("tokens", *DEFAULT_MEASURES) for f in MEASURES[m].fields)
+    + """
 Examples:
     >>> import evaluate
     >>> from ls_seq.evaluate_metrics import token_ece_path
@@ -39,6 +42,7 @@ Examples:
     >>> round(out["ece"], 4), out["n_tokens"]
     (0.482, 2)
 """
+)
 
 _CITATION = """
 @inproceedings{muller2019does,

@@ -29,7 +29,6 @@ def _check_optional_ints(args: Any, names: tuple[str, ...], minimum: int = 1) ->
             check_positive_int(getattr(args, name), name, minimum=minimum)
 
 
-
 @dataclass
 class DataArguments:
     """Which corpus, which splits, how much of it."""
@@ -107,8 +106,10 @@ class StudyArguments:
     n_bins: int = field(default=15, metadata={"help": "Calibration bins (the paper: 15)."})
     calibration_every: int | None = field(
         default=None,
-        metadata={"help": "Calibration along training: validation ECE/NLL/best temperature every n steps (0: off; "
-                  "default: the preset's)."},
+        metadata={
+            "help": "Calibration along training: validation ECE/NLL/best temperature every n steps (0: off; "
+            "default: the preset's)."
+        },
     )
     calibration_samples: int | None = field(
         default=None, metadata={"help": "Calibration along training on the first n validation pairs (default: the preset's)."}
@@ -119,8 +120,10 @@ class StudyArguments:
     seed: int = field(default=42, metadata={"help": "Seed of model initialisation, data order and dropout."})
     seeds: list[int] | None = field(
         default=None,
-        metadata={"help": "Several seeds (replaces --seed): every model is trained per seed in seed_<s>/, and the "
-                  "top-level report gives mean, std and t-intervals over seeds and the claims' verdicts."},
+        metadata={
+            "help": "Several seeds (replaces --seed): every model is trained per seed in seed_<s>/, and the "
+            "top-level report gives mean, std and t-intervals over seeds and the claims' verdicts."
+        },
     )
     resume: bool = field(default=False, metadata={"help": "Continue a killed run in output_dir: finished work is kept."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a non-empty output_dir."})
@@ -140,8 +143,19 @@ class StudyArguments:
             self.temperatures = check_temperatures(self.temperatures)
         if self.calibration_temperatures is not None:
             self.calibration_temperatures = check_temperatures(self.calibration_temperatures, "calibration_temperatures")
-        _check_optional_ints(self, ("num_beams", "max_steps", "batch_size", "eval_batch_size", "save_steps",
-                                    "generate_batch_size", "temperatures_per_call", "cpu_threads"))
+        _check_optional_ints(
+            self,
+            (
+                "num_beams",
+                "max_steps",
+                "batch_size",
+                "eval_batch_size",
+                "save_steps",
+                "generate_batch_size",
+                "temperatures_per_call",
+                "cpu_threads",
+            ),
+        )
         _check_optional_ints(self, ("warmup_steps", "calibration_every"), minimum=0)
         _check_optional_ints(self, ("calibration_samples",))
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -153,7 +167,6 @@ class StudyArguments:
         check_positive_int(self.logging_steps, "logging_steps")
         if self.resume and self.overwrite_output_dir:
             raise ValueError("`resume` and `overwrite_output_dir` exclude each other: keep the run or start over")
-
 
 
 class StudyOptions(Protocol):
@@ -180,4 +193,3 @@ def resolve_preset(model_args: ModelArguments, study_args: StudyOptions, data_ar
         if f.name in preset_fields
     }
     return apply_overrides(get_preset(model_args.preset), **overrides)
-

@@ -157,8 +157,9 @@ def evaluate_model(
             n_tokens=int(values["n_tokens"][at_1]),
             reliability={k: v[at_1].tolist() for k, v in rel.items()},
             # 95% token-level bootstrap intervals (ls_seq.calibration.measures, "bootstrap")
-            intervals={k: tuple(values[k].tolist()) for k in ("ece_low", "ece_high", "accuracy_low", "accuracy_high")
-                       if k in values},  # fmt: skip
+            intervals={
+                k: tuple(values[k].tolist()) for k in ("ece_low", "ece_high", "accuracy_low", "accuracy_high") if k in values
+            },
             # (R, T) bootstrap replicates: the same token resamples for every model (ls_seq.studies.intervals)
             replicates={k: v.T.tolist() for k, v in metric.bootstrap_replicates().items()},
         )
@@ -178,9 +179,11 @@ def evaluate_model(
             save(ShuffledSources(nll=None, skipped=skipped), "shuffled_sources")
 
     gen: dict[str, Any] = {
-        "num_beams": preset.num_beams, "batch_size": preset.generate_batch_size,
-        "max_source_length": preset.max_length, "max_new_tokens": preset.max_length,
-    }  # fmt: skip
+        "num_beams": preset.num_beams,
+        "batch_size": preset.generate_batch_size,
+        "max_source_length": preset.max_length,
+        "max_new_tokens": preset.max_length,
+    }
     if done.test_bleu is None:
         hyps = beam_search_sweep(model, tokenizer, test.source, [1.0], **gen)[1.0]
         if state.is_main_process:
@@ -197,15 +200,21 @@ def evaluate_model(
         todo.remove(1.0)
         save(sweep, "sweep_bleu_1.0")
     if todo:
+
         def record_point(temperature: float, hyps: list[str]) -> None:
             nonlocal sweep
             sweep = sweep.with_point(temperature, corpus_bleu(hyps, test.target[:n_bleu]))
             save(sweep, f"sweep_bleu_{float(temperature)!r}")
 
         beam_search_sweep(
-            model, tokenizer, test.source[:n_bleu], todo, on_temperature=record_point,
-            temperatures_per_call=preset.temperatures_per_call, **gen,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            test.source[:n_bleu],
+            todo,
+            on_temperature=record_point,
+            temperatures_per_call=preset.temperatures_per_call,
+            **gen,
+        )
 
     if done.validation is None or list(done.validation.temperatures) != grid:
         val_indices = shard_indices(len(validation_dataset))

@@ -48,7 +48,9 @@ def plot_fig4(models: Sequence[dict[str, Any]]):
         ece_ax.set_ylabel("token ECE", color="tab:red")
     nll_ax = axes[-1]
     for m in models:
-        nll_ax.plot([p["temperature"] for p in m["sweep"]], [p["nll"] for p in m["sweep"]], marker="o", label=f"alpha={m['alpha']}")
+        nll_ax.plot(
+            [p["temperature"] for p in m["sweep"]], [p["nll"] for p in m["sweep"]], marker="o", label=f"alpha={m['alpha']}"
+        )
     nll_ax.set_xlabel("temperature T")
     nll_ax.set_ylabel("token NLL (teacher-forced)")
     nll_ax.set_title("NLL")

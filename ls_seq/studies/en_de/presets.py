@@ -72,40 +72,91 @@ class Preset:
 
 
 _TINY = Preset(
-    vocab_size=8000, d_model=192, encoder_layers=3, decoder_layers=3, attention_heads=4, ffn_dim=768, dropout=0.1,
-    max_steps=2000, learning_rate=6e-4, warmup_steps=400, batch_size=64, save_steps=100,
+    vocab_size=8000,
+    d_model=192,
+    encoder_layers=3,
+    decoder_layers=3,
+    attention_heads=4,
+    ffn_dim=768,
+    dropout=0.1,
+    max_steps=2000,
+    learning_rate=6e-4,
+    warmup_steps=400,
+    batch_size=64,
+    save_steps=100,
     # Beam search dominates CPU evaluation: a coarse grid, BLEU on 500 of the 1000 test sentences, and
     # small generate calls (32 sequences: 8 sentences x the 4 temperatures other than 1), the fastest
     # measured on 2 cores (benchmarks/README.md).
-    temperatures=(0.8, 1.0, 1.2, 1.5, 2.0), max_bleu_samples=500, generate_batch_size=32, temperatures_per_call=4,
+    temperatures=(0.8, 1.0, 1.2, 1.5, 2.0),
+    max_bleu_samples=500,
+    generate_batch_size=32,
+    temperatures_per_call=4,
     # Calibration along training is off here (the README's measured default); --calibration_every 250 gives 8
     # points on 500 validation pairs, measured at 2.2-5.6% of training over three seeds (docs/en_de.md).
-    calibration_every=0, calibration_samples=500,
+    calibration_every=0,
+    calibration_samples=500,
 )
 
-PRESETS: PresetRegistry[Preset] = PresetRegistry({
-    # 2-core CPU, ~10 min per model: 2000 steps x 64 sentences = 4.4 epochs of Multi30k's 29k pairs.
-    "tiny": _TINY,
-    # The over-confident regime on 2 cores: 3000 pairs, 1000 steps x 64 = 21 epochs, 10 points along training
-    # (measured: 30.2 and 29.8 min for the whole study, calibration along training 10-11% of training; docs/en_de.md).
-    "tiny-lowdata": dataclasses.replace(_TINY, max_train_samples=3000, max_steps=1000, calibration_every=100),
-    # One GPU, an hour or so on Multi30k.
-    "small": Preset(
-        vocab_size=10000, d_model=256, encoder_layers=3, decoder_layers=3, attention_heads=4, ffn_dim=1024, dropout=0.1,
-        max_steps=8000, learning_rate=7e-4, warmup_steps=1000, batch_size=128, save_steps=1000, calibration_every=1000,
-    ),
-    # Vaswani et al. base: the paper's WMT14 model (they train 100k steps of 25k tokens; see docs/en_de.md).
-    "base": Preset(
-        vocab_size=32000, d_model=512, encoder_layers=6, decoder_layers=6, attention_heads=8, ffn_dim=2048, dropout=0.1,
-        max_steps=100_000, learning_rate=7e-4, warmup_steps=4000, batch_size=256, save_steps=2000, max_length=256,
-        calibration_every=5000, calibration_samples=1000,
-    ),
-    "big": Preset(
-        vocab_size=32000, d_model=1024, encoder_layers=6, decoder_layers=6, attention_heads=16, ffn_dim=4096, dropout=0.3,
-        max_steps=300_000, learning_rate=5e-4, warmup_steps=4000, batch_size=256, save_steps=2000, max_length=256,
-        calibration_every=10_000, calibration_samples=1000,
-    ),
-})
+PRESETS: PresetRegistry[Preset] = PresetRegistry(
+    {
+        # 2-core CPU, ~10 min per model: 2000 steps x 64 sentences = 4.4 epochs of Multi30k's 29k pairs.
+        "tiny": _TINY,
+        # The over-confident regime on 2 cores: 3000 pairs, 1000 steps x 64 = 21 epochs, 10 points along training
+        # (measured: 30.2 and 29.8 min for the whole study, calibration along training 10-11% of training; docs/en_de.md).
+        "tiny-lowdata": dataclasses.replace(_TINY, max_train_samples=3000, max_steps=1000, calibration_every=100),
+        # One GPU, an hour or so on Multi30k.
+        "small": Preset(
+            vocab_size=10000,
+            d_model=256,
+            encoder_layers=3,
+            decoder_layers=3,
+            attention_heads=4,
+            ffn_dim=1024,
+            dropout=0.1,
+            max_steps=8000,
+            learning_rate=7e-4,
+            warmup_steps=1000,
+            batch_size=128,
+            save_steps=1000,
+            calibration_every=1000,
+        ),
+        # Vaswani et al. base: the paper's WMT14 model (they train 100k steps of 25k tokens; see docs/en_de.md).
+        "base": Preset(
+            vocab_size=32000,
+            d_model=512,
+            encoder_layers=6,
+            decoder_layers=6,
+            attention_heads=8,
+            ffn_dim=2048,
+            dropout=0.1,
+            max_steps=100_000,
+            learning_rate=7e-4,
+            warmup_steps=4000,
+            batch_size=256,
+            save_steps=2000,
+            max_length=256,
+            calibration_every=5000,
+            calibration_samples=1000,
+        ),
+        "big": Preset(
+            vocab_size=32000,
+            d_model=1024,
+            encoder_layers=6,
+            decoder_layers=6,
+            attention_heads=16,
+            ffn_dim=4096,
+            dropout=0.3,
+            max_steps=300_000,
+            learning_rate=5e-4,
+            warmup_steps=4000,
+            batch_size=256,
+            save_steps=2000,
+            max_length=256,
+            calibration_every=10_000,
+            calibration_samples=1000,
+        ),
+    }
+)
 
 
 def get_preset(name: str) -> Preset:
@@ -126,9 +177,7 @@ def build_model_config(preset: Preset, vocab_size: int, pad_token_id: int, eos_t
     shared by encoder, decoder and output layer (a joint vocabulary), decoding starts from ``<pad>``.
     """
     if preset.d_model % preset.attention_heads:
-        raise ValueError(
-            f"`d_model` ({preset.d_model}) must be divisible by `attention_heads` ({preset.attention_heads})"
-        )
+        raise ValueError(f"`d_model` ({preset.d_model}) must be divisible by `attention_heads` ({preset.attention_heads})")
     # The ignore: num_beams and max_length are generation defaults that transformers 4.x's configs take
     # and 5.x's no longer declare (it drops them; the study passes both to generate() itself).
     return MarianConfig(  # type: ignore[call-arg]

@@ -190,16 +190,20 @@ class ValidationSweep(StageRecord):
     ece: tuple[float, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"validation_teacher_forced": {"temperatures": list(self.temperatures), "nll": list(self.nll),
-                                              "ece": list(self.ece)}}  # fmt: skip
+        return {
+            "validation_teacher_forced": {"temperatures": list(self.temperatures), "nll": list(self.nll), "ece": list(self.ece)}
+        }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ValidationSweep:
         val = json_object(doc["validation_teacher_forced"], "validation_teacher_forced")
         temperatures = _floats(val["temperatures"], "validation_teacher_forced.temperatures")
         n = len(temperatures)
-        return cls(temperatures, _floats(val["nll"], "validation_teacher_forced.nll", n),
-                   _floats(val["ece"], "validation_teacher_forced.ece", n))  # fmt: skip
+        return cls(
+            temperatures,
+            _floats(val["nll"], "validation_teacher_forced.nll", n),
+            _floats(val["ece"], "validation_teacher_forced.ece", n),
+        )
 
 
 EVALUATION_RECORDS: tuple[type[StageRecord], ...] = (TeacherForced, ShuffledSources, TestBleu, SweepBleu, ValidationSweep)
@@ -238,9 +242,12 @@ class Evaluation:
 
 # Evaluation's fields and the record each holds.
 _FIELDS: dict[str, type[StageRecord]] = {
-    "teacher_forced": TeacherForced, "shuffled_sources": ShuffledSources, "test_bleu": TestBleu,
-    "sweep_bleu": SweepBleu, "validation": ValidationSweep,
-}  # fmt: skip
+    "teacher_forced": TeacherForced,
+    "shuffled_sources": ShuffledSources,
+    "test_bleu": TestBleu,
+    "sweep_bleu": SweepBleu,
+    "validation": ValidationSweep,
+}
 assert set(_FIELDS) == {f.name for f in fields(Evaluation)} and set(_FIELDS.values()) == set(EVALUATION_RECORDS), (
     "every Evaluation field holds one of EVALUATION_RECORDS"
 )

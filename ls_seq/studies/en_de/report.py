@@ -21,10 +21,12 @@ __all__ = ["source_warnings", "trajectory_lines", "write_report"]
 def _write_results(output_dir: Path, results: dict[str, Any]) -> None:
     """``results.csv`` and ``results.json`` as one set (the JSON last): a reader never sees one without the other."""
     rows = [{"alpha": m["alpha"], **p} for m in results["models"] for p in m.get("sweep", [])]
-    atomic_write_files({
-        output_dir / "results.csv": csv_bytes(rows, fieldnames=["alpha", "temperature", "bleu", "nll", "ece"]),
-        output_dir / "results.json": json_bytes(results),
-    })  # fmt: skip
+    atomic_write_files(
+        {
+            output_dir / "results.csv": csv_bytes(rows, fieldnames=["alpha", "temperature", "bleu", "nll", "ece"]),
+            output_dir / "results.json": json_bytes(results),
+        }
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -71,24 +73,35 @@ def trajectory_lines(models: list[dict[str, Any]], cfg: dict[str, Any]) -> list[
     """The report's section on calibration along training: per model, the step it turned over-confident and
     its validation ECE and best-ECE temperature at each point."""
     preset = cfg["preset"]
-    n = cfg["validation_sentences"] if preset.get("calibration_samples") is None else min(
-        preset["calibration_samples"], cfg["validation_sentences"])  # fmt: skip
+    n = (
+        cfg["validation_sentences"]
+        if preset.get("calibration_samples") is None
+        else min(preset["calibration_samples"], cfg["validation_sentences"])
+    )
     lines = [
-        "", "## Calibration along training (validation)", "",
+        "",
+        "## Calibration along training (validation)",
+        "",
         f"Every {preset['calibration_every']} steps on {n} validation sentences (teacher-forced, T grid "
         f"{preset['calibration_temperatures'][0]}-{preset['calibration_temperatures'][-1]}). A lowest-ECE temperature "
         "above 1 means the model is over-confident there; *over-confident from* is the first step from which it "
-        "stays so.", "",
-    ]  # fmt: skip
+        "stays so.",
+        "",
+    ]
     for m in models:
         if "calibration_along_training" not in m:
             continue
         along = m["calibration_along_training"]
         start = along["overconfident_from_step"]
-        lines.append(f"- alpha={m['alpha']}: " + (f"over-confident from step {start}" if start is not None else
-                                                  "not over-confident at the last point"))  # fmt: skip
-    lines += ["", "| alpha | step | epoch | ECE | NLL | accuracy | confidence | best-ECE T | best-NLL T |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"- alpha={m['alpha']}: "
+            + (f"over-confident from step {start}" if start is not None else "not over-confident at the last point")
+        )
+    lines += [
+        "",
+        "| alpha | step | epoch | ECE | NLL | accuracy | confidence | best-ECE T | best-NLL T |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in models:
         for p in m.get("calibration_along_training", {}).get("points", []):
             lines.append(
@@ -112,7 +125,8 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
         checks = ", ".join(
             f"alpha={m['alpha']}: NLL gap {m['source_check']['nll_gap']:+.2f}, "
             f"{m['source_check']['share_distinct_outputs']:.0%} distinct outputs"
-            for m in models if "uses_source" in m.get("source_check", {})
+            for m in models
+            if "uses_source" in m.get("source_check", {})
         )
         if skipped:
             lines += [f"Source check skipped: {'; '.join(skipped)}.", ""]
@@ -166,15 +180,22 @@ def write_report(output_dir: Path, results: dict[str, Any], timings: dict[str, A
         figures[output_dir / "temperature_sweep.png"] = figure_bytes(plot_fig4(models))
         if row:
             figures[output_dir / "table3.png"] = figure_bytes(plot_table3(row))
-    along = {f"alpha {m['alpha']}": {cfg["seed"]: [TrajectoryPoint(**p) for p in m["calibration_along_training"]["points"]]}
-             for m in models if "calibration_along_training" in m}  # fmt: skip
+    along = {
+        f"alpha {m['alpha']}": {cfg["seed"]: [TrajectoryPoint(**p) for p in m["calibration_along_training"]["points"]]}
+        for m in models
+        if "calibration_along_training" in m
+    }
     if along:
         lines += trajectory_lines(models, cfg)
         figures[output_dir / "calibration_along_training.png"] = figure_bytes(
             plot_trajectory(trajectory_curves(along), title="Validation calibration along training")
         )
-    captions = {"reliability.png": "Fig. 3: reliability", "temperature_sweep.png": "Fig. 4: temperature sweep",
-                "table3.png": "Table 3 row", "calibration_along_training.png": "Calibration along training"}  # fmt: skip
+    captions = {
+        "reliability.png": "Fig. 3: reliability",
+        "temperature_sweep.png": "Fig. 4: temperature sweep",
+        "table3.png": "Table 3 row",
+        "calibration_along_training.png": "Calibration along training",
+    }
     lines += ["", "## Figures", ""] + [f"![{captions[p.name]}]({p.name})" for p in figures]
     lines += ["", "## Wall-clock", "", "```", json.dumps(timings, indent=1), "```"]
     lines += ["", "## Versions", "", "```", json.dumps(results["versions"], indent=1), "```", ""]

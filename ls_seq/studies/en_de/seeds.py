@@ -62,22 +62,37 @@ def run_seeds(data_args, model_args, study_args, command: str | None = None) -> 
         return run_study(data_args, model_args, dataclasses.replace(study_args, seed=seeds[0], seeds=None), command=command)
     command = command or " ".join(sys.argv)
     output_dir = Path(study_args.output_dir)
-    per_seed = {k: v for k, v in {**dataclasses.asdict(data_args), **dataclasses.asdict(model_args),
-                                  **dataclasses.asdict(study_args)}.items()
-                if k not in ("data_dir", "cache_dir", "output_dir", "resume", "overwrite_output_dir", "seed", "seeds",
-                             "cpu_threads")}  # fmt: skip
+    per_seed = {
+        k: v
+        for k, v in {**dataclasses.asdict(data_args), **dataclasses.asdict(model_args), **dataclasses.asdict(study_args)}.items()
+        if k not in ("data_dir", "cache_dir", "output_dir", "resume", "overwrite_output_dir", "seed", "seeds", "cpu_threads")
+    }
 
     def run_seed(seed: int, directory: Path, resume: bool, config: Mapping[str, Any]) -> dict[str, Any]:
-        args = dataclasses.replace(study_args, seed=seed, seeds=None, output_dir=str(directory),
-                                   alphas=config["study"]["alphas"], resume=resume, overwrite_output_dir=False)  # fmt: skip
+        args = dataclasses.replace(
+            study_args,
+            seed=seed,
+            seeds=None,
+            output_dir=str(directory),
+            alphas=config["study"]["alphas"],
+            resume=resume,
+            overwrite_output_dir=False,
+        )
         return run_study(data_args, model_args, args, command=f"{command}  # seed {seed}")
 
     return run_seed_loop(
-        output_dir, "en_de_seeds", {"seeds": seeds, "study": per_seed}, command=command, resume=study_args.resume,
-        overwrite=study_args.overwrite_output_dir, extendable={"seeds": "append", "study.alphas": "append"},
-        run_seed=run_seed, aggregate=lambda results, commands: aggregate(results, output_dir, data_args, command=commands),
-        write_report=write_seed_report, processes=_Processes(),
-    )  # fmt: skip
+        output_dir,
+        "en_de_seeds",
+        {"seeds": seeds, "study": per_seed},
+        command=command,
+        resume=study_args.resume,
+        overwrite=study_args.overwrite_output_dir,
+        extendable={"seeds": "append", "study.alphas": "append"},
+        run_seed=run_seed,
+        aggregate=lambda results, commands: aggregate(results, output_dir, data_args, command=commands),
+        write_report=write_seed_report,
+        processes=_Processes(),
+    )
 
 
 def _bleu_tests(results: dict[int, dict[str, Any]], output_dir: Path, data_args) -> dict[str, dict[str, Any]]:
@@ -86,10 +101,12 @@ def _bleu_tests(results: dict[int, dict[str, Any]], output_dir: Path, data_args)
     from ls_seq.studies.significance import paired_bootstrap_bleu
 
     test = load_corpora(
-        data_args.dataset, data_dir=data_args.data_dir, cache_dir=data_args.cache_dir,
+        data_args.dataset,
+        data_dir=data_args.data_dir,
+        cache_dir=data_args.cache_dir,
         split_names={"train": data_args.train_split, "validation": data_args.validation_split, "test": data_args.test_split},
         max_samples={"train": 1, "validation": 1, "test": data_args.max_eval_samples},
-    )["test"]  # fmt: skip
+    )["test"]
     tests: dict[str, dict[str, Any]] = {}
     for seed, res in results.items():
         alphas = [m["alpha"] for m in res["models"]]
@@ -127,8 +144,11 @@ def seed_claims(models: dict[float, dict[int, dict[str, Any]]], bleu_tests: dict
             out = []
             for s in seeds:
                 smoothed_reps, hard_reps = (None, None) if replicates is None else replicates(by_seed[s], hard[s])
-                out.append(paired_evidence(s, diff(by_seed[s], hard[s]), hard_reps, smoothed_reps,
-                                           p_value=None if p_value is None else p_value(s)))  # fmt: skip
+                out.append(
+                    paired_evidence(
+                        s, diff(by_seed[s], hard[s]), hard_reps, smoothed_reps, p_value=None if p_value is None else p_value(s)
+                    )
+                )
             return out
 
         def test_replicates(name):
@@ -141,25 +161,50 @@ def seed_claims(models: dict[float, dict[int, dict[str, Any]]], bleu_tests: dict
             return next(p["bleu"] for p in m["sweep"] if p["temperature"] == 1.0)
 
         rows = [
-            decide(f"alpha={alpha}: LS lowers the test ECE at T = 1 (Table 3)", "ECE(LS) - ECE(hard)", "lower",
-                   evidence(lambda a, h: a["test"]["ece"] - h["test"]["ece"], replicates=test_replicates("ece"))),
-            decide(f"alpha={alpha}: LS raises BLEU (beam search, T = 1)", "BLEU(LS) - BLEU(hard)", "higher",
-                   evidence(lambda a, h: a["test"]["bleu"] - h["test"]["bleu"],
-                            lambda s, alpha=alpha: bleu_tests.get(f"{s}:{alpha}", {}).get("p_value"))),
-            decide(f"alpha={alpha}: LS worsens the test NLL (the paper's EN-DE finding)", "NLL(LS) - NLL(hard)", "higher",
-                   evidence(lambda a, h: a["test"]["nll"] - h["test"]["nll"], replicates=test_replicates("nll"))),
-            decide(f"alpha={alpha}: temperature scaling of the hard model does not reach LS's BLEU",
-                   "BLEU(LS, T=1) - max over T of BLEU(hard, T)", "higher",
-                   evidence(lambda a, h: sweep_bleu_1(a) - ts_bleu(h))),
-            decide(f"alpha={alpha}: LS needs a temperature nearer 1 than hard targets (best-ECE T)",
-                   "|log T(LS)| - |log T(hard)|", "lower",
-                   evidence(lambda a, h: abs(math.log(a["best_ece_temperature"])) - abs(math.log(h["best_ece_temperature"])))),
-            decide(f"alpha={alpha}: LS calibrates about as well as temperature scaling (Table 3, within 0.01)",
-                   "ECE(LS) - ECE(hard, best T)", "lower",
-                   evidence(lambda a, h: a["test"]["ece"] - h["best_ece"],
-                            replicates=lambda a, h: (a["test"].get("replicates", {}).get("ece"), h.get("best_ece_replicates"))),
-                   margin=0.01),
-        ]  # fmt: skip
+            decide(
+                f"alpha={alpha}: LS lowers the test ECE at T = 1 (Table 3)",
+                "ECE(LS) - ECE(hard)",
+                "lower",
+                evidence(lambda a, h: a["test"]["ece"] - h["test"]["ece"], replicates=test_replicates("ece")),
+            ),
+            decide(
+                f"alpha={alpha}: LS raises BLEU (beam search, T = 1)",
+                "BLEU(LS) - BLEU(hard)",
+                "higher",
+                evidence(
+                    lambda a, h: a["test"]["bleu"] - h["test"]["bleu"],
+                    lambda s, alpha=alpha: bleu_tests.get(f"{s}:{alpha}", {}).get("p_value"),
+                ),
+            ),
+            decide(
+                f"alpha={alpha}: LS worsens the test NLL (the paper's EN-DE finding)",
+                "NLL(LS) - NLL(hard)",
+                "higher",
+                evidence(lambda a, h: a["test"]["nll"] - h["test"]["nll"], replicates=test_replicates("nll")),
+            ),
+            decide(
+                f"alpha={alpha}: temperature scaling of the hard model does not reach LS's BLEU",
+                "BLEU(LS, T=1) - max over T of BLEU(hard, T)",
+                "higher",
+                evidence(lambda a, h: sweep_bleu_1(a) - ts_bleu(h)),
+            ),
+            decide(
+                f"alpha={alpha}: LS needs a temperature nearer 1 than hard targets (best-ECE T)",
+                "|log T(LS)| - |log T(hard)|",
+                "lower",
+                evidence(lambda a, h: abs(math.log(a["best_ece_temperature"])) - abs(math.log(h["best_ece_temperature"]))),
+            ),
+            decide(
+                f"alpha={alpha}: LS calibrates about as well as temperature scaling (Table 3, within 0.01)",
+                "ECE(LS) - ECE(hard, best T)",
+                "lower",
+                evidence(
+                    lambda a, h: a["test"]["ece"] - h["best_ece"],
+                    replicates=lambda a, h: (a["test"].get("replicates", {}).get("ece"), h.get("best_ece_replicates")),
+                ),
+                margin=0.01,
+            ),
+        ]
         claims += [dataclasses.asdict(c) for c in rows]
     return claims
 
@@ -179,9 +224,15 @@ def aggregate(results: dict[int, dict[str, Any]], output_dir: Path, data_args, *
     bleu_tests = _bleu_tests(results, output_dir, data_args)
     first = next(iter(results.values()))["config"]
     return {
-        "config": {"command": command[0], "resumed_with": command[1:], "seeds": list(results),
-                   "preset_name": first["preset_name"], "preset": first["preset"], "alphas": first["alphas"],
-                   "test_sentences": first["test_sentences"]},  # fmt: skip
+        "config": {
+            "command": command[0],
+            "resumed_with": command[1:],
+            "seeds": list(results),
+            "preset_name": first["preset_name"],
+            "preset": first["preset"],
+            "alphas": first["alphas"],
+            "test_sentences": first["test_sentences"],
+        },
         "runs": {str(s): f"seed_{s}" for s in results},
         "models": summary_models,
         "bleu_paired_bootstrap": bleu_tests,
@@ -198,16 +249,27 @@ def write_seed_report(output_dir: Path, summary: dict[str, Any], results: dict[i
     seeds = cfg["seeds"]
     lines = [
         *report_header("EN-DE label smoothing study", cfg, f"Preset `{cfg['preset_name']}`"),
-        "## Test metrics over seeds (T = 1): mean ± std [95% t-interval]", "",
+        "## Test metrics over seeds (T = 1): mean ± std [95% t-interval]",
+        "",
         *summary_table([(str(m["alpha"]), m["metrics"]) for m in summary["models"]], list(METRICS), label="alpha"),
-    ]  # fmt: skip
-    lines += ["", "Over-confident from (validation, first step from which the best-ECE T stays above 1): "
-              + "; ".join(f"alpha={m['alpha']}: {m['overconfident_from_step']}" for m in summary["models"]), ""]  # fmt: skip
+    ]
+    lines += [
+        "",
+        "Over-confident from (validation, first step from which the best-ECE T stays above 1): "
+        + "; ".join(f"alpha={m['alpha']}: {m['overconfident_from_step']}" for m in summary["models"]),
+        "",
+    ]
     if summary["bleu_paired_bootstrap"]:
-        lines += ["## BLEU: paired bootstrap per seed (sacrebleu, 1000 resamples, whole test set, T = 1)", "",
-                  "| seed:alpha | BLEU hard | BLEU LS | difference | p-value |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "## BLEU: paired bootstrap per seed (sacrebleu, 1000 resamples, whole test set, T = 1)",
+            "",
+            "| seed:alpha | BLEU hard | BLEU LS | difference | p-value |",
+            "|---|---|---|---|---|",
+        ]
         for key, t in summary["bleu_paired_bootstrap"].items():
-            lines.append(f"| {key} | {t['baseline_bleu']:.2f} | {t['system_bleu']:.2f} | {t['difference']:+.2f} | {t['p_value']:.4f} |")
+            lines.append(
+                f"| {key} | {t['baseline_bleu']:.2f} | {t['system_bleu']:.2f} | {t['difference']:+.2f} | {t['p_value']:.4f} |"
+            )
         lines.append("")
     if summary["claims"]:
         claims = [Claim(**{**c, "seeds": [SeedEvidence(**e) for e in c["seeds"]]}) for c in summary["claims"]]

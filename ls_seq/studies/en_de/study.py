@@ -59,8 +59,14 @@ def _corpora_digest(corpora: dict[str, ParallelCorpus]) -> str:
 
 
 def run_config(
-    data_args: DataArguments, model_args: ModelArguments, study_args: StudyOptions, preset: Preset,
-    corpora: dict[str, ParallelCorpus], *, bf16: bool, num_processes: int,
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    study_args: StudyOptions,
+    preset: Preset,
+    corpora: dict[str, ParallelCorpus],
+    *,
+    bf16: bool,
+    num_processes: int,
 ) -> dict[str, Any]:
     """Everything that decides ``results.json``: what ``run_config.json`` holds and ``--resume`` compares.
 
@@ -112,7 +118,11 @@ def run_study(
         data_dir=data_args.data_dir,
         cache_dir=data_args.cache_dir,
         split_names={"train": data_args.train_split, "validation": data_args.validation_split, "test": data_args.test_split},
-        max_samples={"train": preset.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples},
+        max_samples={
+            "train": preset.max_train_samples,
+            "validation": data_args.max_eval_samples,
+            "test": data_args.max_eval_samples,
+        },
     )
     state = _Processes()
     cpu_threads = state.set_cpu_threads(study_args.cpu_threads)
@@ -121,9 +131,12 @@ def run_study(
     command = command or " ".join(sys.argv)
     if state.is_main_process:
         config = run.open(
-            config, command=command, resume=study_args.resume, overwrite=study_args.overwrite_output_dir,
+            config,
+            command=command,
+            resume=study_args.resume,
+            overwrite=study_args.overwrite_output_dir,
             extendable=RESUME_EXTENDABLE,
-        )  # fmt: skip
+        )
     state.wait_for_everyone()
     try:
         if not state.is_main_process:
@@ -169,11 +182,19 @@ def _run(run, config, preset, corpora, study_args, state, *, cpu_threads, bf16, 
         model_dir = output_dir / f"alpha_{alpha}"
         t0 = time.time()
         model, summary = train_model(
-            alpha, preset, tokenizer, train_dataset, model_dir,
-            seed=config["seed"], resume=study_args.resume, bf16=bf16,
-            logging_steps=config["logging_steps"], state=state,
-            calibration_dataset=calibration_dataset, n_bins=config["n_bins"],
-        )  # fmt: skip
+            alpha,
+            preset,
+            tokenizer,
+            train_dataset,
+            model_dir,
+            seed=config["seed"],
+            resume=study_args.resume,
+            bf16=bf16,
+            logging_steps=config["logging_steps"],
+            state=state,
+            calibration_dataset=calibration_dataset,
+            n_bins=config["n_bins"],
+        )
         timings[f"alpha_{alpha}"] = {"train_seconds": summary["seconds"]}
         if summary.get("calibration_trajectory"):  # included in train_seconds
             timings[f"alpha_{alpha}"]["calibration_along_training_seconds"] = summary["calibration_seconds"]
@@ -191,10 +212,18 @@ def _run(run, config, preset, corpora, study_args, state, *, cpu_threads, bf16, 
         t1 = time.time()
         model.to(state.device)
         evaluation = evaluate_model(
-            model, tokenizer, corpora["test"], test_dataset, preset, model_dir,
-            n_bins=config["n_bins"], seed=config["seed"], state=state, on_progress=on_progress,
+            model,
+            tokenizer,
+            corpora["test"],
+            test_dataset,
+            preset,
+            model_dir,
+            n_bins=config["n_bins"],
+            seed=config["seed"],
+            state=state,
+            on_progress=on_progress,
             validation_dataset=validation_dataset,
-        )  # fmt: skip
+        )
         state.wait_for_everyone()
         on_progress(evaluation)
         timings[f"alpha_{alpha}"]["eval_seconds_this_run"] = round(time.time() - t1, 1)

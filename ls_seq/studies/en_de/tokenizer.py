@@ -39,7 +39,10 @@ def train_joint_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_freq
     """
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True), pre_tokenizers.Punctuation("isolated")]
+        [
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+            pre_tokenizers.Punctuation("isolated"),
+        ]
     )
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
     trainer = trainers.BpeTrainer(

@@ -166,7 +166,6 @@ def train_model(
     from ls_seq.hf.trainer import LabelSmoothingSeq2SeqTrainer
     from ls_seq.hf.training_guard import TrainingGuard
 
-
     final_dir, summary_path = model_dir / "model", model_dir / "train_summary.json"
     checkpoints, tag = model_dir / "checkpoints", model_dir.name
     # The main process checks what is saved and sets damaged files aside; the others then use what is left.
@@ -197,15 +196,22 @@ def train_model(
         evaluation = {}
         if along:
             evaluation = {
-                "eval_strategy": "steps", "eval_steps": preset.calibration_every,
+                "eval_strategy": "steps",
+                "eval_steps": preset.calibration_every,
                 "per_device_eval_batch_size": max(1, preset.eval_batch_size // state.num_processes),
-            }  # fmt: skip
+            }
             callbacks.append(CalibrationCallback(n_bins, temperatures=list(preset.calibration_temperatures), plot=False))
         args = training_arguments(
-            alpha, preset, checkpoints, seed=seed, logging_steps=logging_steps,
+            alpha,
+            preset,
+            checkpoints,
+            seed=seed,
+            logging_steps=logging_steps,
             per_device_train_batch_size=max(1, preset.batch_size // state.num_processes),
-            bf16=bf16, use_cpu=not use_gpu, **evaluation,
-        )  # fmt: skip
+            bf16=bf16,
+            use_cpu=not use_gpu,
+            **evaluation,
+        )
         trainer = LabelSmoothingSeq2SeqTrainer(  # its evaluations leave the training random streams untouched
             model=model,
             args=args,

@@ -96,8 +96,16 @@ def test_its_cost_is_in_timings_and_the_report_shows_it(reference_run):
 
 
 def _point(step, t, ece=0.1):
-    return TrajectoryPoint(step=step, epoch=step / 10, ece=ece, nll=1.0, accuracy=0.5, mean_confidence=0.5,
-                           best_ece_temperature=t, best_nll_temperature=1.0)  # fmt: skip
+    return TrajectoryPoint(
+        step=step,
+        epoch=step / 10,
+        ece=ece,
+        nll=1.0,
+        accuracy=0.5,
+        mean_confidence=0.5,
+        best_ece_temperature=t,
+        best_nll_temperature=1.0,
+    )
 
 
 @pytest.mark.parametrize(

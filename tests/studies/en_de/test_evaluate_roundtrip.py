@@ -18,10 +18,29 @@ def test_evaluate_reproduces_the_study(reference_run, tmp_path, alpha, capsys):
     study = next(m for m in reference_run["results"]["models"] if m["alpha"] == float(alpha))["test"]
     out = tmp_path / "evaluate"
     # the study's evaluation settings (slice_args and the tiny preset): 48 test pairs, batches of 16, beam 4
-    argv = ["evaluate", str(run / f"alpha_{alpha}" / "model"), "--tokenizer", str(run / "tokenizer"),
-            "--data", str(reference_run["data"]), "--split", "test_2016_flickr", "--max_samples", "48",
-            "--batch_size", "16", "--max_length", "128", "--bleu", "--num_beams", "4", "--generate_batch_size", "32",
-            "--output_dir", str(out)]  # fmt: skip
+    argv = [
+        "evaluate",
+        str(run / f"alpha_{alpha}" / "model"),
+        "--tokenizer",
+        str(run / "tokenizer"),
+        "--data",
+        str(reference_run["data"]),
+        "--split",
+        "test_2016_flickr",
+        "--max_samples",
+        "48",
+        "--batch_size",
+        "16",
+        "--max_length",
+        "128",
+        "--bleu",
+        "--num_beams",
+        "4",
+        "--generate_batch_size",
+        "32",
+        "--output_dir",
+        str(out),
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     doc = json.loads((out / "calibration.json").read_text())
     at_1 = doc["at_temperature_1"]

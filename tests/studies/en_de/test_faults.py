@@ -143,7 +143,9 @@ def test_resume_from_every_stage_boundary_reproduces_the_uninterrupted_run(refer
     assert read_json(out / "alpha_0.0" / "train_summary.json")["resumed_from"] == "checkpoint-30"
     assert got["models"][0]["train"]["steps"] == 30
     config = read_json(out / "results.json")["config"]
-    assert config["resumed_with"] == [f"accelerate launch recipes/wmt_en_de.py {' '.join([*args, '--resume'])}"] * len(KILL_POINTS)
+    assert config["resumed_with"] == [f"accelerate launch recipes/wmt_en_de.py {' '.join([*args, '--resume'])}"] * len(
+        KILL_POINTS
+    )
     assert (out / "report.md").read_text().count("resumed with") == len(KILL_POINTS)
     timings = read_json(out / "timings.json")
     assert timings["earlier_runs"] and (timings["cpu_threads_per_process"], timings["device"]) == (1, "cpu")
@@ -192,8 +194,21 @@ def test_resume_adds_alphas_and_temperatures_and_keeps_every_model(reference_run
     out = _copy(reference_run, tmp_path)
     resumed = run_recipe(slice_args(reference_run["data"], out, "--alphas", "0.2", "--temperatures", "1.0", "1.2", "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    fresh = run_recipe(slice_args(reference_run["data"], tmp_path / "fresh", "--alphas", "0.0", "0.1", "0.2",
-                                  "--temperatures", "0.8", "1.0", "1.2", "1.5"))
+    fresh = run_recipe(
+        slice_args(
+            reference_run["data"],
+            tmp_path / "fresh",
+            "--alphas",
+            "0.0",
+            "0.1",
+            "0.2",
+            "--temperatures",
+            "0.8",
+            "1.0",
+            "1.2",
+            "1.5",
+        )
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     got = comparable(out / "results.json")
     assert [m["alpha"] for m in got["models"]] == [0.0, 0.1, 0.2]
@@ -257,8 +272,9 @@ def _nan_model(path):
 
 
 @pytest.mark.slow
-def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_still_reproduces(reference_run, killed_after_the_last_checkpoint,
-                                                                               tmp_path):
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_still_reproduces(
+    reference_run, killed_after_the_last_checkpoint, tmp_path
+):
     """checkpoint-30 (at max_steps) truncated: named, set aside, training resumes from checkpoint-20 to the
     same model. (Each kind of damage is detected in tests/test_checkpoints.py; NaN weights at this level in
     the next test.)"""

@@ -24,7 +24,12 @@ def test_every_preset_builds_a_consistent_config_and_sweeps_through_one():
 def test_base_is_vaswani_base():
     base = get_preset("base")
     assert (base.d_model, base.encoder_layers, base.decoder_layers, base.ffn_dim, base.attention_heads, base.dropout) == (
-        512, 6, 6, 2048, 8, 0.1,
+        512,
+        6,
+        6,
+        2048,
+        8,
+        0.1,
     )
 
 

@@ -23,10 +23,16 @@ from ls_seq.studies.stages import StageRecordError
 LEGACY = {
     "teacher_forced": {
         "temperatures": [0.8, 1.0, 1.5],
-        "nll": [2.1, 2.0, 2.2], "ece": [0.08, 0.05, 0.03], "mce": [0.2, 0.2, 0.2], "rms": [0.1, 0.1, 0.1],
-        "accuracy": [0.5, 0.5, 0.5], "mean_confidence": [0.55, 0.5, 0.45],
-        "ece_low": [0.07, 0.04, 0.02], "ece_high": [0.09, 0.06, 0.04],
-        "accuracy_low": [0.4, 0.4, 0.4], "accuracy_high": [0.6, 0.6, 0.6],
+        "nll": [2.1, 2.0, 2.2],
+        "ece": [0.08, 0.05, 0.03],
+        "mce": [0.2, 0.2, 0.2],
+        "rms": [0.1, 0.1, 0.1],
+        "accuracy": [0.5, 0.5, 0.5],
+        "mean_confidence": [0.55, 0.5, 0.45],
+        "ece_low": [0.07, 0.04, 0.02],
+        "ece_high": [0.09, 0.06, 0.04],
+        "accuracy_low": [0.4, 0.4, 0.4],
+        "accuracy_high": [0.6, 0.6, 0.6],
         "n_tokens": 100,
         "replicates": {"ece": [[0.07, 0.08], [0.05, 0.06], [0.03, 0.02]]},
     },
@@ -37,7 +43,7 @@ LEGACY = {
     "sweep_bleu": {"1.0": 21.0, "0.8": 20.0},  # in the order measured: T = 1 first
     "sweep_bleu_sentences": 24,
     "validation_teacher_forced": {"temperatures": [0.8, 1.0, 1.5], "nll": [2.0, 2.1, 2.2], "ece": [0.01, 0.02, 0.03]},
-}  # fmt: skip
+}
 
 
 def _rewritten(store):

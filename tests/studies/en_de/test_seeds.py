@@ -40,7 +40,11 @@ def test_summary_is_mean_std_and_t_interval_of_the_seeds(two_seeds):
     assert read_json(out / "results.json") == json.loads(json.dumps(summary)) and summary["config"]["seeds"] == [42, 43]
     per_seed = {s: {m["alpha"]: m for m in read_json(out / f"seed_{s}" / "results.json")["models"]} for s in (42, 43)}
     for m in summary["models"]:
-        for name, path in (("ece", ("test", "ece")), ("bleu", ("test", "bleu")), ("best_ece_temperature", ("best_ece_temperature",))):
+        for name, path in (
+            ("ece", ("test", "ece")),
+            ("bleu", ("test", "bleu")),
+            ("best_ece_temperature", ("best_ece_temperature",)),
+        ):
             values = []
             for s in (42, 43):
                 v = per_seed[s][m["alpha"]]
@@ -117,7 +121,10 @@ def test_sigkill_mid_seed_then_resume_gives_the_same_results(reference_run, two_
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--seeds", "1", "1"], r"`seeds` must be distinct, got \[1, 1\]"), (["--seeds", "3", "-1"], r"`seeds\[1\]` must be an int >= 0")],
+    [
+        (["--seeds", "1", "1"], r"`seeds` must be distinct, got \[1, 1\]"),
+        (["--seeds", "3", "-1"], r"`seeds\[1\]` must be an int >= 0"),
+    ],
 )
 def test_bad_seeds_are_refused_before_any_work(reference_run, tmp_path, flags, message):
     out = tmp_path / "out"

@@ -98,7 +98,11 @@ def test_bad_input_exits_nonzero_from_the_command_line(tmp_path):
     data = _write_corpus(tmp_path / "data")
     proc = subprocess.run(
         [sys.executable, str(RECIPE), "--data_dir", str(data), "--output_dir", str(tmp_path / "out"), "--alphas", "1.5"],
-        check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 2  # bad input
     assert error_lines(proc.stderr) == [proc.stderr.strip()]  # one line, no traceback
@@ -129,10 +133,21 @@ def test_derangement_moves_every_sentence():
 def _evaluation(nll, ece, bleu):
     temps = [0.8, 1.0, 1.5]
     return {
-        "teacher_forced": {"temperatures": temps, "nll": nll, "ece": ece, "mce": [0.2] * 3, "rms": [0.1] * 3,
-                           "accuracy": [0.5] * 3, "mean_confidence": [0.5] * 3, "n_tokens": 100},
-        "reliability": {"count": [1.0]}, "nll_shuffled_sources": 5.0, "test_bleu": 20.0,
-        "share_distinct_outputs": 0.9, "sweep_bleu": {repr(t): b for t, b in zip(temps, bleu) if b is not None},
+        "teacher_forced": {
+            "temperatures": temps,
+            "nll": nll,
+            "ece": ece,
+            "mce": [0.2] * 3,
+            "rms": [0.1] * 3,
+            "accuracy": [0.5] * 3,
+            "mean_confidence": [0.5] * 3,
+            "n_tokens": 100,
+        },
+        "reliability": {"count": [1.0]},
+        "nll_shuffled_sources": 5.0,
+        "test_bleu": 20.0,
+        "share_distinct_outputs": 0.9,
+        "sweep_bleu": {repr(t): b for t, b in zip(temps, bleu) if b is not None},
         "sweep_bleu_sentences": 24,
     }
 
@@ -146,8 +161,13 @@ def test_summary_and_table3_row_from_partial_and_full_sweeps():
     assert hard["source_check"]["nll_gap"] == pytest.approx(3.0)
     smooth = summarize_model(0.1, _evaluation([2.3, 2.2, 2.4], [0.02, 0.01, 0.09], [19.0, 20.0, 18.0]), None, grid)
     row = table3_row([hard, smooth])
-    assert row == {"baseline_ece": 0.05, "temperature_scaling_ece": 0.03, "temperature_scaling_T": 1.5,
-                   "label_smoothing_ece": 0.01, "label_smoothing_alpha": 0.1}
+    assert row == {
+        "baseline_ece": 0.05,
+        "temperature_scaling_ece": 0.03,
+        "temperature_scaling_T": 1.5,
+        "label_smoothing_ece": 0.01,
+        "label_smoothing_alpha": 0.1,
+    }
     # with a validation sweep, T is chosen there (0.8: its lowest validation ECE) and scored on test (0.08)
     ev = _evaluation([2.1, 2.0, 2.2], [0.08, 0.05, 0.03], [20.0, 21.0, 19.0])
     ev["validation_teacher_forced"] = {"temperatures": grid, "nll": [2.0, 2.1, 2.2], "ece": [0.01, 0.02, 0.03]}
@@ -202,7 +222,8 @@ def test_recipe_end_to_end_writes_consistent_results(reference_run):
     assert "accelerate launch recipes/wmt_en_de.py" in report and "--max_steps 30" in report and "transformers" in report
     # 30 steps of a tiny model cannot translate: the report must say so in its first lines.
     assert ("IGNORES ITS SOURCE" in "\n".join(report.splitlines()[:6])) == any(
-        not m["source_check"]["uses_source"] for m in on_disk["models"])
+        not m["source_check"]["uses_source"] for m in on_disk["models"]
+    )
     for png in ("reliability.png", "temperature_sweep.png", "table3.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "alpha_0.1" / "model" / "model.safetensors").is_file()

@@ -10,7 +10,7 @@ TEXTS = [
     "A man in a blue shirt, standing on a ladder.",
     "Ein Mann in einem blauen Hemd steht auf einer Leiter.",
     "Two dogs (one brown) play in the snow!",
-    "Zwei Hunde  spielen im Schnee: \"schön\".",
+    'Zwei Hunde  spielen im Schnee: "schön".',
     "Ältere Frauen überqueren die Straße.",
 ] * 4
 
