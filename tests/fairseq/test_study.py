@@ -404,6 +404,30 @@ def test_sigkill_during_training_leaves_no_training_behind_and_resumes_to_the_sa
     assert resumed["models"] == reference["models"][:1], f"resumed from {summary['resumed_from']}"
 
 
+@pytest.mark.slow
+def test_a_resume_in_a_later_epoch_trains_the_uninterrupted_model(fairseq_run, tmp_path):
+    """Resumed from the mid-epoch checkpoint at update 20 (epoch 2 of the slice's 13-update epochs), the alpha-0
+    model ends with the uninterrupted run's entry, to the last digit. fairseq 0.12 buckets the batches of an
+    iterator built for epoch e with numpy seeded by ``seed + e`` and, by default, reuses epoch 1's iterator for
+    every later epoch; a resumed run builds epoch 2's afresh, so its batches differed. The study passes
+    ``--update-epoch-batch-itr``, which rebuilds the batches at every epoch in both runs."""
+    out = tmp_path / "run"
+    shutil.copytree(fairseq_run["out"], out)
+    (out / "results.json").unlink()
+    model = out / "alpha_0.0"
+    checkpoints = model / "checkpoints"
+    (checkpoints / "checkpoint_2_20.pt").replace(checkpoints / "checkpoint_last.pt")
+    for path in [*checkpoints.glob("checkpoint_*_*.pt"), *checkpoints.glob("checkpoint_best.pt")]:
+        path.unlink()
+    for path in model.iterdir():
+        if path.name != "checkpoints":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    args = [a if a != str(fairseq_run["out"]) else str(out) for a in slice_args(MULTI30K_DIR, fairseq_run["out"])]
+    resumed = _load(RECIPE, "fairseq_en_de").main([*args, "--resume"])
+    assert read_json(model / "train_summary.json")["resumed_from"] == "checkpoint_last.pt (update 20)"
+    assert resumed["models"] == read_json(fairseq_run["out"] / "results.json")["models"]
+
+
 @pytest.mark.parametrize(("preset", "arch"), [("base", "transformer_wmt_en_de"), ("big", "transformer_vaswani_wmt_en_de_big")])
 def test_paper_presets_are_fairseqs_registered_transformers(tmp_path, preset, arch):
     """The study's fairseq-train flags for ``base``/``big`` describe exactly fairseq's own ``transformer_wmt_en_de``
