@@ -19,14 +19,13 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ls_seq.checkpoints import first_verified, set_aside, verify_torch_archive
-from ls_seq.errors import CheckpointError, LsSeqError, LsSeqWarning
+from ls_seq.checkpoints import first_verified, verify_torch_archive
+from ls_seq.errors import CheckpointError, LsSeqError
 from ls_seq.io import atomic_write_json, read_json
 from ls_seq.studies.en_de.presets import Preset
 from ls_seq.studies.trajectory import TrajectoryPoint
@@ -274,43 +273,31 @@ def trajectory_from_log(log_file: Path, subset: str = "valid1") -> tuple[list[Tr
     return out, round(sum(seconds.get(p.step, 0.0) for p in out), 2)
 
 
-def _resume_state(checkpoint: Path) -> tuple[int, bool]:
-    """``(updates, saved at the end of an epoch)`` of a fairseq checkpoint; :class:`CheckpointError` naming it
-    when it is damaged. fairseq saves ``iterations_in_epoch == 0`` in the state of an epoch's last checkpoint."""
+def _updates_in(checkpoint: Path) -> int:
+    """The updates a fairseq checkpoint holds; :class:`CheckpointError` naming it when it is damaged."""
     from fairseq import checkpoint_utils
 
     verify_torch_archive(checkpoint)  # the zip's CRC, before unpickling anything
     with trusted_checkpoints():
         state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
     try:
-        updates = int(state["optimizer_history"][-1]["num_updates"])
+        return int(state["optimizer_history"][-1]["num_updates"])
     except (KeyError, IndexError, TypeError) as exc:
         raise CheckpointError(f"{str(checkpoint)!r} holds no fairseq training state ({exc!r})") from exc
-    iterator = (state.get("extra_state") or {}).get("train_iterator") or {}
-    return updates, int(iterator.get("iterations_in_epoch", 1)) == 0
 
 
-def _updates_in(checkpoint: Path) -> int:
-    """The updates a fairseq checkpoint holds; :class:`CheckpointError` naming it when it is damaged."""
-    return _resume_state(checkpoint)[0]
-
-
-def restore_point(save_dir: Path, finished_at: int | None = None) -> int | None:
+def restore_point(save_dir: Path) -> int | None:
     """The updates in ``checkpoint_last.pt``, which fairseq-train resumes from; None when there is none.
 
     fairseq writes its interval checkpoints (``checkpoint_<epoch>_<updates>.pt``) atomically but copies them to
     ``checkpoint_last.pt`` in place, so a kill during the copy leaves a damaged one. It is set aside (with a
     warning) and the newest interval checkpoint that is whole takes its place.
 
-    fairseq 0.12 (with this study's flags) does not resume bit for bit from a checkpoint saved at the end of an
-    epoch (measured on the test slice of 13 updates an epoch: resumed from the end-of-epoch checkpoint at update
-    13 the model differs from the uninterrupted one from the next update on; from the mid-epoch one at update 10
-    it is identical). Unless such a checkpoint already holds ``finished_at`` updates, the newest whole mid-epoch
-    checkpoint takes its place (a few updates are trained again), or, when there is none, training starts over,
-    with a warning. A resume in a later epoch (from update 20 of the same slice) differed too, for the reason
-    :func:`train_arguments` passes ``--update-epoch-batch-itr`` (fairseq reused epoch 1's batches in an
-    uninterrupted run and rebuilt them in a resumed one); with that flag it is bit for bit. That reason likely
-    explains the end-of-epoch case as well, but the fallback above stays until that is measured.
+    Any checkpoint resumes bit for bit, mid-epoch or at an epoch's end, in the first epoch or a later one, since
+    :func:`train_arguments` passes ``--update-epoch-batch-itr`` (measured on the test slice of 13 updates an
+    epoch: resumed from update 20, or from the end-of-epoch checkpoint at update 13, the model ends with the
+    uninterrupted run's weights; without the flag both differed, and 0.1 fell back to an earlier mid-epoch
+    checkpoint).
     """
     last = save_dir / "checkpoint_last.pt"
 
@@ -319,28 +306,10 @@ def restore_point(save_dir: Path, finished_at: int | None = None) -> int | None:
         return int(tail) if tail.isdigit() else -1
 
     intervals = sorted(save_dir.glob("checkpoint_*_*.pt"), key=updates_in_name, reverse=True)
-    found = first_verified([last, *intervals], _resume_state)
+    found = first_verified([last, *intervals], _updates_in)
     if found is None:
         return None
-    path, (updates, end_of_epoch) = found
-    if end_of_epoch and (finished_at is None or updates < finished_at):
-        rest = [p for p in intervals if p != path and updates_in_name(p) < updates]
-        earlier = first_verified(rest, _resume_state)
-        while earlier is not None and earlier[1][1]:  # skip interval checkpoints that also ended an epoch
-            rest = [p for p in rest if updates_in_name(p) < earlier[1][0]]
-            earlier = first_verified(rest, _resume_state)
-        warnings.warn(
-            f"{str(path)!r} was saved at the end of an epoch (update {updates}), from which fairseq does not resume "
-            "bit for bit; "
-            + (f"resuming from update {earlier[1][0]} ({earlier[0].name}) instead" if earlier else "training starts over"),
-            LsSeqWarning,
-            stacklevel=2,
-        )
-        if earlier is None:
-            if last.exists():
-                set_aside(last)
-            return None
-        path, (updates, _) = earlier
+    path, updates = found
     if path != last:
         tmp = save_dir / "checkpoint_last.pt.tmp"
         shutil.copyfile(path, tmp)
@@ -369,7 +338,7 @@ def train_model(alpha: float, preset: Preset, flags: list[str], model_dir: Path,
         return read_json(summary_path)
     save_dir = model_dir / "checkpoints"
     save_dir.mkdir(parents=True, exist_ok=True)
-    resumed_at = restore_point(save_dir, finished_at=preset.max_steps)
+    resumed_at = restore_point(save_dir)
     start = time.time()
     if resumed_at is None or resumed_at < preset.max_steps:
         env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # fairseq resumes from its own pickles
@@ -387,7 +356,7 @@ def train_model(alpha: float, preset: Preset, flags: list[str], model_dir: Path,
                 f"fairseq-train of the alpha={alpha} model exited with {proc.returncode} (its log: "
                 f"{save_dir / 'train.log'}); fix the cause and run again with --resume"
             )
-    steps = restore_point(save_dir, finished_at=preset.max_steps)
+    steps = restore_point(save_dir)
     if steps != preset.max_steps:
         raise LsSeqError(f"fairseq-train stopped at update {steps} of {preset.max_steps}; see {save_dir / 'train.log'}")
     summary = {"alpha": alpha, **train_summary_from_log(save_dir / "train.log", steps)}

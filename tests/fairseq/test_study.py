@@ -428,6 +428,37 @@ def test_a_resume_in_a_later_epoch_trains_the_uninterrupted_model(fairseq_run, t
     assert resumed["models"] == read_json(fairseq_run["out"] / "results.json")["models"]
 
 
+@pytest.mark.slow
+def test_a_resume_from_an_epochs_last_checkpoint_trains_the_uninterrupted_model(fairseq_run, tmp_path):
+    """fairseq-train with the study's own flags, stopped at update 13 (the last of the slice's first epoch: its
+    checkpoint holds epoch 2 at position 0) and run again to update 30, ends with the uninterrupted run's weights,
+    every parameter bit for bit. Without ``--update-epoch-batch-itr`` they differed (by up to 2.9e-3, measured), and
+    the study resumed from an earlier mid-epoch checkpoint instead."""
+    import shlex
+
+    import torch
+
+    model = fairseq_run["out"] / "alpha_0.0"
+    command = shlex.split(read_json(model / "train_summary.json")["command"])
+    assert command[0] == "fairseq-train" and "--update-epoch-batch-itr" in command
+    save_dir = tmp_path / "checkpoints"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    for updates in (13, 30):
+        flags = [*command[1:], "--save-dir", str(save_dir), "--log-file", str(tmp_path / "train.log")]
+        flags += ["--max-update", str(updates)]  # argparse: the last one counts
+        subprocess.run([sys.executable, "-m", "fairseq_cli.train", *flags], env=env, check=True, capture_output=True)
+        state = torch.load(save_dir / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+        assert state["optimizer_history"][-1]["num_updates"] == updates
+        if updates == 13:
+            assert state["extra_state"]["train_iterator"]["epoch"] == 2
+            assert state["extra_state"]["train_iterator"]["iterations_in_epoch"] == 0
+    reference = torch.load(model / "checkpoints" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert reference["optimizer_history"][-1]["num_updates"] == 30
+    assert state["model"].keys() == reference["model"].keys()
+    for name, value in reference["model"].items():
+        assert torch.equal(state["model"][name], value), name
+
+
 @pytest.mark.parametrize(("preset", "arch"), [("base", "transformer_wmt_en_de"), ("big", "transformer_vaswani_wmt_en_de_big")])
 def test_paper_presets_are_fairseqs_registered_transformers(tmp_path, preset, arch):
     """The study's fairseq-train flags for ``base``/``big`` describe exactly fairseq's own ``transformer_wmt_en_de``
