@@ -296,8 +296,7 @@ def restore_point(save_dir: Path) -> int | None:
     Any checkpoint resumes bit for bit, mid-epoch or at an epoch's end, in the first epoch or a later one, since
     :func:`train_arguments` passes ``--update-epoch-batch-itr`` (measured on the test slice of 13 updates an
     epoch: resumed from update 20, or from the end-of-epoch checkpoint at update 13, the model ends with the
-    uninterrupted run's weights; without the flag both differed, and 0.1 fell back to an earlier mid-epoch
-    checkpoint).
+    uninterrupted run's weights; without the flag both differed).
     """
     last = save_dir / "checkpoint_last.pt"
 
